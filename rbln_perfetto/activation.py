@@ -1,0 +1,2 @@
+def begin_pipeline_call(info):
+    return None
