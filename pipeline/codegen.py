@@ -17,7 +17,7 @@ import time
 import torch
 from torch.fx import Node
 
-from .partition import Partition, _tensor_nodes, _val, is_free, part_resolver
+from .partition import Partition, _tensor_nodes, _val, part_resolver
 
 aten = torch.ops.aten
 

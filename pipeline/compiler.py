@@ -17,6 +17,7 @@ import torch
 from .config import SUBMODULES, RBLNConfig
 from .events import CommandSpec
 from .graph_capture import InputSpec, export_submodule, input_specs
+from .library_logging import quiet_loading
 from .partition import Partition, partition
 from .placement import MemoryPlan, memory_plan
 
@@ -88,7 +89,7 @@ def meta_models(config_dir: Path, dtype: torch.dtype) -> dict[str, torch.nn.Modu
     from diffusers import AutoencoderKL, SD3Transformer2DModel
     from transformers import CLIPTextConfig, CLIPTextModelWithProjection, T5Config, T5EncoderModel
 
-    with torch.device("meta"):
+    with torch.device("meta"), quiet_loading():
         models = {
             "text_encoder": CLIPTextModelWithProjection(CLIPTextConfig.from_pretrained(config_dir / "text_encoder")),
             "text_encoder_2": CLIPTextModelWithProjection(CLIPTextConfig.from_pretrained(config_dir / "text_encoder_2")),
@@ -96,7 +97,7 @@ def meta_models(config_dir: Path, dtype: torch.dtype) -> dict[str, torch.nn.Modu
             "transformer": SD3Transformer2DModel.from_config(SD3Transformer2DModel.load_config(config_dir / "transformer")),
             "vae": AutoencoderKL.from_config(AutoencoderKL.load_config(config_dir / "vae")),
         }
-    return {name: m.to(dtype).eval() for name, m in models.items()}
+        return {name: m.to(dtype).eval() for name, m in models.items()}
 
 
 def plan_memory(config_dir_or_name: str | os.PathLike, rbln_config: dict | RBLNConfig | None = None) -> MemoryPlan:

@@ -20,6 +20,7 @@ from diffusers import (
 )
 from transformers import CLIPTextConfig, CLIPTextModelWithProjection, T5Config, T5EncoderModel
 
+from .library_logging import quiet_loading
 from .offline_tokenizers import build_clip_tokenizer, build_t5_tokenizer
 
 SCALES = {
@@ -123,6 +124,7 @@ def build_tiny_sd3(path: str | os.PathLike, *, scale: str = "tiny", seed: int = 
         tokenizer_3=tokenizer_3,
     )
     out.mkdir(parents=True, exist_ok=True)
-    pipe.save_pretrained(out)
+    with quiet_loading():
+        pipe.save_pretrained(out)
     stamp_file.write_text(json.dumps(stamp))
     return str(out)

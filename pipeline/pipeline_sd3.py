@@ -25,33 +25,15 @@ from transformers import AutoTokenizer, CLIPTextConfig, T5Config
 from .compiler import DTYPES, compile_submodule, load_compiled, save_compiled
 from .config import SUBMODULES, ConfigError, RBLNConfig
 from .events import DeviceInfo, PipelineInfo, Sink
-from .placement import MemoryPlan, memory_plan, torch_devices
+from .graph_capture import image_size
+from .library_logging import quiet_loading
+from .placement import memory_plan, torch_devices
 from .runtime import RUNTIME_CLASSES, CompiledSubmodule
 
 RBLN_CONFIG_FILE = "rbln_config.json"
 TOKENIZERS = ("tokenizer", "tokenizer_2", "tokenizer_3")
 # Keys fixed when the graph is traced; a compiled artifact cannot change them.
 COMPILE_TIME_KEYS = ("img_height", "img_width", "batch_size", "guidance_scale", "max_seq_len", "command_budget", "dtype")
-
-
-@contextmanager
-def quiet_loading():
-    """diffusers and transformers print progress bars and warnings while loading; keep the console clean."""
-    from diffusers.utils import logging as dlog
-    from transformers.utils import logging as tlog
-
-    levels = (dlog.get_verbosity(), tlog.get_verbosity())
-    dlog.set_verbosity_error()
-    tlog.set_verbosity_error()
-    dlog.disable_progress_bar()
-    tlog.disable_progress_bar()
-    try:
-        yield
-    finally:
-        dlog.set_verbosity(levels[0])
-        tlog.set_verbosity(levels[1])
-        dlog.enable_progress_bar()
-        tlog.enable_progress_bar()
 
 
 def _model_config(name: str, config_dict: dict):
@@ -91,8 +73,11 @@ class RBLNStableDiffusion3Pipeline(StableDiffusion3Pipeline):
         if not (model_dir / "model_index.json").is_file():
             raise ValueError(f"{model_dir} has no model_index.json: it is not a diffusers SD3 directory")
         with quiet_loading():
-            base = StableDiffusion3Pipeline.from_pretrained(model_dir, torch_dtype=DTYPES[cfg.dtype], local_files_only=True)
+            base = StableDiffusion3Pipeline.from_pretrained(model_dir, dtype=DTYPES[cfg.dtype], local_files_only=True)
         configs = {name: getattr(base, name).config for name in SUBMODULES}
+        if cfg.img_height is None:  # record the model's default size, so the artifact states its shapes
+            height, width = image_size(cfg, configs["transformer"], base.vae_scale_factor)
+            cfg = cfg.with_overrides(img_height=height, img_width=width)
         compiled = {name: compile_submodule(name, getattr(base, name), cfg, configs) for name in SUBMODULES}
         parts = {name: (ep, part, specs, configs[name]) for name, (ep, part, specs) in compiled.items()}
         extras = {name: getattr(base, name) for name in (*TOKENIZERS, "scheduler")}
@@ -267,18 +252,20 @@ class _Delegate:
 
 def _runtime_overrides(cfg: RBLNConfig, rbln_config: dict) -> RBLNConfig:
     """At load time only placement and profiling may change; compile-time keys must match the artifact."""
+    if not isinstance(rbln_config, dict):
+        raise ConfigError(f"rbln_config must be a dict, got {type(rbln_config).__name__}: {rbln_config!r}")
     merged = cfg.to_dict()
     for key, value in rbln_config.items():
-        if key in COMPILE_TIME_KEYS:
-            if RBLNConfig.from_dict({key: value}).to_dict().get(key) != merged.get(key):
-                raise ConfigError(
-                    f"rbln_config[{key!r}]={value!r} differs from the compiled value {merged.get(key)!r}; "
-                    f"compile-time keys ({', '.join(COMPILE_TIME_KEYS)}) cannot change at load: compile again "
-                    "with export=True"
-                )
-        elif isinstance(value, dict) and key in SUBMODULES:
+        if key in SUBMODULES and isinstance(value, dict):
             merged[key] = {**merged.get(key, {}), **value}
         else:
             merged[key] = value
-    return RBLNConfig.from_dict(merged)
-
+    new = RBLNConfig.from_dict(merged)
+    for key in COMPILE_TIME_KEYS:
+        if key in rbln_config and getattr(new, key) != getattr(cfg, key):
+            raise ConfigError(
+                f"rbln_config[{key!r}]={rbln_config[key]!r} differs from the compiled value {getattr(cfg, key)!r}; "
+                f"compile-time keys ({', '.join(COMPILE_TIME_KEYS)}) cannot change at load: compile again "
+                "with export=True"
+            )
+    return new

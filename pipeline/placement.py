@@ -35,7 +35,9 @@ def torch_devices(cfg: RBLNConfig) -> list[torch.device]:
 
 
 def _fmt(nbytes: int) -> str:
-    return f"{nbytes / 2**30:.2f} GiB" if nbytes >= 2**28 else f"{nbytes / 2**20:.1f} MiB"
+    if nbytes >= 2**28:
+        return f"{nbytes / 2**30:.2f} GiB"
+    return f"{nbytes / 2**20:.1f} MiB" if nbytes >= 2**20 else f"{nbytes / 2**10:.1f} KiB"
 
 
 @dataclass(frozen=True)
