@@ -1,0 +1,257 @@
+"""The capture file: what a profiled run recorded, streamed to disk as it happens.
+
+Format: the magic `RBLNCAP1`, then `Record` messages (proto/rbln_capture.proto), each preceded by
+its length as a varint. The writer flushes to the OS at every invocation end, so a process killed
+mid-run leaves a prefix from which every completed invocation can be read back; the reader names
+the byte offset of whatever it cannot read.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import BinaryIO, Iterator
+
+from google.protobuf.message import DecodeError
+
+from . import rbln_capture_pb2 as pb
+
+MAGIC = b"RBLNCAP1"
+FORMAT_VERSION = 1
+CAPTURE_FILE = "capture.rblncap"
+# A record longer than this is not one we wrote: the length prefix is corrupt.
+MAX_RECORD_BYTES = 1 << 30
+
+
+class CaptureError(ValueError):
+    """A capture file that cannot be read, with the byte offset where reading failed."""
+
+    def __init__(self, path, offset: int, reason: str):
+        self.path, self.offset, self.reason = str(path), offset, reason
+        super().__init__(f"{path}: {reason} at byte offset {offset}")
+
+
+def encode_varint(value: int) -> bytes:
+    out = bytearray()
+    while True:
+        byte = value & 0x7F
+        value >>= 7
+        if value:
+            out.append(byte | 0x80)
+        else:
+            out.append(byte)
+            return bytes(out)
+
+
+def clock_now() -> pb.Clock:
+    """CLOCK_MONOTONIC (the capture's clock) with BOOTTIME and the wall clock read beside it."""
+    mono = time.monotonic_ns()
+    boot = time.clock_gettime_ns(time.CLOCK_BOOTTIME) if hasattr(time, "CLOCK_BOOTTIME") else mono
+    return pb.Clock(monotonic_ns=mono, boottime_ns=boot, realtime_ns=time.time_ns())
+
+
+class CaptureWriter:
+    """Appends records to a capture file. Implements `pipeline.events.Sink`."""
+
+    def __init__(self, path: str | os.PathLike, run_id: str, tool_version: str = ""):
+        self.path = Path(path)
+        self._file: BinaryIO = open(self.path, "xb")
+        self._file.write(MAGIC)
+        self._next_sequence = 0
+        self._calls: dict[str, int] = {}
+        self._programs: dict[int, tuple[int, str]] = {}  # id(ProgramInfo) -> (program id, submodule)
+        self._submodule_of: dict[int, str] = {}
+        self._pipelines: dict[int, int] = {}
+        self.invocations = 0
+        self._write(pb.Record(header=pb.RunHeader(
+            format_version=FORMAT_VERSION, run_id=run_id, clock=clock_now(), hostname=socket.gethostname(),
+            pid=os.getpid(), tool_version=tool_version,
+        )))
+        self._file.flush()
+
+    def _write(self, record: pb.Record) -> None:
+        data = record.SerializeToString()
+        self._file.write(encode_varint(len(data)))
+        self._file.write(data)
+
+    def pipeline(self, info, profiled: set[str]) -> int:
+        """Record a pipeline's placement once per capture; returns its id."""
+        key = id(info.programs[0]) if info.programs else 0
+        if key in self._pipelines:
+            return self._pipelines[key]
+        pipeline_id = len(self._pipelines)
+        self._pipelines[key] = pipeline_id
+        self._write(pb.Record(pipeline=pb.Pipeline(
+            pipeline_id=pipeline_id,
+            model=info.model,
+            rbln_config_json=json.dumps(info.rbln_config, sort_keys=True),
+            devices=[pb.Device(logical=d.logical, torch_device=d.torch_device, capacity_bytes=d.capacity_bytes)
+                     for d in info.devices],
+            placement=[pb.Placement(submodule=p.submodule, device=p.device, weight_bytes=p.weight_bytes,
+                                    activation_bytes=info.activation_bytes.get(p.submodule, 0),
+                                    profiled=p.submodule in profiled)
+                       for p in info.programs],
+        )))
+        self._file.flush()
+        return pipeline_id
+
+    def program(self, info, pipeline_id: int = 0) -> int:
+        known = self._programs.get(id(info))
+        if known is not None:
+            return known[0]
+        program_id = len(self._programs)
+        self._programs[id(info)] = (program_id, info.submodule)
+        self._submodule_of[program_id] = info.submodule
+
+        def transfer(t):
+            return pb.Transfer(name=t.name, shape=list(t.shape), dtype=t.dtype, bytes=t.bytes, command=t.command)
+
+        self._write(pb.Record(program=pb.Program(
+            program_id=program_id, pipeline_id=pipeline_id, submodule=info.submodule, device=info.device,
+            torch_device=info.torch_device, weight_bytes=info.weight_bytes,
+            inputs=[transfer(t) for t in info.inputs],
+            commands=[pb.Command(layer=c.layer, op=c.op, command_index=c.command_index,
+                                 command_count=c.command_count, shapes=c.shapes, bytes=c.bytes, flops=c.flops,
+                                 live_bytes=c.live_bytes) for c in info.commands],
+            outputs=[transfer(t) for t in info.outputs],
+        )))
+        return program_id
+
+    def invocation(self, program_id: int, ticks: list[int]) -> None:
+        submodule = self._submodule_of[program_id]
+        call_index = self._calls.get(submodule, 0)
+        self._calls[submodule] = call_index + 1
+        start = ticks[0]
+        durations = [b - a for a, b in zip(ticks, ticks[1:])]
+        self._write(pb.Record(invocation=pb.Invocation(
+            program_id=program_id, sequence_index=self._next_sequence, call_index=call_index,
+            start_ns=start, durations_ns=durations,
+        )))
+        self._next_sequence += 1
+        self.invocations += 1
+        self._file.flush()
+
+    def host(self, name: str, start_ns: int, end_ns: int, detail: str = "") -> None:
+        self._write(pb.Record(host=pb.HostEvent(name=name, start_ns=start_ns, end_ns=end_ns, detail=detail)))
+
+    def close(self, status: str = "ok", error: str = "") -> None:
+        if self._file.closed:
+            return
+        self._write(pb.Record(end=pb.RunEnd(end_ns=time.monotonic_ns(), status=status, error=error)))
+        self._file.flush()
+        os.fsync(self._file.fileno())
+        self._file.close()
+
+
+# ------------------------------------------------------------------------------------- reading
+
+
+@dataclass
+class Truncation:
+    """Where a capture stops being readable, and why: the record at `offset` is incomplete."""
+
+    offset: int
+    reason: str
+
+
+@dataclass
+class CaptureInfo:
+    """Everything in a capture except the invocations, which stream (see `iter_records`)."""
+
+    path: Path
+    header: pb.RunHeader
+    pipelines: list[pb.Pipeline] = field(default_factory=list)
+    programs: dict[int, pb.Program] = field(default_factory=dict)
+    end: pb.RunEnd | None = None
+    truncation: Truncation | None = None
+    invocations: int = 0
+    host_events: int = 0
+
+
+def iter_records(path: str | os.PathLike, *, strict: bool = False) -> Iterator[tuple[int, pb.Record]]:
+    """Yield (offset, record) in file order.
+
+    A file that is not a capture, or a record that does not parse, raises `CaptureError` with the
+    offset. A capture that ends inside a record (the writer was killed) stops cleanly and the
+    generator returns a `Truncation` (raised as `CaptureError` when `strict`).
+    """
+    path = Path(path)
+    with open(path, "rb") as f:
+        magic = f.read(len(MAGIC))
+        if magic != MAGIC:
+            what = "empty file" if not magic else f"starts with {magic!r}, not {MAGIC!r}"
+            raise CaptureError(path, 0, f"not an rbln-perfetto capture ({what})")
+        offset = len(MAGIC)
+        while True:
+            length, shift, nread = 0, 0, 0
+            while True:
+                b = f.read(1)
+                if not b:
+                    if nread == 0:
+                        return None
+                    return _truncated(path, offset, "length prefix cut short", strict)
+                nread += 1
+                length |= (b[0] & 0x7F) << shift
+                shift += 7
+                if not b[0] & 0x80:
+                    break
+                if nread >= 10:
+                    raise CaptureError(path, offset, "corrupt record length")
+            if length > MAX_RECORD_BYTES:
+                raise CaptureError(path, offset, f"corrupt record length {length}")
+            data = f.read(length)
+            if len(data) < length:
+                return _truncated(path, offset, f"record of {length} bytes cut short after {len(data)}", strict)
+            record = pb.Record()
+            try:
+                record.ParseFromString(data)
+            except DecodeError as exc:
+                raise CaptureError(path, offset, f"corrupt record ({exc})") from None
+            if record.WhichOneof("kind") is None:
+                raise CaptureError(path, offset, "record of unknown kind (not an rbln-perfetto capture record)")
+            yield offset, record
+            offset += nread + length
+
+
+def _truncated(path, offset, reason, strict) -> Truncation:
+    if strict:
+        raise CaptureError(path, offset, f"truncated capture: {reason}")
+    return Truncation(offset, reason)
+
+
+def read_info(path: str | os.PathLike) -> CaptureInfo:
+    """One pass over the capture collecting everything but the invocations (few, small records)."""
+    info: CaptureInfo | None = None
+    records = iter_records(path)
+    while True:
+        try:
+            offset, record = next(records)
+        except StopIteration as stop:
+            if info is None:
+                raise CaptureError(path, len(MAGIC), "capture has no header record") from None
+            info.truncation = stop.value
+            return info
+        kind = record.WhichOneof("kind")
+        if info is None:
+            if kind != "header":
+                raise CaptureError(path, offset, f"first record is {kind!r}, expected the run header")
+            if record.header.format_version != FORMAT_VERSION:
+                raise CaptureError(path, offset, f"capture format version {record.header.format_version} "
+                                                 f"is not {FORMAT_VERSION}")
+            info = CaptureInfo(Path(path), record.header)
+        elif kind == "pipeline":
+            info.pipelines.append(record.pipeline)
+        elif kind == "program":
+            info.programs[record.program.program_id] = record.program
+        elif kind == "invocation":
+            if record.invocation.program_id not in info.programs:
+                raise CaptureError(path, offset, f"invocation of unknown program {record.invocation.program_id}")
+            info.invocations += 1
+        elif kind == "host":
+            info.host_events += 1
+        elif kind == "end":
+            info.end = record.end

@@ -1,0 +1,145 @@
+"""`rbln-perfetto`: profile the device-split SD3, export captures, and query traces.
+
+Errors print one line naming the cause and exit non-zero; `--debug` shows the traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from .capture import CaptureError
+from .export import UI_LIMIT_BYTES, ExportError, ExportResult, export
+
+PROMPT = "a photo of a cat holding a sign that says hello world"
+DEFAULT_SPLIT = {"text_encoder_3": {"device": 1}}
+
+
+class UsageError(ValueError):
+    """A bad command-line argument."""
+
+
+def _rbln_config(text: str | None) -> dict:
+    if text is None:
+        return json.loads(json.dumps(DEFAULT_SPLIT))
+    path = Path(text)
+    source = path.read_text() if path.is_file() else text
+    try:
+        config = json.loads(source)
+    except json.JSONDecodeError as exc:
+        what = f"file {path}" if path.is_file() else "--config"
+        raise UsageError(f"{what} is neither a JSON object nor a readable JSON file: {exc.msg} at position {exc.pos}") from None
+    if not isinstance(config, dict):
+        raise UsageError(f"--config must be a JSON object like {json.dumps(DEFAULT_SPLIT)}, got {type(config).__name__}")
+    return config
+
+
+def _merge_flag(config: dict, key: str, value, flag: str) -> None:
+    if value is None:
+        return
+    if key in config and config[key] != value:
+        raise UsageError(f"{flag} {value} contradicts rbln_config[{key!r}]={config[key]!r}; give one of them")
+    config[key] = value
+
+
+def _print_result(result: ExportResult) -> None:
+    out = sys.stdout
+    files = result.invocation_files
+    print(f"traces in {result.out_dir}/:", file=out)
+    for f in files:
+        print(f"  {f.name}", file=out)
+    if result.aggregate_file:
+        print(f"  {result.aggregate_file.name}  (whole run: {len(files)} invocations, {result.slices} slices)", file=out)
+    if result.truncation:
+        print(f"capture is cut short at byte offset {result.truncation.offset} ({result.truncation.reason}); "
+              f"exported the {len(files)} complete invocations before it", file=out)
+    for big in result.too_large_for_ui:
+        print(f"{big.name} is over {UI_LIMIT_BYTES >> 30} GiB: open it with `rbln-perfetto serve {big}` and "
+              "ui.perfetto.dev's 'use local trace processor'", file=out)
+    print("open them at https://ui.perfetto.dev (Open trace file), or query them: rbln-perfetto query FILE SQL", file=out)
+    print(f"\n{result.summary()}", file=out)
+
+
+def cmd_run(args) -> int:
+    from pipeline.compile_cache import embedded_model, load_or_compile
+
+    from .activation import profile
+
+    config = _rbln_config(args.config)
+    if args.steps < 1:
+        raise UsageError(f"--steps {args.steps} must be >= 1")
+    if (args.height is None) != (args.width is None):
+        raise UsageError("give --height and --width together")
+    _merge_flag(config, "img_height", args.height, "--height")
+    _merge_flag(config, "img_width", args.width, "--width")
+    _merge_flag(config, "guidance_scale", args.guidance, "--guidance")
+    model = args.model or embedded_model(args.scale)
+    pipe = load_or_compile(model, config)
+    pipe.set_progress_bar_config(disable=True)
+    import torch
+
+    with profile(args.out) as prof:
+        image = pipe(args.prompt, num_inference_steps=args.steps, height=args.height, width=args.width,
+                     guidance_scale=pipe.rbln_config.guidance_scale,
+                     generator=torch.Generator().manual_seed(args.seed)).images[0]
+    image_path = prof.out_dir / "image.png"
+    image.save(image_path)
+    print(f"rbln-perfetto: profiled {prof.result.command_slices} commands in {len(prof.invocation_files)} submodule "
+          f"invocations of {model} ({args.steps} steps); image saved to {image_path}")
+    _print_result(prof.result)
+    return 0
+
+
+def cmd_export(args) -> int:
+    result = export(args.capture, args.out or Path(args.capture).parent)
+    _print_result(result)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="rbln-perfetto", description=__doc__.splitlines()[0])
+    parser.add_argument("--debug", action="store_true", help="show tracebacks on errors")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    run = sub.add_parser("run", help="profile one SD3 pipeline call and write Perfetto traces")
+    run.add_argument("--steps", type=int, default=2, help="denoising steps (default 2)")
+    run.add_argument("--height", type=int, help="image height (default: the model's sample size)")
+    run.add_argument("--width", type=int, help="image width")
+    run.add_argument("--guidance", type=float, help="guidance scale (default 7.0; <= 1 disables CFG)")
+    run.add_argument("--config", help=f"rbln_config as JSON or a JSON file (default {json.dumps(DEFAULT_SPLIT)})")
+    run.add_argument("--model", help="a local diffusers SD3 directory (default: the embedded model)")
+    run.add_argument("--scale", choices=("tiny", "medium"), default="tiny", help="embedded model scale (default tiny)")
+    run.add_argument("--prompt", default=PROMPT)
+    run.add_argument("--seed", type=int, default=0)
+    run.add_argument("--out", help="output directory (default ./rbln_profile/<run-id>/)")
+    run.set_defaults(func=cmd_run)
+
+    exp = sub.add_parser("export", help="export a capture to Perfetto traces")
+    exp.add_argument("capture", help="a capture.rblncap file")
+    exp.add_argument("-o", "--out", help="output directory (default: beside the capture)")
+    exp.set_defaults(func=cmd_export)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args)
+    except KeyboardInterrupt:
+        if args.debug:
+            raise
+        print(f"rbln-perfetto {args.command}: interrupted", file=sys.stderr)
+        return 130
+    except (ValueError, OSError, RuntimeError, CaptureError, ExportError) as exc:
+        if args.debug:
+            raise
+        message = " ".join(str(exc).split())
+        print(f"rbln-perfetto {args.command}: error: {message}", file=sys.stderr)
+        return 2 if isinstance(exc, UsageError) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
