@@ -1,0 +1,132 @@
+"""The capture file: schema freshness, crash safety, and clear errors for what is not a capture."""
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+from conftest import run
+from trace_checks import check_trace
+
+import rbln_perfetto
+from rbln_perfetto.capture import MAGIC, CaptureError, iter_records, read_info
+from rbln_perfetto.cli import main
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_generated_capture_module_is_not_stale(tmp_path):
+    """rbln_perfetto/rbln_capture_pb2.py must be what protoc makes of proto/rbln_capture.proto today."""
+    from grpc_tools import protoc
+
+    rc = protoc.main(["protoc", f"-I{ROOT / 'proto'}", f"--python_out={tmp_path}", str(ROOT / "proto" / "rbln_capture.proto")])
+    assert rc == 0
+    fresh = (tmp_path / "rbln_capture_pb2.py").read_text()
+    checked_in = (ROOT / "rbln_perfetto" / "rbln_capture_pb2.py").read_text()
+    assert fresh == checked_in, "regenerate: python -m grpc_tools.protoc -Iproto --python_out=rbln_perfetto proto/rbln_capture.proto"
+
+
+@pytest.fixture(scope="module")
+def capture(compiled_dirs, tmp_path_factory):
+    from pipeline import RBLNStableDiffusion3Pipeline
+
+    pipe = RBLNStableDiffusion3Pipeline.from_pretrained(compiled_dirs({"text_encoder_3": {"device": 1}}))
+    pipe.set_progress_bar_config(disable=True)
+    out = tmp_path_factory.mktemp("capture")
+    with rbln_perfetto.profile(out) as prof:
+        run(pipe, steps=2)
+    return prof.capture_file
+
+
+def test_truncated_capture_exports_every_complete_invocation(capture, tmp_path):
+    data = capture.read_bytes()
+    ends = [(offset, rec.WhichOneof("kind")) for offset, rec in iter_records(capture)]
+    invocation_starts = [o for o, kind in ends if kind == "invocation"]
+    # Cut inside the 4th invocation record (3 complete before it), and inside the final RunEnd record.
+    for cut, complete in ((invocation_starts[3] + 5, 3), (len(data) - 2, len(invocation_starts))):
+        cut_file = tmp_path / f"cut-{cut}.rblncap"
+        cut_file.write_bytes(data[:cut])
+        out = tmp_path / f"out-{cut}"
+        result = rbln_perfetto.export(cut_file, out)
+        assert len(result.invocation_files) == complete
+        assert result.truncation is not None and result.truncation.offset == max(o for o, _ in ends if o < cut)
+        assert result.status == "truncated"
+        for path in out.glob("*.pb"):
+            check_trace(path)
+
+
+def test_capture_killed_mid_run_is_recoverable(compiled_dirs, tmp_path):
+    compiled = compiled_dirs({"text_encoder_3": {"device": 1}})
+    script = textwrap.dedent(f"""
+        import os, signal, torch
+        import rbln_perfetto
+        from pipeline import RBLNStableDiffusion3Pipeline
+        pipe = RBLNStableDiffusion3Pipeline.from_pretrained({str(compiled)!r})
+        pipe.set_progress_bar_config(disable=True)
+        def die(p, step, t, kw):
+            if step == 1:
+                os.kill(os.getpid(), signal.SIGKILL)
+            return {{}}
+        with rbln_perfetto.profile({str(tmp_path / 'run')!r}):
+            pipe("a cat", num_inference_steps=4, callback_on_step_end=die)
+    """)
+    proc = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr
+    capture = tmp_path / "run" / "capture.rblncap"
+    assert not list((tmp_path / "run").glob("*.pb"))  # killed before any export
+    assert main(["export", str(capture), "-o", str(tmp_path / "recovered")]) == 0
+    names = sorted(p.name for p in (tmp_path / "recovered").glob("0*.pb"))
+    assert names[-2:] == ["0006_transformer_0.pb", "0007_transformer_1.pb"] and len(names) == 8
+    for path in (tmp_path / "recovered").glob("*.pb"):
+        check_trace(path)
+    assert read_info(capture).end is None
+
+
+@pytest.mark.parametrize(
+    "content,reason",
+    [
+        (b"", r"not an rbln-perfetto capture \(empty file\) at byte offset 0"),
+        (b"PK\x03\x04 not a capture", r"not an rbln-perfetto capture \(starts with b'PK"),
+        (MAGIC + b"\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\x01", "corrupt record length at byte offset 8"),
+        (MAGIC + b"\x05\x0a\x03\xff\xff\xff", "corrupt record .* at byte offset 8"),
+        (MAGIC + b"\x02\x38\x01", "record of unknown kind .* at byte offset 8"),
+        (MAGIC, "capture has no header record at byte offset 8"),
+    ],
+    ids=["empty", "zip", "bad-length", "bad-record", "foreign-record", "no-header"],
+)
+def test_bad_capture_files_name_the_byte_offset(tmp_path, content, reason):
+    bad = tmp_path / "bad.rblncap"
+    bad.write_bytes(content)
+    with pytest.raises(CaptureError, match=reason):
+        rbln_perfetto.export(bad, tmp_path / "out")
+    assert not (tmp_path / "out").exists() or not list((tmp_path / "out").iterdir())
+
+
+def test_foreign_perfetto_trace_is_not_a_capture(tmp_path, capsys):
+    trace = ROOT.parent / "shared" / "tp-reference" / "flows" / "trace.pb"
+    assert main(["export", str(trace), "-o", str(tmp_path)]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("rbln-perfetto export: error:") and "not an rbln-perfetto capture" in err
+    assert "byte offset 0" in err and "\n" not in err
+
+
+def test_export_to_unwritable_directory_keeps_what_is_there(capture, tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("keep me")
+    with pytest.raises(rbln_perfetto.ExportError, match="is not writable"):
+        rbln_perfetto.export(capture, blocker / "out")
+    assert blocker.read_text() == "keep me"
+
+
+def test_export_replaces_earlier_traces_atomically(capture, tmp_path):
+    out = tmp_path / "out"
+    first = rbln_perfetto.export(capture, out)
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    second = rbln_perfetto.export(capture, out)
+    assert [p.name for p in second.invocation_files] == [p.name for p in first.invocation_files]
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before  # deterministic, no temporaries left
+    shutil.rmtree(out)

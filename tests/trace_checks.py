@@ -1,0 +1,75 @@
+"""Invariants every rbln-perfetto trace must satisfy, checked on traces parsed with the perfetto protos."""
+
+import re
+from collections import defaultdict
+
+from perfetto.protos.perfetto.trace import perfetto_trace_pb2 as pt
+
+from rbln_perfetto.trace_reader import iter_packets, read_trace
+
+NAME = re.compile(r"^(\d+)_(.+)_(\d+)$")
+
+
+def raw_events_per_track(path):
+    """(type, resolved timestamp) per track in file order, decoding the incremental clock by hand."""
+    events = defaultdict(list)
+    clock, boot = None, None
+    for p in iter_packets(path):
+        if p.HasField("clock_snapshot"):
+            for c in p.clock_snapshot.clocks:
+                if c.clock_id == 64:
+                    assert c.is_incremental
+                    clock = c.timestamp
+            continue
+        if not p.HasField("track_event"):
+            continue
+        if p.timestamp_clock_id == pt.BUILTIN_CLOCK_BOOTTIME:
+            ts = ("boot", p.timestamp)
+        else:
+            assert p.timestamp_clock_id in (0, 64)
+            clock += p.timestamp
+            ts = ("mono", clock)
+        events[p.track_event.track_uuid].append((p.track_event.type, ts))
+    return events
+
+
+def check_trace(path):
+    """Nesting, ordering, begin/end pairing and naming; returns the parsed trace."""
+    for track, evs in raw_events_per_track(path).items():
+        depth = 0
+        stamps = [ts for _, (kind, ts) in evs if kind == "mono"]
+        assert stamps == sorted(stamps), f"{path}: timestamps go backwards on track {track}"
+        for kind, _ in evs:
+            if kind == pt.TrackEvent.TYPE_SLICE_BEGIN:
+                depth += 1
+            elif kind == pt.TrackEvent.TYPE_SLICE_END:
+                depth -= 1
+                assert depth >= 0, f"{path}: end without begin on track {track}"
+        assert depth == 0, f"{path}: {depth} slices never end on track {track}"
+
+    trace = read_trace(path)
+    assert not dict(trace.stats), f"{path}: reader stats {dict(trace.stats)}"
+    by_track = defaultdict(list)
+    for s in trace.slices:
+        assert s.dur >= 0, f"{path}: slice {s.name} never ends"
+        by_track[s.track_uuid].append(s)
+    for slices in by_track.values():
+        for s in slices:
+            if s.parent_id is not None:
+                parent = trace.slices[s.parent_id]
+                assert parent.ts <= s.ts and s.ts + s.dur <= parent.ts + parent.dur, f"{s.name} escapes {parent.name}"
+        for depth in {s.depth for s in slices}:
+            level = sorted((s for s in slices if s.depth == depth), key=lambda s: s.ts)
+            for a, b in zip(level, level[1:]):
+                if a.parent_id == b.parent_id:
+                    assert a.ts + a.dur <= b.ts, f"{path}: siblings {a.name} and {b.name} overlap"
+    return trace
+
+
+def track_name(trace, s):
+    return trace.tracks[s.track_uuid].name
+
+
+def device_of(trace, s):
+    parent = trace.tracks[trace.tracks[s.track_uuid].parent_uuid]
+    return int(parent.name.split()[-1])
