@@ -180,7 +180,9 @@ def export(capture: str | os.PathLike, out_dir: str | os.PathLike | None = None,
                 ticks = np.concatenate(([inv.start_ns], inv.start_ns + np.cumsum(durations)))
                 if (durations < 0).any():
                     raise CaptureError(capture, offset, f"invocation {inv.sequence_index} has negative durations")
-                key = (inv.program_id, width_for(int(durations.max(initial=0))), len(str(inv.sequence_index)))
+                # Four bytes hold gaps up to 268 ms, so one template per program serves nearly every call.
+                width = max(4, width_for(int(durations.max(initial=0))))
+                key = (inv.program_id, width, len(str(inv.sequence_index)))
                 template = templates.get(key)
                 if template is None:
                     template = templates[key] = ProgramTemplate(

@@ -113,52 +113,67 @@ def _ann_int(name: str, value: int) -> bytes:
 
 
 class _Packets:
-    """Template under construction: framed packets as bytes with slots, and each timestamp's tick."""
+    """Template under construction: framed packets as bytes, the slots inside them, each packet's tick.
+
+    Built once per program on the export's critical path, so it does the least per event: callers
+    pass pre-joined static bytes and shared `Slot` objects; offsets are computed arithmetically.
+    """
 
     def __init__(self, width: int):
         self.width = width
         self.chunks: list[bytes] = []
-        self.slots: list[tuple[int, Slot]] = []
+        self.slots: list[tuple[int, str, int]] = []  # (offset, kind, ref)
         self.ticks: list[int] = []
         self.size = 0
+        self._ts_tail = _TS_TAG + bytes(width)
 
-    def _emit(self, parts) -> None:
-        for p in parts:
-            if isinstance(p, Slot):
-                self.slots.append((self.size, p))
-                self.chunks.append(bytes(p.width))
-                self.size += p.width
+    def _packet(self, head: bytes, fields, tail: bytes, tail_slot: tuple | None) -> None:
+        """Frame `head + fields + tail` as one packet on our sequence; fields are bytes or Slots."""
+        parts, rel, length = [], [], 0
+        for f in fields:
+            if f.__class__ is Slot:
+                rel.append((length, f.kind, f.ref))
+                parts.append(_ZEROS[f.width])
+                length += f.width
             else:
-                self.chunks.append(p)
-                self.size += len(p)
+                parts.append(f)
+                length += len(f)
+        head = head + varint(length) if head is not None else b""
+        body_len = len(_SEQ) + len(head) + length + len(tail)
+        prefix = _FRAME_TAG + varint(body_len) + _SEQ + head
+        base = self.size + len(prefix)
+        self.slots.extend((base + off, kind, ref) for off, kind, ref in rel)
+        if tail_slot is not None:
+            self.slots.append((base + length + len(tail) - self.width, *tail_slot))
+        self.chunks.append(prefix)
+        self.chunks.extend(parts)
+        self.chunks.append(tail)
+        self.size = base + length + len(tail)
 
-    def raw_packet(self, parts: list) -> None:
-        """A framed packet whose body is `parts` (bytes and slots), on our sequence."""
-        body = [f_varint(F.SEQUENCE_ID, SEQUENCE_ID), *parts]
-        length = sum(p.width if isinstance(p, Slot) else len(p) for p in body)
-        self._emit([tag(F.TRACE_PACKET, 2), varint(length), *body])
+    def raw_packet(self, field_tag: bytes, fields) -> None:
+        """A packet holding one length-delimited field (tag `field_tag`) made of `fields`."""
+        self._packet(field_tag, fields, b"", None)
 
     def event(self, tick: int, track: int, kind: int, *fields, interned: bool = True) -> None:
-        """One event packet, fields in the order given (static first, per-call slots last), then the
-        timestamp slot: consecutive packets differ in a few trailing bytes, which zlib exploits.
-        A field is bytes, a Slot, or a (tag bytes, Slot) pair."""
-        te = [_HEAD[kind], f_varint(F.TRACK_UUID, track)]
-        for f in fields:
-            if isinstance(f, tuple):
-                te.extend(f)
-            elif f:
-                te.append(f)
-        te_len = sum(p.width if isinstance(p, Slot) else len(p) for p in te)
-        parts = [_FLAGS] if interned else []
-        parts += [_TE_TAG, varint(te_len), *te, _TS_TAG, Slot("ts", self.width, tick)]
-        self.raw_packet(parts)
+        """One TrackEvent packet: fields in the order given (static first, per-call slots last), then
+        the timestamp slot, so consecutive packets differ in a few trailing bytes, which zlib exploits."""
+        self._packet((_FLAGS if interned else b"") + _TE_TAG, (_head(kind, track), *fields), self._ts_tail, ("ts", tick))
         self.ticks.append(tick)
 
     def data(self) -> bytes:
         return b"".join(self.chunks)
 
 
-_HEAD = {kind: f_varint(F.EVENT_TYPE, kind) for kind in (SLICE_BEGIN, SLICE_END, COUNTER)}
+_ZEROS = [bytes(n) for n in range(16)]
+_FRAME_TAG = tag(F.TRACE_PACKET, 2)
+_SEQ = f_varint(F.SEQUENCE_ID, SEQUENCE_ID)
+
+
+@lru_cache(maxsize=None)
+def _head(kind: int, track: int) -> bytes:
+    return f_varint(F.EVENT_TYPE, kind) + f_varint(F.TRACK_UUID, track)
+
+
 _FLAGS = f_varint(F.SEQUENCE_FLAGS, SEQ_NEEDS_STATE)
 _TE_TAG = tag(F.TRACK_EVENT, 2)
 _TS_TAG = tag(F.TIMESTAMP, 0)
@@ -218,14 +233,12 @@ class ProgramTemplate:
                                             (CLOCK_BOOTTIME, "boot", False)):
             head = f_varint(F.CLOCK_ID, clock_id) + tag(F.CLOCK_TIMESTAMP, 0)
             tail = f_varint(F.CLOCK_INCREMENTAL, 1) if incremental else b""
-            clocks += [tag(F.CLOCKS, 2), varint(len(head) + 9 + len(tail)), head, Slot(kind, 9), tail]
-        clocks_len = sum(c.width if isinstance(c, Slot) else len(c) for c in clocks)
-        out.raw_packet([tag(F.CLOCK_SNAPSHOT, 2), varint(clocks_len), *clocks])
+            clocks += [tag(F.CLOCKS, 2) + varint(len(head) + 9 + len(tail)) + head, Slot(kind, 9), tail]
+        out.raw_packet(tag(F.CLOCK_SNAPSHOT, 2), clocks)
 
-        out.event(0, tracks.workload(dev), SLICE_BEGIN, ann_str("submodule", p.submodule), ann("device", dev),
-                  ann_str("torch_device", p.torch_device), ann("commands", n_cmd), seq,
-                  _ann_slot_parts("call_index", Slot("call", INDEX_WIDTH)),
-                  (tag(F.NAME_IID, 0), Slot("name", NAME_IID_WIDTH)))
+        out.event(0, tracks.workload(dev), SLICE_BEGIN, ann_str("submodule", p.submodule) + ann("device", dev)
+                  + ann_str("torch_device", p.torch_device) + ann("commands", n_cmd) + seq[0], seq[1],
+                  *_ann_slot_parts("call_index", Slot("call", INDEX_WIDTH)), tag(F.NAME_IID, 0), Slot("name", NAME_IID_WIDTH))
 
         memory = tracks.memory(dev)
         live = [baseline_bytes + c.live_bytes for c in p.commands]
@@ -241,30 +254,34 @@ class ProgramTemplate:
         for i, x in enumerate(p.inputs):
             consumers.setdefault(x.command, []).append(i)
             shape = "[" + ", ".join(str(s) for s in x.shape) + "]"
-            out.event(i, tracks.dma(dev), SLICE_BEGIN, ann_str("tensor", x.name), ann_str("shapes", shape),
-                      ann("bytes", x.bytes), ann("src", HOST), ann("dst", dev),
-                      inline_name(f"dma {x.name} host -> device {dev}"), (_FLOW_TAG, Slot("flow", 8, i, fixed=True)))
+            out.event(i, tracks.dma(dev), SLICE_BEGIN, ann_str("tensor", x.name) + ann_str("shapes", shape)
+                      + ann("bytes", x.bytes) + ann("src", HOST) + ann("dst", dev)
+                      + inline_name(f"dma {x.name} host -> device {dev}") + _FLOW_TAG, Slot("flow", 8, i, fixed=True))
             out.event(i + 1, tracks.dma(dev), SLICE_END, interned=False)
 
         compute = tracks.compute(dev)
         last = baseline_bytes
         context = ann_str("submodule", p.submodule) + ann("device", dev)
         name_tag = tag(NAME_FIELD, 2)
+        prefix_slot = Slot("prefix", digits)
+        flow_slots = [Slot("flow", 8, i, fixed=True) for i in range(n_in)]
         for c, cmd in enumerate(p.commands):
             tick = n_in + c
             count, index = cmd.command_count, cmd.command_index
             if count > 1 and index == 0:
-                out.event(tick, compute, SLICE_BEGIN, ann_str("op", cmd.op), ann("command_count", count),
-                          inline_name(cmd.layer))
+                out.event(tick, compute, SLICE_BEGIN, ann_str("op", cmd.op) + ann("command_count", count)
+                          + inline_name(cmd.layer))
             if c == peak or abs(live[c] - last) >= step:
                 counter(tick, live[c])
                 last = live[c]
             suffix = f"_{cmd.layer}_{index}".encode()
-            ends_flows = [(_END_FLOW_TAG, Slot("flow", 8, i, fixed=True)) for i in consumers.get(c, ())]
-            out.event(tick, compute, SLICE_BEGIN, ann_str("op", cmd.op), ann_str("shapes", cmd.shapes),
-                      ann("bytes", cmd.bytes), ann("flops", cmd.flops), ann("command_index", index),
-                      ann("command_count", count), context, seq,
-                      (name_tag + varint(digits + len(suffix)), Slot("prefix", digits), suffix), *ends_flows)
+            static = b"".join((ann_str("op", cmd.op), ann_str("shapes", cmd.shapes), ann("bytes", cmd.bytes),
+                               ann("flops", cmd.flops), ann("command_index", index), ann("command_count", count),
+                               context, seq[0]))
+            fields = [static, seq[1], name_tag + varint(digits + len(suffix)), prefix_slot, suffix]
+            for i in consumers.get(c, ()):
+                fields += [_END_FLOW_TAG, flow_slots[i]]
+            out.event(tick, compute, SLICE_BEGIN, *fields)
             out.event(tick + 1, compute, SLICE_END, interned=False)
             if count > 1 and index == count - 1:
                 out.event(tick + 1, compute, SLICE_END, interned=False)
@@ -273,9 +290,9 @@ class ProgramTemplate:
         counter(base, baseline_bytes + sum(x.bytes for x in p.outputs))
         for j, x in enumerate(p.outputs):
             shape = "[" + ", ".join(str(s) for s in x.shape) + "]"
-            out.event(base + j, tracks.dma(dev), SLICE_BEGIN, ann_str("tensor", x.name), ann_str("shapes", shape),
-                      ann("bytes", x.bytes), ann("src", dev), ann("dst", HOST),
-                      inline_name(f"dma {x.name} device {dev} -> host"))
+            out.event(base + j, tracks.dma(dev), SLICE_BEGIN, ann_str("tensor", x.name) + ann_str("shapes", shape)
+                      + ann("bytes", x.bytes) + ann("src", dev) + ann("dst", HOST)
+                      + inline_name(f"dma {x.name} device {dev} -> host"))
             out.event(base + j + 1, tracks.dma(dev), SLICE_END, interned=False)
         end = self.n_ticks - 1
         counter(end, baseline_bytes)
@@ -284,8 +301,8 @@ class ProgramTemplate:
         self.template = np.frombuffer(out.data(), dtype=np.uint8)
         self.packet_ticks = np.asarray(out.ticks, dtype=np.int64)
         by_kind: dict[str, list[tuple[int, int]]] = {}
-        for offset, slot in out.slots:
-            by_kind.setdefault(slot.kind, []).append((offset, slot.ref))
+        for offset, kind, ref in out.slots:
+            by_kind.setdefault(kind, []).append((offset, ref))
         self.slots = {k: (np.array([o for o, _ in v], dtype=np.int64), np.array([r for _, r in v], dtype=np.int64))
                       for k, v in by_kind.items()}
         self.n_slices = 1 + n_in + n_cmd + len(p.outputs) + sum(

@@ -1,0 +1,54 @@
+"""Timing helpers: interleaved repetitions and medians, so machine noise hits every variant alike."""
+
+from __future__ import annotations
+
+import json
+import os
+import statistics
+import time
+import warnings
+from dataclasses import asdict, dataclass
+
+warnings.filterwarnings("ignore", category=FutureWarning)
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+
+@dataclass
+class Row:
+    benchmark: str
+    variant: str
+    value: float
+    unit: str
+    ratio: float | None = None  # against the benchmark's baseline variant, measured in the same run
+    target: str = ""
+    note: str = ""
+
+
+def interleaved(variants: dict, repeats: int, warmup: int = 1) -> dict[str, float]:
+    """Median seconds per call of each variant, calling them round-robin `repeats` times."""
+    for _ in range(warmup):
+        for fn in variants.values():
+            fn()
+    samples = {name: [] for name in variants}
+    for _ in range(repeats):
+        for name, fn in variants.items():
+            start = time.perf_counter()
+            fn()
+            samples[name].append(time.perf_counter() - start)
+    return {name: statistics.median(s) for name, s in samples.items()}
+
+
+def print_rows(rows: list[Row]) -> None:
+    widths = [24, 34, 14, 8, 12, 8]
+    print(f"{'benchmark':{widths[0]}} {'variant':{widths[1]}} {'value':>{widths[2]}} {'unit':{widths[3]}} "
+          f"{'ratio':>{widths[4]}} target / note")
+    for r in rows:
+        ratio = f"{r.ratio:.3f}x" if r.ratio is not None else ""
+        value = f"{r.value:,.4g}" if abs(r.value) < 1e6 else f"{r.value:,.0f}"
+        print(f"{r.benchmark:{widths[0]}} {r.variant:{widths[1]}} {value:>{widths[2]}} {r.unit:{widths[3]}} "
+              f"{ratio:>{widths[4]}} {r.target}{' ' + r.note if r.note else ''}")
+
+
+def write_json(rows: list[Row], path: str) -> None:
+    with open(path, "w") as f:
+        json.dump([asdict(r) for r in rows], f, indent=2)

@@ -1,0 +1,91 @@
+"""Export speed and size: rbln-perfetto's aggregate trace vs torch.profiler's export_chrome_trace.
+
+Both profile the same pipeline call. rbln-perfetto: command slices per second of `export()`
+(capture -> aggregate + per-invocation files) and bytes per command slice of `aggregate.pb`.
+torch.profiler: events per second of `export_chrome_trace` and bytes per event.
+
+    python -m bench.export_speed [--scale medium] [--steps 1] [--steps-long 28]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from bench.common import Row, print_rows
+
+PROMPT = "a photo of a cat holding a sign that says hello world"
+
+
+def _median_export(capture: Path, out: Path, repeats: int, **kwargs):
+    import rbln_perfetto
+
+    times, result = [], None
+    for i in range(repeats):
+        start = time.perf_counter()
+        result = rbln_perfetto.export(capture, out / f"r{i}", **kwargs)
+        times.append(time.perf_counter() - start)
+    return statistics.median(times), result
+
+
+def run(scale: str = "medium", steps: int = 1, steps_long: int = 28, repeats: int = 5) -> list[Row]:
+    import rbln_perfetto
+    from pipeline.compile_cache import embedded_model, load_or_compile
+
+    pipe = load_or_compile(embedded_model(scale), {"text_encoder_3": {"device": 1}})
+    pipe.set_progress_bar_config(disable=True)
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        for n_steps in (steps, steps_long):
+            with rbln_perfetto.profile(tmp / f"run-{n_steps}") as prof:
+                pipe(PROMPT, num_inference_steps=n_steps, guidance_scale=7.0, output_type="latent",
+                     generator=torch.Generator().manual_seed(0))
+            seconds, result = _median_export(prof.capture_file, tmp / f"export-{n_steps}", repeats)
+            agg_only, agg_result = _median_export(prof.capture_file, tmp / f"agg-{n_steps}", repeats, per_invocation=False)
+            n = result.command_slices
+            size = result.aggregate_file.stat().st_size
+            label = f"{scale}, {n_steps} step(s), {n:,} command slices"
+            rows.append(Row("export", f"rbln-perfetto all files ({n_steps} st)", n / seconds, "slices/s", None,
+                            ">= 1M", f"{label}; {seconds * 1e3:.1f} ms"))
+            rows.append(Row("export", f"rbln-perfetto aggregate only ({n_steps} st)", n / agg_only, "slices/s", None,
+                            ">= 1M", f"{agg_only * 1e3:.1f} ms"))
+            rows.append(Row("export", f"aggregate.pb bytes/slice ({n_steps} st)", size / n, "B", None, "<= 16",
+                            f"{size:,} bytes"))
+
+        # torch.profiler on the same 1-step call.
+        with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as tprof:
+            pipe(PROMPT, num_inference_steps=steps, guidance_scale=7.0, output_type="latent",
+                 generator=torch.Generator().manual_seed(0))
+        path = tmp / "chrome.json"
+        start = time.perf_counter()
+        tprof.export_chrome_trace(str(path))
+        chrome_s = time.perf_counter() - start
+        events = len(json.loads(path.read_text())["traceEvents"])
+        chrome_bytes = os.path.getsize(path)
+    rows.append(Row("export", f"torch.profiler export_chrome_trace ({steps} st)", events / chrome_s, "events/s",
+                    None, "yardstick", f"{events:,} events, {chrome_s * 1e3:.1f} ms"))
+    rows.append(Row("export", f"chrome trace bytes/event ({steps} st)", chrome_bytes / events, "B", None, "yardstick",
+                    f"{chrome_bytes:,} bytes"))
+    return rows
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--scale", default="medium", choices=["tiny", "medium"])
+    parser.add_argument("--steps", type=int, default=1)
+    parser.add_argument("--steps-long", type=int, default=28)
+    parser.add_argument("--repeats", type=int, default=5)
+    args = parser.parse_args()
+    print_rows(run(args.scale, args.steps, args.steps_long, args.repeats))
+
+
+if __name__ == "__main__":
+    main()
