@@ -3,6 +3,19 @@
 from .activation import profile
 from .capture import CaptureError, read_info
 from .export import ExportError, ExportResult, export
+from .query import REPORTS, QueryError, Trace, open_trace
 from .summary import Summary
 
-__all__ = ["CaptureError", "ExportError", "ExportResult", "Summary", "export", "profile", "read_info"]
+__all__ = [
+    "REPORTS",
+    "CaptureError",
+    "ExportError",
+    "ExportResult",
+    "QueryError",
+    "Summary",
+    "Trace",
+    "export",
+    "open_trace",
+    "profile",
+    "read_info",
+]

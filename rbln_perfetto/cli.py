@@ -98,6 +98,75 @@ def cmd_export(args) -> int:
     return 0
 
 
+def _open(args):
+    from .query import open_trace
+
+    return open_trace(args.trace, backend=args.backend, tp_bin=args.tp_bin)
+
+
+def cmd_summary(args) -> int:
+    from .query import REPORTS
+
+    import pandas as pd
+
+    with _open(args) as tr, pd.option_context("display.width", 200, "display.max_columns", 20,
+                                              "display.max_colwidth", 60, "display.float_format", "{:.3f}".format):
+        print(f"{args.trace} ({tr.backend} backend)")
+        for name, report in REPORTS.items():
+            df = tr.report(name)
+            print(f"\n{report.title} [{name}]:")
+            print(df.to_string(index=False) if not df.empty else "  (none)")
+    return 0
+
+
+def cmd_query(args) -> int:
+    import pandas as pd
+
+    with _open(args) as tr:
+        df = tr.query(args.sql)
+    if args.csv:
+        df.to_csv(sys.stdout, index=False)
+    elif args.json:
+        print(df.to_json(orient="records"))
+    else:
+        with pd.option_context("display.width", 200, "display.max_columns", 50, "display.max_rows", 500):
+            print(df.to_string(index=False) if not df.empty else "(no rows)")
+    return 0
+
+
+def cmd_plot(args) -> int:
+    from .plot import plot_timeline
+
+    with _open(args) as tr:
+        path = plot_timeline(tr, args.out)
+    print(f"timeline written to {path}")
+    return 0
+
+
+def cmd_serve(args) -> int:
+    import subprocess
+
+    from .query.tp_backend import TP_BIN_ENV, find_binary
+
+    if not Path(args.trace).is_file():
+        raise FileNotFoundError(f"{args.trace}: no such trace file")
+    binary = find_binary(args.tp_bin, download=True)
+    if binary is None:
+        raise RuntimeError(f"serve needs a trace_processor binary: set {TP_BIN_ENV} or pass --tp-bin "
+                           "(the perfetto package could not download one)")
+    print(f"serving {args.trace} on http://127.0.0.1:{args.port}: open https://ui.perfetto.dev and choose "
+          "'Use local trace processor' (Ctrl-C stops)", flush=True)
+    return subprocess.call([binary, "--httpd", "--http-port", str(args.port), args.trace])
+
+
+def _trace_args(p, backend: bool = True) -> None:
+    p.add_argument("trace", help="a Perfetto trace (.pb)")
+    if backend:
+        p.add_argument("--backend", choices=("auto", "sqlite", "trace_processor"), default="auto",
+                       help="auto: trace_processor when a binary is configured, else the embedded sqlite")
+    p.add_argument("--tp-bin", help="a trace_processor binary (default: $RBLN_PERFETTO_TP_BIN)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="rbln-perfetto", description=__doc__.splitlines()[0])
     parser.add_argument("--debug", action="store_true", help="show tracebacks on errors")
@@ -120,6 +189,28 @@ def build_parser() -> argparse.ArgumentParser:
     exp.add_argument("capture", help="a capture.rblncap file")
     exp.add_argument("-o", "--out", help="output directory (default: beside the capture)")
     exp.set_defaults(func=cmd_export)
+
+    summ = sub.add_parser("summary", help="print every report of a trace")
+    _trace_args(summ)
+    summ.set_defaults(func=cmd_summary)
+
+    q = sub.add_parser("query", help="run trace_processor SQL on a trace")
+    _trace_args(q)
+    q.add_argument("sql", help="the query, e.g. \"select count(*) from slice\"")
+    fmt = q.add_mutually_exclusive_group()
+    fmt.add_argument("--csv", action="store_true", help="print CSV")
+    fmt.add_argument("--json", action="store_true", help="print JSON records")
+    q.set_defaults(func=cmd_query)
+
+    plot = sub.add_parser("plot", help="draw a per-device timeline PNG")
+    _trace_args(plot)
+    plot.add_argument("-o", "--out", default="timeline.png", help="PNG to write (default timeline.png)")
+    plot.set_defaults(func=cmd_plot)
+
+    serve = sub.add_parser("serve", help="serve a trace to ui.perfetto.dev through trace_processor's HTTP mode")
+    _trace_args(serve, backend=False)
+    serve.add_argument("--port", type=int, default=9001)
+    serve.set_defaults(func=cmd_serve)
     return parser
 
 

@@ -254,7 +254,8 @@ class ProgramTemplate:
         for i, x in enumerate(p.inputs):
             consumers.setdefault(x.command, []).append(i)
             shape = "[" + ", ".join(str(s) for s in x.shape) + "]"
-            out.event(i, tracks.dma(dev), SLICE_BEGIN, ann_str("tensor", x.name) + ann_str("shapes", shape)
+            out.event(i, tracks.dma(dev), SLICE_BEGIN, ann_str("submodule", p.submodule) + ann_str("tensor", x.name)
+                      + ann_str("shapes", shape)
                       + ann("bytes", x.bytes) + ann("src", HOST) + ann("dst", dev)
                       + inline_name(f"dma {x.name} host -> device {dev}") + _FLOW_TAG, Slot("flow", 8, i, fixed=True))
             out.event(i + 1, tracks.dma(dev), SLICE_END, interned=False)
@@ -290,7 +291,8 @@ class ProgramTemplate:
         counter(base, baseline_bytes + sum(x.bytes for x in p.outputs))
         for j, x in enumerate(p.outputs):
             shape = "[" + ", ".join(str(s) for s in x.shape) + "]"
-            out.event(base + j, tracks.dma(dev), SLICE_BEGIN, ann_str("tensor", x.name) + ann_str("shapes", shape)
+            out.event(base + j, tracks.dma(dev), SLICE_BEGIN, ann_str("submodule", p.submodule) + ann_str("tensor", x.name)
+                      + ann_str("shapes", shape)
                       + ann("bytes", x.bytes) + ann("src", dev) + ann("dst", HOST)
                       + inline_name(f"dma {x.name} device {dev} -> host"))
             out.event(base + j + 1, tracks.dma(dev), SLICE_END, interned=False)

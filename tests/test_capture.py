@@ -1,6 +1,5 @@
 """The capture file: schema freshness, crash safety, and clear errors for what is not a capture."""
 
-import os
 import shutil
 import signal
 import subprocess

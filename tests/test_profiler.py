@@ -1,7 +1,6 @@
 """Profiling real runs of the embedded pipeline and the Perfetto traces written for them."""
 
 import os
-import re
 from collections import Counter
 
 import pytest

@@ -13,7 +13,7 @@ NAME = re.compile(r"^(\d+)_(.+)_(\d+)$")
 def raw_events_per_track(path):
     """(type, resolved timestamp) per track in file order, decoding the incremental clock by hand."""
     events = defaultdict(list)
-    clock, boot = None, None
+    clock = None
     for p in iter_packets(path):
         if p.HasField("clock_snapshot"):
             for c in p.clock_snapshot.clocks:

@@ -1,0 +1,71 @@
+"""Query traces with trace_processor SQL, on trace_processor itself or on an embedded SQLite copy.
+
+    with rbln_perfetto.open_trace("profile-out/aggregate.pb") as tr:   # backend="auto" | "sqlite" | "trace_processor"
+        tr.query("select name, dur from slice where name like '%to_q%' order by dur desc")
+        tr.report("devices")
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+from pathlib import Path
+
+from .reports import REPORTS, Report
+from .sqlite_backend import SqliteBackend
+from .tp_backend import TP_BIN_ENV, TraceProcessorBackend, find_binary
+
+BACKENDS = ("auto", "sqlite", "trace_processor")
+
+
+class QueryError(ValueError):
+    """SQL that the backend rejected."""
+
+
+class Trace:
+    """One trace file opened for SQL; results are pandas DataFrames."""
+
+    def __init__(self, path: str | os.PathLike, backend: str = "auto", tp_bin: str | None = None):
+        if backend not in BACKENDS:
+            raise ValueError(f"backend={backend!r} is not valid; valid: {', '.join(BACKENDS)}")
+        self.path = Path(path)
+        if not self.path.is_file():
+            raise FileNotFoundError(f"{self.path}: no such trace file")
+        if backend == "auto":
+            backend = "trace_processor" if find_binary(tp_bin) else "sqlite"
+        self._impl = SqliteBackend(self.path) if backend == "sqlite" else TraceProcessorBackend(self.path, tp_bin)
+        self.backend = backend
+
+    def query(self, sql: str):
+        try:
+            return self._impl.query(sql)
+        except sqlite3.Error as exc:
+            raise QueryError(f"SQL error: {exc}") from None
+        except Exception as exc:
+            if type(exc).__name__ == "TraceProcessorException":
+                raise QueryError(f"SQL error: {' '.join(str(exc).split())}") from None
+            raise
+
+    def report(self, name: str):
+        if name not in REPORTS:
+            raise ValueError(f"report {name!r} is not known; valid: {', '.join(REPORTS)}")
+        return self.query(REPORTS[name].sql)
+
+    def reports(self) -> dict:
+        return {name: self.report(name) for name in REPORTS}
+
+    def close(self) -> None:
+        self._impl.close()
+
+    def __enter__(self) -> Trace:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def open_trace(path: str | os.PathLike, backend: str = "auto", tp_bin: str | None = None) -> Trace:
+    return Trace(path, backend, tp_bin)
+
+
+__all__ = ["BACKENDS", "REPORTS", "TP_BIN_ENV", "QueryError", "Report", "Trace", "open_trace"]

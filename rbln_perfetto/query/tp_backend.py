@@ -1,0 +1,78 @@
+"""The trace_processor backend: Perfetto's own engine through the `perfetto` package.
+
+The binary is `tp_bin`, else `$RBLN_PERFETTO_TP_BIN`, else the one the `perfetto` package pins
+and caches (downloaded on first use where the internet is reachable).
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import sys
+from pathlib import Path
+
+TP_BIN_ENV = "RBLN_PERFETTO_TP_BIN"
+
+
+def configured_binary(tp_bin: str | None = None) -> str | None:
+    path = tp_bin or os.environ.get(TP_BIN_ENV)
+    if path and not (Path(path).is_file() and os.access(path, os.X_OK)):
+        source = "tp_bin" if tp_bin else TP_BIN_ENV
+        raise FileNotFoundError(f"{source}={path!r} is not an executable trace_processor binary")
+    return path
+
+
+def _prebuilt_entry():
+    from perfetto.prebuilts.manifests.trace_processor_shell import TRACE_PROCESSOR_SHELL_MANIFEST
+
+    plat, machine = sys.platform.lower(), platform.machine().lower()
+    return next((e for e in TRACE_PROCESSOR_SHELL_MANIFEST
+                 if e.get("platform") == plat and machine in e.get("machine", []) and e.get("url")), None)
+
+
+def find_binary(tp_bin: str | None = None, *, download: bool = False) -> str | None:
+    """A usable trace_processor: configured, else the package's cached prebuilt, else (if `download`)
+    the package's download; None when there is none."""
+    path = configured_binary(tp_bin)
+    if path:
+        return path
+    entry = _prebuilt_entry()
+    if entry is None:
+        return None
+    root, ext = os.path.splitext(entry["file_name"])
+    cached = Path.home() / ".local" / "share" / "perfetto" / "prebuilts" / f"{root}-{entry['sha256'][:16]}{ext}"
+    if cached.is_file():
+        return str(cached)
+    if not download:
+        return None
+    from perfetto.prebuilts.perfetto_prebuilts import get_perfetto_prebuilt
+    from perfetto.prebuilts.manifests.trace_processor_shell import TRACE_PROCESSOR_SHELL_MANIFEST
+
+    try:
+        return get_perfetto_prebuilt(TRACE_PROCESSOR_SHELL_MANIFEST)
+    except Exception:  # no network, no curl, checksum mismatch: there is no binary
+        return None
+
+
+class TraceProcessorBackend:
+    name = "trace_processor"
+
+    def __init__(self, path: str | Path, tp_bin: str | None = None):
+        from perfetto.trace_processor import TraceProcessor, TraceProcessorConfig
+
+        self.path = Path(path)
+        binary = find_binary(tp_bin, download=True)
+        config = TraceProcessorConfig(bin_path=binary) if binary else TraceProcessorConfig()
+        try:
+            self.tp = TraceProcessor(trace=str(self.path), config=config)
+        except Exception as exc:  # the package raises several kinds when it cannot start or download
+            raise RuntimeError(
+                f"trace_processor could not start ({type(exc).__name__}: {exc}); set {TP_BIN_ENV} to a "
+                "trace_processor binary, or use the embedded backend (backend='sqlite')"
+            ) from None
+
+    def query(self, sql: str):
+        return self.tp.query(sql).as_pandas_dataframe()
+
+    def close(self) -> None:
+        self.tp.close()
