@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import os
 import time
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -34,6 +36,7 @@ from .tracks import TrackIds
 AGGREGATE = "aggregate.pb"
 # Files the browser UI opens comfortably; beyond this, trace_processor's HTTP mode is the way.
 UI_LIMIT_BYTES = 1 << 30
+COMPRESSION_THREADS = 2
 
 
 def invocation_file_name(sequence_index: int, submodule: str, call_index: int) -> str:
@@ -160,16 +163,43 @@ def export(capture: str | os.PathLike, out_dir: str | os.PathLike | None = None,
 
     interner = Interner()
     tracks = TrackIds()
-    templates: dict[tuple[int, int], ProgramTemplate] = {}
+    templates: dict[tuple[int, int, int], ProgramTemplate] = {}
     agg = _Aggregate(out / AGGREGATE, sorted(devices.values()), boot_offset) if aggregate else None
+    # Compression runs on worker threads (zlib releases the GIL) while this thread assembles the
+    # next invocation; `pending` keeps every output in capture order.
+    pool = ThreadPoolExecutor(max_workers=COMPRESSION_THREADS)
+    pending: deque = deque()
+
+    def write(item) -> None:
+        kind, payload = item
+        if kind == "host":
+            agg.host(interner, tracks, *payload)
+            return
+        future, inv, program, template, ticks = payload
+        compressed = future.result()
+        if per_invocation:
+            path = out / invocation_file_name(inv.sequence_index, program.submodule, inv.call_index)
+            f = TraceFile(path)
+            try:
+                f.write(preamble([devices[program.device]], with_host=False))
+                f.write(interned_packet(template.static_interned))
+                f.write(compressed)
+                result.bytes_written += f.bytes_written
+                result.invocation_files.append(f.commit())
+            except BaseException:
+                f.discard()
+                raise
+        if agg is not None:
+            agg.invocation(inv.program_id, template, compressed, int(ticks[-1]))
+
     try:
-        records = iter_records(capture)
-        for offset, record in records:
+        for offset, record in iter_records(capture):
             kind = record.WhichOneof("kind")
-            if kind == "host" and agg is not None:
+            if kind == "host":
                 h = record.host
-                agg.host(interner, tracks, h.name, h.start_ns, h.end_ns, h.detail)
                 result.stats.add_host(h.name, h.start_ns, h.end_ns)
+                if agg is not None:
+                    pending.append(("host", (h.name, h.start_ns, h.end_ns, h.detail)))
             elif kind == "invocation":
                 inv = record.invocation
                 program = info.programs[inv.program_id]
@@ -177,9 +207,9 @@ def export(capture: str | os.PathLike, out_dir: str | os.PathLike | None = None,
                 if len(durations) + 1 != len(program.inputs) + len(program.commands) + len(program.outputs) + 1:
                     raise CaptureError(capture, offset, f"invocation {inv.sequence_index} has {len(durations) + 1} "
                                                         f"timestamps for a program of {len(program.commands)} commands")
-                ticks = np.concatenate(([inv.start_ns], inv.start_ns + np.cumsum(durations)))
                 if (durations < 0).any():
                     raise CaptureError(capture, offset, f"invocation {inv.sequence_index} has negative durations")
+                ticks = np.concatenate(([inv.start_ns], inv.start_ns + np.cumsum(durations)))
                 # Four bytes hold gaps up to 268 ms, so one template per program serves nearly every call.
                 width = max(4, width_for(int(durations.max(initial=0))))
                 key = (inv.program_id, width, len(str(inv.sequence_index)))
@@ -191,24 +221,15 @@ def export(capture: str | os.PathLike, out_dir: str | os.PathLike | None = None,
                 name_iid = interner.reserve_names(1)
                 stream = template.names_packet(inv.call_index, name_iid) + template.assemble(
                     ticks, inv.sequence_index, inv.call_index, name_iid, boot_offset)
-                compressed = compressed_packet(stream, compression_level)
-                if per_invocation:
-                    path = out / invocation_file_name(inv.sequence_index, program.submodule, inv.call_index)
-                    f = TraceFile(path)
-                    try:
-                        f.write(preamble([devices[program.device]], with_host=False))
-                        f.write(interned_packet(template.static_interned))
-                        f.write(compressed)
-                        result.bytes_written += f.bytes_written
-                        result.invocation_files.append(f.commit())
-                    except BaseException:
-                        f.discard()
-                        raise
-                if agg is not None:
-                    agg.invocation(inv.program_id, template, compressed, int(ticks[-1]))
+                future = pool.submit(compressed_packet, stream, compression_level)
+                pending.append(("invocation", (future, inv, program, template, ticks)))
                 result.stats.add_invocation(program, ticks)
                 result.command_slices += len(program.commands)
                 result.slices += template.n_slices
+            while len(pending) > COMPRESSION_THREADS + 1 or (pending and pending[0][0] == "host"):
+                write(pending.popleft())
+        while pending:
+            write(pending.popleft())
         if agg is not None:
             result.bytes_written += agg.file.bytes_written
             result.aggregate_file = agg.file.commit()
@@ -220,5 +241,7 @@ def export(capture: str | os.PathLike, out_dir: str | os.PathLike | None = None,
         if agg is not None:
             agg.file.discard()
         raise
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
     result.seconds = time.perf_counter() - started
     return result

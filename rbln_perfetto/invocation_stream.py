@@ -108,7 +108,12 @@ def annotation_names_payload() -> bytes:
 
 
 def _ann_int(name: str, value: int) -> bytes:
-    body = f_varint(F.ANNOTATION_NAME_IID, ANNOTATION_IID[name]) + f_varint(F.ANNOTATION_INT, value & (2**64 - 1))
+    """An integer arg: int_value (int64) when it fits, else uint_value (byte counts and flops can reach 2**64)."""
+    if value >= 2**63:
+        field, encoded = F.ANNOTATION_UINT, value
+    else:
+        field, encoded = F.ANNOTATION_INT, value & (2**64 - 1)
+    body = f_varint(F.ANNOTATION_NAME_IID, ANNOTATION_IID[name]) + f_varint(field, encoded)
     return f_bytes(F.DEBUG_ANNOTATIONS, body)
 
 
@@ -116,19 +121,26 @@ class _Packets:
     """Template under construction: framed packets as bytes, the slots inside them, each packet's tick.
 
     Built once per program on the export's critical path, so it does the least per event: callers
-    pass pre-joined static bytes and shared `Slot` objects; offsets are computed arithmetically.
+    pass pre-joined static bytes and shared `Slot` objects; offsets are computed arithmetically,
+    and the hot events (a command's begin and end) have their own straight-line paths.
     """
 
-    def __init__(self, width: int):
+    def __init__(self, width: int, digits: int):
         self.width = width
+        self.digits = digits
         self.chunks: list[bytes] = []
-        self.slots: list[tuple[int, str, int]] = []  # (offset, kind, ref)
-        self.ticks: list[int] = []
+        self.slots: list[tuple[int, str, int]] = []  # (offset, kind, ref) of the rarer slots
+        self.ts_offsets: list[int] = []
+        self.ticks: list[int] = []  # the tick of each timestamp slot, in order
+        self.seq_offsets: list[int] = []
+        self.prefix_offsets: list[int] = []
         self.size = 0
         self._ts_tail = _TS_TAG + bytes(width)
+        self._end_packets: dict[int, bytes] = {}
+        self._command_tail = bytes(INDEX_WIDTH)
 
-    def _packet(self, head: bytes, fields, tail: bytes, tail_slot: tuple | None) -> None:
-        """Frame `head + fields + tail` as one packet on our sequence; fields are bytes or Slots."""
+    def _packet(self, head: bytes | None, fields, tail: bytes, tick: int | None) -> None:
+        """Frame `head + len + fields + tail` as one packet on our sequence; fields are bytes or Slots."""
         parts, rel, length = [], [], 0
         for f in fields:
             if f.__class__ is Slot:
@@ -143,12 +155,13 @@ class _Packets:
         prefix = _FRAME_TAG + varint(body_len) + _SEQ + head
         base = self.size + len(prefix)
         self.slots.extend((base + off, kind, ref) for off, kind, ref in rel)
-        if tail_slot is not None:
-            self.slots.append((base + length + len(tail) - self.width, *tail_slot))
         self.chunks.append(prefix)
         self.chunks.extend(parts)
         self.chunks.append(tail)
         self.size = base + length + len(tail)
+        if tick is not None:
+            self.ts_offsets.append(self.size - self.width)
+            self.ticks.append(tick)
 
     def raw_packet(self, field_tag: bytes, fields) -> None:
         """A packet holding one length-delimited field (tag `field_tag`) made of `fields`."""
@@ -157,11 +170,58 @@ class _Packets:
     def event(self, tick: int, track: int, kind: int, *fields, interned: bool = True) -> None:
         """One TrackEvent packet: fields in the order given (static first, per-call slots last), then
         the timestamp slot, so consecutive packets differ in a few trailing bytes, which zlib exploits."""
-        self._packet((_FLAGS if interned else b"") + _TE_TAG, (_head(kind, track), *fields), self._ts_tail, ("ts", tick))
+        self._packet((_FLAGS if interned else b"") + _TE_TAG, (_head(kind, track), *fields), self._ts_tail, tick)
+
+    def end(self, tick: int, track: int) -> None:
+        """A SLICE_END: the same bytes on a track every time, but for the timestamp."""
+        packet = self._end_packets.get(track)
+        if packet is None:
+            te = _head(SLICE_END, track)
+            body = _SEQ + _TE_TAG + varint(len(te)) + te + self._ts_tail
+            packet = self._end_packets[track] = _FRAME_TAG + varint(len(body)) + body
+        self.chunks.append(packet)
+        self.size += len(packet)
+        self.ts_offsets.append(self.size - self.width)
+        self.ticks.append(tick)
+
+    def command(self, tick: int, te_head: bytes, name_head: bytes, suffix: bytes, flows: list[int]) -> None:
+        """A command's SLICE_BEGIN: `te_head` (type, track, static args, the sequence_index tag), the
+        sequence_index slot, the inline name `{prefix slot}{suffix}`, flows it ends, the timestamp."""
+        d = self.digits
+        te_len = len(te_head) + INDEX_WIDTH + len(name_head) + d + len(suffix) + (len(_END_FLOW_TAG) + 8) * len(flows)
+        head = _FLAGS + _TE_TAG + varint(te_len)
+        prefix = _FRAME_TAG + varint(len(_SEQ) + len(head) + te_len + len(self._ts_tail)) + _SEQ + head
+        seq_at = self.size + len(prefix) + len(te_head)
+        self.seq_offsets.append(seq_at)
+        name_at = seq_at + INDEX_WIDTH + len(name_head)
+        self.prefix_offsets.append(name_at)
+        pos = name_at + d + len(suffix)
+        flow_bytes = b""
+        for i in flows:
+            self.slots.append((pos + len(_END_FLOW_TAG), "flow", i))
+            flow_bytes += _END_FLOW_TAG + _ZEROS[8]
+            pos += len(_END_FLOW_TAG) + 8
+        self.chunks.append(prefix + te_head + self._command_tail + name_head + _ZEROS[d] + suffix + flow_bytes
+                           + self._ts_tail)
+        self.size = pos + len(self._ts_tail)
+        self.ts_offsets.append(self.size - self.width)
         self.ticks.append(tick)
 
     def data(self) -> bytes:
         return b"".join(self.chunks)
+
+    def slot_table(self) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+        by_kind: dict[str, list[tuple[int, int]]] = {}
+        for offset, kind, ref in self.slots:
+            by_kind.setdefault(kind, []).append((offset, ref))
+        table = {k: (np.array([o for o, _ in v], dtype=np.int64), np.array([r for _, r in v], dtype=np.int64))
+                 for k, v in by_kind.items()}
+        table["ts"] = (np.asarray(self.ts_offsets, dtype=np.int64), np.asarray(self.ticks, dtype=np.int64))
+        for kind, offsets in (("seq", self.seq_offsets), ("prefix", self.prefix_offsets)):
+            if offsets:
+                old = table.get(kind, (np.zeros(0, np.int64), np.zeros(0, np.int64)))
+                table[kind] = (np.concatenate([old[0], offsets]).astype(np.int64), np.zeros(len(old[0]) + len(offsets), np.int64))
+        return table
 
 
 _ZEROS = [bytes(n) for n in range(16)]
@@ -225,7 +285,7 @@ class ProgramTemplate:
 
         ann = _ann_int_cached
         seq = _ann_slot_parts("sequence_index", Slot("seq", INDEX_WIDTH))
-        out = _Packets(width)
+        out = _Packets(width, digits)
 
         # The snapshot anchors the incremental clock (and MONOTONIC/BOOTTIME) at the invocation start.
         clocks = []
@@ -258,14 +318,14 @@ class ProgramTemplate:
                       + ann_str("shapes", shape)
                       + ann("bytes", x.bytes) + ann("src", HOST) + ann("dst", dev)
                       + inline_name(f"dma {x.name} host -> device {dev}") + _FLOW_TAG, Slot("flow", 8, i, fixed=True))
-            out.event(i + 1, tracks.dma(dev), SLICE_END, interned=False)
+            out.end(i + 1, tracks.dma(dev))
 
         compute = tracks.compute(dev)
         last = baseline_bytes
         context = ann_str("submodule", p.submodule) + ann("device", dev)
         name_tag = tag(NAME_FIELD, 2)
-        prefix_slot = Slot("prefix", digits)
-        flow_slots = [Slot("flow", 8, i, fixed=True) for i in range(n_in)]
+        begin_head = _head(SLICE_BEGIN, compute)
+        static_cache: dict[tuple, bytes] = {}
         for c, cmd in enumerate(p.commands):
             tick = n_in + c
             count, index = cmd.command_count, cmd.command_index
@@ -275,17 +335,18 @@ class ProgramTemplate:
             if c == peak or abs(live[c] - last) >= step:
                 counter(tick, live[c])
                 last = live[c]
+            key = (cmd.op, cmd.shapes, cmd.bytes, cmd.flops, index, count)
+            te_head = static_cache.get(key)
+            if te_head is None:
+                te_head = static_cache[key] = b"".join((
+                    begin_head, ann_str("op", cmd.op), ann_str("shapes", cmd.shapes), ann("bytes", cmd.bytes),
+                    ann("flops", cmd.flops), ann("command_index", index), ann("command_count", count), context,
+                    seq[0]))
             suffix = f"_{cmd.layer}_{index}".encode()
-            static = b"".join((ann_str("op", cmd.op), ann_str("shapes", cmd.shapes), ann("bytes", cmd.bytes),
-                               ann("flops", cmd.flops), ann("command_index", index), ann("command_count", count),
-                               context, seq[0]))
-            fields = [static, seq[1], name_tag + varint(digits + len(suffix)), prefix_slot, suffix]
-            for i in consumers.get(c, ()):
-                fields += [_END_FLOW_TAG, flow_slots[i]]
-            out.event(tick, compute, SLICE_BEGIN, *fields)
-            out.event(tick + 1, compute, SLICE_END, interned=False)
+            out.command(tick, te_head, name_tag + varint(digits + len(suffix)), suffix, consumers.get(c, ()))
+            out.end(tick + 1, compute)
             if count > 1 and index == count - 1:
-                out.event(tick + 1, compute, SLICE_END, interned=False)
+                out.end(tick + 1, compute)
 
         base = n_in + n_cmd
         counter(base, baseline_bytes + sum(x.bytes for x in p.outputs))
@@ -295,18 +356,14 @@ class ProgramTemplate:
                       + ann_str("shapes", shape)
                       + ann("bytes", x.bytes) + ann("src", dev) + ann("dst", HOST)
                       + inline_name(f"dma {x.name} device {dev} -> host"))
-            out.event(base + j + 1, tracks.dma(dev), SLICE_END, interned=False)
+            out.end(base + j + 1, tracks.dma(dev))
         end = self.n_ticks - 1
         counter(end, baseline_bytes)
-        out.event(end, tracks.workload(dev), SLICE_END, interned=False)
+        out.end(end, tracks.workload(dev))
 
         self.template = np.frombuffer(out.data(), dtype=np.uint8)
-        self.packet_ticks = np.asarray(out.ticks, dtype=np.int64)
-        by_kind: dict[str, list[tuple[int, int]]] = {}
-        for offset, kind, ref in out.slots:
-            by_kind.setdefault(kind, []).append((offset, ref))
-        self.slots = {k: (np.array([o for o, _ in v], dtype=np.int64), np.array([r for _, r in v], dtype=np.int64))
-                      for k, v in by_kind.items()}
+        self.slots = out.slot_table()
+        self.packet_ticks = self.slots["ts"][1]
         self.n_slices = 1 + n_in + n_cmd + len(p.outputs) + sum(
             1 for c in p.commands if c.command_count > 1 and c.command_index == 0)
         # What a file needs interned to read this template: the annotation string values.

@@ -42,6 +42,7 @@ class F:
     DOUBLE_COUNTER_VALUE = _f(pt.TrackEvent, "double_counter_value")
     ANNOTATION_NAME_IID = _f(pt.DebugAnnotation, "name_iid")
     ANNOTATION_INT = _f(pt.DebugAnnotation, "int_value")
+    ANNOTATION_UINT = _f(pt.DebugAnnotation, "uint_value")
     ANNOTATION_STRING_IID = _f(pt.DebugAnnotation, "string_value_iid")
     ANNOTATION_STRING = _f(pt.DebugAnnotation, "string_value")
     INTERNED_EVENT_NAMES = _f(pt.InternedData, "event_names")

@@ -24,6 +24,7 @@ class RunStats:
     host_ns: dict = field(default_factory=lambda: defaultdict(int))
     start_ns: int | None = None
     end_ns: int | None = None
+    _split_counts: dict = field(default_factory=dict, repr=False)
 
     def _span(self, start: int, end: int) -> None:
         self.start_ns = start if self.start_ns is None else min(self.start_ns, start)
@@ -35,7 +36,10 @@ class RunStats:
         s.device = program.device
         s.calls += 1
         s.commands += n_cmd
-        s.split_commands += sum(1 for c in program.commands if c.command_count > 1)
+        splits = self._split_counts.get(id(program))
+        if splits is None:
+            splits = self._split_counts[id(program)] = sum(1 for c in program.commands if c.command_count > 1)
+        s.split_commands += splits
         s.total_ns += int(ticks[-1] - ticks[0])
         s.compute_ns += int(ticks[n_in + n_cmd] - ticks[n_in])
         s.dma_ns += int(ticks[n_in] - ticks[0] + ticks[-1] - ticks[n_in + n_cmd])
