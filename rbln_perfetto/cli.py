@@ -64,6 +64,7 @@ def _print_result(result: ExportResult) -> None:
 
 def cmd_run(args) -> int:
     from pipeline.compile_cache import embedded_model, load_or_compile
+    from pipeline.config import RBLNConfig
 
     from .activation import profile
 
@@ -75,6 +76,9 @@ def cmd_run(args) -> int:
     _merge_flag(config, "img_height", args.height, "--height")
     _merge_flag(config, "img_width", args.width, "--width")
     _merge_flag(config, "guidance_scale", args.guidance, "--guidance")
+    RBLNConfig.from_dict(config)  # a bad config fails here, before anything is built or written
+    if args.model is not None and not (Path(args.model) / "model_index.json").is_file():
+        raise UsageError(f"--model {args.model} is not a diffusers SD3 directory (no model_index.json)")
     model = args.model or embedded_model(args.scale)
     pipe = load_or_compile(model, config)
     pipe.set_progress_bar_config(disable=True)
@@ -167,10 +171,17 @@ def _trace_args(p, backend: bool = True) -> None:
     p.add_argument("--tp-bin", help="a trace_processor binary (default: $RBLN_PERFETTO_TP_BIN)")
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line naming the problem (and `--help` shows the rest)."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="rbln-perfetto", description=__doc__.splitlines()[0])
+    parser = _Parser(prog="rbln-perfetto", description=__doc__.splitlines()[0])
     parser.add_argument("--debug", action="store_true", help="show tracebacks on errors")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=_Parser)
 
     run = sub.add_parser("run", help="profile one SD3 pipeline call and write Perfetto traces")
     run.add_argument("--steps", type=int, default=2, help="denoising steps (default 2)")

@@ -8,6 +8,7 @@ Memory stays bounded by the programs' templates, whatever the number of invocati
 from __future__ import annotations
 
 import os
+import re
 import time
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
@@ -30,7 +31,7 @@ from .proto_bytes import (
     width_for,
 )
 from .summary import RunStats, Summary
-from .trace_file import TraceFile, compressed_packet, interned_packet, preamble
+from .trace_file import TraceFile, compressed_packet, interned_packet, preamble, remove_stale_temporaries
 from .tracks import TrackIds
 
 AGGREGATE = "aggregate.pb"
@@ -39,13 +40,21 @@ UI_LIMIT_BYTES = 1 << 30
 COMPRESSION_THREADS = 2
 
 
+_UNSAFE = re.compile(r"[^A-Za-z0-9._-]")
+
+
 def invocation_file_name(sequence_index: int, submodule: str, call_index: int) -> str:
-    """`ls` order is run order: 0006_transformer_0.pb."""
-    return f"{sequence_index:04d}_{submodule}_{call_index}.pb"
+    """`ls` order is run order: 0006_transformer_0.pb. Characters a file name cannot hold become `_`."""
+    return f"{sequence_index:04d}_{_UNSAFE.sub('_', submodule)[:64]}_{call_index}.pb"
 
 
 class ExportError(OSError):
     """The output cannot be written; nothing already written was changed."""
+
+
+def _failed(exc: OSError, path: Path) -> ExportError:
+    return ExportError(f"writing {path.name} in {path.parent} failed: {exc.strerror or exc}; the files "
+                       "committed before it are intact and no partial file was left")
 
 
 @dataclass
@@ -71,12 +80,13 @@ class ExportResult:
 
 
 def check_writable(out_dir: Path) -> None:
-    """Fail before any work if `out_dir` cannot take files."""
+    """Fail before any work if `out_dir` cannot take files; clear what killed exports left there."""
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
         probe = out_dir / f".rbln-perfetto-probe-{os.getpid()}"
         probe.write_bytes(b"")
         probe.unlink()
+        remove_stale_temporaries(out_dir)
     except OSError as exc:
         raise ExportError(f"output directory {out_dir} is not writable: {exc.strerror or exc}") from None
 
@@ -164,7 +174,10 @@ def export(capture: str | os.PathLike, out_dir: str | os.PathLike | None = None,
     interner = Interner()
     tracks = TrackIds()
     templates: dict[tuple[int, int, int], ProgramTemplate] = {}
-    agg = _Aggregate(out / AGGREGATE, sorted(devices.values()), boot_offset) if aggregate else None
+    try:
+        agg = _Aggregate(out / AGGREGATE, sorted(devices.values()), boot_offset) if aggregate else None
+    except OSError as exc:
+        raise _failed(exc, out / AGGREGATE) from exc
     # Compression runs on worker threads (zlib releases the GIL) while this thread assembles the
     # next invocation; `pending` keeps every output in capture order.
     pool = ThreadPoolExecutor(max_workers=COMPRESSION_THREADS)
@@ -179,15 +192,20 @@ def export(capture: str | os.PathLike, out_dir: str | os.PathLike | None = None,
         compressed = future.result()
         if per_invocation:
             path = out / invocation_file_name(inv.sequence_index, program.submodule, inv.call_index)
-            f = TraceFile(path)
+            try:
+                f = TraceFile(path)
+            except OSError as exc:
+                raise _failed(exc, path) from exc
             try:
                 f.write(preamble([devices[program.device]], with_host=False))
                 f.write(interned_packet(template.static_interned))
                 f.write(compressed)
                 result.bytes_written += f.bytes_written
                 result.invocation_files.append(f.commit())
-            except BaseException:
+            except BaseException as exc:
                 f.discard()
+                if isinstance(exc, OSError):
+                    raise _failed(exc, path) from exc
                 raise
         if agg is not None:
             agg.invocation(inv.program_id, template, compressed, int(ticks[-1]))
@@ -233,10 +251,14 @@ def export(capture: str | os.PathLike, out_dir: str | os.PathLike | None = None,
         if agg is not None:
             result.bytes_written += agg.file.bytes_written
             result.aggregate_file = agg.file.commit()
+    except ExportError:
+        if agg is not None:
+            agg.file.discard()
+        raise
     except OSError as exc:
         if agg is not None:
             agg.file.discard()
-        raise ExportError(f"writing traces to {out} failed: {exc.strerror or exc}") from exc
+        raise _failed(exc, out / AGGREGATE) from exc
     except BaseException:
         if agg is not None:
             agg.file.discard()

@@ -117,6 +117,29 @@ def _ann_int(name: str, value: int) -> bytes:
     return f_bytes(F.DEBUG_ANNOTATIONS, body)
 
 
+def split_runs(commands) -> tuple[list[bool], list[bool]]:
+    """Which commands open and close a split op's parent slice.
+
+    A parent spans a maximal run of consecutive commands of one layer and command_count > 1 whose
+    command_index counts up from 0; runs always close, so the slices nest whatever the capture says.
+    """
+    n = len(commands)
+    opens, closes = [False] * n, [False] * n
+    in_run = False
+    for c, cmd in enumerate(commands):
+        prev = commands[c - 1] if c else None
+        continues = (in_run and prev.layer == cmd.layer and prev.command_count == cmd.command_count
+                     and cmd.command_index == prev.command_index + 1)
+        if not continues:
+            if in_run:
+                closes[c - 1] = True
+            in_run = cmd.command_count > 1 and cmd.command_index == 0
+            opens[c] = in_run
+    if in_run:
+        closes[n - 1] = True
+    return opens, closes
+
+
 class _Packets:
     """Template under construction: framed packets as bytes, the slots inside them, each packet's tick.
 
@@ -326,10 +349,11 @@ class ProgramTemplate:
         name_tag = tag(NAME_FIELD, 2)
         begin_head = _head(SLICE_BEGIN, compute)
         static_cache: dict[tuple, bytes] = {}
+        opens, closes = split_runs(p.commands)
         for c, cmd in enumerate(p.commands):
             tick = n_in + c
             count, index = cmd.command_count, cmd.command_index
-            if count > 1 and index == 0:
+            if opens[c]:
                 out.event(tick, compute, SLICE_BEGIN, ann_str("op", cmd.op) + ann("command_count", count)
                           + inline_name(cmd.layer))
             if c == peak or abs(live[c] - last) >= step:
@@ -345,7 +369,7 @@ class ProgramTemplate:
             suffix = f"_{cmd.layer}_{index}".encode()
             out.command(tick, te_head, name_tag + varint(digits + len(suffix)), suffix, consumers.get(c, ()))
             out.end(tick + 1, compute)
-            if count > 1 and index == count - 1:
+            if closes[c]:
                 out.end(tick + 1, compute)
 
         base = n_in + n_cmd
@@ -364,8 +388,7 @@ class ProgramTemplate:
         self.template = np.frombuffer(out.data(), dtype=np.uint8)
         self.slots = out.slot_table()
         self.packet_ticks = self.slots["ts"][1]
-        self.n_slices = 1 + n_in + n_cmd + len(p.outputs) + sum(
-            1 for c in p.commands if c.command_count > 1 and c.command_index == 0)
+        self.n_slices = 1 + n_in + n_cmd + len(p.outputs) + sum(opens)
         # What a file needs interned to read this template: the annotation string values.
         self.static_interned = b"".join(
             interned_entry(F.INTERNED_STRINGS, iid, t.encode(), F.INTERNED_STRING) for t, iid in used_strings.items())

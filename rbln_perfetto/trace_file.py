@@ -7,6 +7,7 @@ interrupt) leaves the files it already committed intact and removes its temporar
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
 from perfetto.protos.perfetto.trace import perfetto_trace_pb2 as pt
@@ -48,6 +49,32 @@ def preamble(devices, *, with_host: bool) -> bytes:
 def interned_packet(payload: bytes) -> bytes:
     return f_bytes(F.TRACE_PACKET, f_varint(F.SEQUENCE_ID, SEQUENCE_ID) + f_bytes(F.INTERNED_DATA, payload)
                    + f_varint(F.SEQUENCE_FLAGS, SEQ_NEEDS_STATE))
+
+
+_TEMPORARY = re.compile(r"^\.(.+\.pb)\.(\d+)\.tmp$")
+
+
+def _alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return False  # ours are never left open between exports
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def remove_stale_temporaries(out_dir: Path) -> list[Path]:
+    """Delete the temporary files of exports whose process died (SIGKILL, power loss) in `out_dir`."""
+    removed = []
+    for entry in os.scandir(out_dir):
+        m = _TEMPORARY.match(entry.name)
+        if m and entry.is_file(follow_symlinks=False) and not _alive(int(m.group(2))):
+            Path(entry.path).unlink(missing_ok=True)
+            removed.append(Path(entry.path))
+    return removed
 
 
 class TraceFile:

@@ -186,6 +186,30 @@ class _Clocks:
         return None
 
 
+def _packet_walk(data: bytes) -> tuple[int, str] | None:
+    """Where a `Trace` (repeated TracePacket, field 1) stops being well-formed, and why; None if it is."""
+    pos = 0
+    while pos < len(data):
+        start = pos
+        if data[pos] != 0x0A:
+            return start, f"byte {data[pos]:#04x} where a packet should start"
+        pos += 1
+        length = shift = 0
+        while True:
+            if pos >= len(data):
+                return start, "a packet length cut short"
+            b = data[pos]
+            pos += 1
+            length |= (b & 0x7F) << shift
+            shift += 7
+            if b < 0x80:
+                break
+        if pos + length > len(data):
+            return start, f"a packet of {length} bytes cut short after {len(data) - pos}"
+        pos += length
+    return None
+
+
 def _what_it_is(data: bytes) -> str:
     from .capture import MAGIC
 
@@ -195,6 +219,9 @@ def _what_it_is(data: bytes) -> str:
         return "a JSON trace (Chrome trace format?); this reader takes Perfetto protobuf traces"
     if data[:2] == b"\x1f\x8b":
         return "gzip-compressed: decompress it first"
+    problem = _packet_walk(data)
+    if problem is not None and problem[0] > 0:
+        return f"a truncated or corrupt Perfetto trace: {problem[1]} at byte offset {problem[0]}"
     return "not a Perfetto protobuf trace (its bytes do not parse as TracePackets)"
 
 
@@ -352,6 +379,10 @@ def read_tables(path: str | os.PathLike) -> TraceTables:
         cat_col.append(",".join([seq.categories.get(i, "") for i in cat_iids] + list(cats)) if (cat_iids or cats) else None)
         argset_col.append(argset)
 
+    if not ts_col and not out.tracks and any(k.startswith("unsupported_packet_field:") for k in stats):
+        found = ", ".join(f"{k.split(':', 1)[1]} x{v}" for k, v in stats.items() if k.startswith("unsupported"))
+        raise TraceReadError(f"{path}: holds no TrackEvent data this reader understands (found {found}); "
+                             "read it with the trace_processor backend")
     _build(out, ts_col, type_col, track_col, name_col, cat_col, argset_col, counter_vals, flow_events)
     return out
 
