@@ -96,6 +96,10 @@ class TraceFile:
         return self.path
 
     def discard(self) -> None:
-        if not self._file.closed:
-            self._file.close()
-        self._tmp.unlink(missing_ok=True)
+        try:
+            if not self._file.closed:
+                self._file.close()  # flushes what is buffered, which fails again on a full disk
+        except OSError:
+            pass
+        finally:
+            self._tmp.unlink(missing_ok=True)
