@@ -184,6 +184,8 @@ def iter_records(path: str | os.PathLike, *, strict: bool = False) -> Iterator[t
         magic = f.read(len(MAGIC))
         if magic != MAGIC:
             what = "empty file" if not magic else f"starts with {magic!r}, not {MAGIC!r}"
+            if magic[:1] == b"\x0a":
+                what += "; it looks like a Perfetto trace: export takes the capture.rblncap of a profiled run"
             raise CaptureError(path, 0, f"not an rbln-perfetto capture ({what})")
         offset = len(MAGIC)
         while True:

@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 
 from .capture import CaptureError
-from .export import UI_LIMIT_BYTES, ExportError, ExportResult, export
+from .export import UI_LIMIT_BYTES, ExportError, ExportResult, check_creatable, export
 
 PROMPT = "a photo of a cat holding a sign that says hello world"
 DEFAULT_SPLIT = {"text_encoder_3": {"device": 1}}
@@ -65,8 +65,9 @@ def _print_result(result: ExportResult) -> None:
 def cmd_run(args) -> int:
     from pipeline.compile_cache import embedded_model, load_or_compile
     from pipeline.config import RBLNConfig
+    from pipeline.placement import torch_devices
 
-    from .activation import profile
+    from .activation import default_out_dir, profile
 
     config = _rbln_config(args.config)
     if args.steps < 1:
@@ -76,7 +77,8 @@ def cmd_run(args) -> int:
     _merge_flag(config, "img_height", args.height, "--height")
     _merge_flag(config, "img_width", args.width, "--width")
     _merge_flag(config, "guidance_scale", args.guidance, "--guidance")
-    RBLNConfig.from_dict(config)  # a bad config fails here, before anything is built or written
+    torch_devices(RBLNConfig.from_dict(config))  # a bad config fails here, before anything is built or written
+    check_creatable(Path(args.out) if args.out else default_out_dir("run"))
     if args.model is not None and not (Path(args.model) / "model_index.json").is_file():
         raise UsageError(f"--model {args.model} is not a diffusers SD3 directory (no model_index.json)")
     model = args.model or embedded_model(args.scale)
@@ -109,9 +111,9 @@ def _open(args):
 
 
 def cmd_summary(args) -> int:
-    from .query import REPORTS
-
     import pandas as pd
+
+    from .query import REPORTS
 
     with _open(args) as tr, pd.option_context("display.width", 200, "display.max_columns", 20,
                                               "display.max_colwidth", 60, "display.float_format", "{:.3f}".format):
@@ -150,14 +152,14 @@ def cmd_plot(args) -> int:
 def cmd_serve(args) -> int:
     import subprocess
 
-    from .query.tp_backend import TP_BIN_ENV, find_binary
+    from .query.tp_backend import find_binary, no_binary_message
 
     if not Path(args.trace).is_file():
-        raise FileNotFoundError(f"{args.trace}: no such trace file")
+        what = "is a directory, not a trace file" if Path(args.trace).is_dir() else "no such trace file"
+        raise FileNotFoundError(f"{args.trace}: {what}")
     binary = find_binary(args.tp_bin, download=True)
     if binary is None:
-        raise RuntimeError(f"serve needs a trace_processor binary: set {TP_BIN_ENV} or pass --tp-bin "
-                           "(the perfetto package could not download one)")
+        raise RuntimeError(no_binary_message())
     print(f"serving {args.trace} on http://127.0.0.1:{args.port}: open https://ui.perfetto.dev and choose "
           "'Use local trace processor' (Ctrl-C stops)", flush=True)
     return subprocess.call([binary, "--httpd", "--http-port", str(args.port), args.trace])

@@ -31,7 +31,13 @@ from .proto_bytes import (
     width_for,
 )
 from .summary import RunStats, Summary
-from .trace_file import TraceFile, compressed_packet, interned_packet, preamble, remove_stale_temporaries
+from .trace_file import (
+    TraceFile,
+    compressed_packet,
+    interned_packet,
+    preamble,
+    remove_stale_temporaries,
+)
 from .tracks import TrackIds
 
 AGGREGATE = "aggregate.pb"
@@ -77,6 +83,20 @@ class ExportResult:
     def too_large_for_ui(self) -> list[Path]:
         files = self.invocation_files + ([self.aggregate_file] if self.aggregate_file else [])
         return [f for f in files if f.stat().st_size > UI_LIMIT_BYTES]
+
+
+def check_creatable(out_dir: Path) -> None:
+    """Like `check_writable`, without creating anything: for checks made long before the first write."""
+    probe = Path(os.path.abspath(out_dir))
+    while not probe.exists():
+        probe = probe.parent
+    reason = None
+    if not probe.is_dir():
+        reason = "Not a directory"
+    elif not os.access(probe, os.W_OK | os.X_OK):
+        reason = "Permission denied"
+    if reason:
+        raise ExportError(f"output directory {out_dir} is not writable: {reason}")
 
 
 def check_writable(out_dir: Path) -> None:
@@ -152,7 +172,7 @@ def export(capture: str | os.PathLike, out_dir: str | os.PathLike | None = None,
     started = time.perf_counter()
     capture = Path(capture)
     if not capture.is_file():
-        raise CaptureError(capture, 0, "no such capture file")
+        raise CaptureError(capture, 0, "is a directory, not a capture file" if capture.is_dir() else "no such capture file")
     info = read_info(capture)
     out = Path(out_dir) if out_dir is not None else capture.parent
     check_writable(out)

@@ -13,9 +13,16 @@ from pathlib import Path
 from perfetto.protos.perfetto.trace import perfetto_trace_pb2 as pt
 
 from .invocation_stream import annotation_names_payload
-from .proto_bytes import CLOCK_INCREMENTAL, SEQ_CLEARED, SEQ_NEEDS_STATE, SEQUENCE_ID, F, f_bytes, f_varint
+from .proto_bytes import (
+    CLOCK_INCREMENTAL,
+    SEQ_CLEARED,
+    SEQ_NEEDS_STATE,
+    SEQUENCE_ID,
+    F,
+    f_bytes,
+    f_varint,
+)
 from .tracks import descriptor_packets
-
 
 try:  # zlib-ng writes the same zlib streams about 1.8x faster than stdlib zlib at the same ratio
     from zlib_ng import zlib_ng as _zlib

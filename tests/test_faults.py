@@ -13,7 +13,6 @@ import signal
 import subprocess
 import sys
 import tempfile
-import textwrap
 import time
 from contextlib import contextmanager
 from pathlib import Path

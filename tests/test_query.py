@@ -223,33 +223,6 @@ def test_query_cli_formats(profiled, capsys):
         assert report.title in text
 
 
-@pytest.mark.parametrize(
-    "make_file,argv,message",
-    [
-        (lambda d: d / "missing.pb", ["query", "{f}", "select 1"], "no such trace file"),
-        (lambda d: _write(d / "notes.txt", b"hello, not a trace"), ["summary", "{f}"], "not a Perfetto protobuf trace"),
-        (lambda d: _write(d / "chrome.json", b'{"traceEvents": []}'), ["query", "{f}", "select 1"], "a JSON trace"),
-        (lambda d: _write(d / "empty.pb", b""), ["plot", "{f}", "-o", "x.png"], "empty file"),
-        (lambda d: d / "trace.pb", ["query", "{f}", "select nonsense from slice"], "SQL error: no such column: nonsense"),
-        (lambda d: d / "trace.pb", ["query", "{f}", "select * from"], "SQL error"),
-        (lambda d: d / "trace.pb", ["query", "{f}", "select 1", "--backend", "trace_processor", "--tp-bin", "/nope"],
-         "tp_bin='/nope' is not an executable trace_processor binary"),
-    ],
-    ids=["missing", "text", "json", "empty", "bad-column", "bad-syntax", "bad-binary"],
-)
-def test_cli_errors_are_one_line(tmp_path, capsys, make_file, argv, message):
-    (tmp_path / "trace.pb").write_bytes((REFERENCE / "flows" / "trace.pb").read_bytes())
-    f = make_file(tmp_path)
-    assert main([a.format(f=f) for a in argv]) == 1
-    err = capsys.readouterr().err
-    assert err.count("\n") == 1 and message in err and "Traceback" not in err
-
-
-def _write(path, data):
-    path.write_bytes(data)
-    return path
-
-
 def test_unsupported_packets_are_reported_not_misread(tmp_path):
     trace = pt.Trace()
     p = trace.packet.add(trusted_packet_sequence_id=1, timestamp=10)

@@ -30,7 +30,8 @@ class Trace:
             raise ValueError(f"backend={backend!r} is not valid; valid: {', '.join(BACKENDS)}")
         self.path = Path(path)
         if not self.path.is_file():
-            raise FileNotFoundError(f"{self.path}: no such trace file")
+            what = "is a directory, not a trace file" if self.path.is_dir() else "no such trace file"
+            raise FileNotFoundError(f"{self.path}: {what}")
         if backend == "auto":
             backend = "trace_processor" if find_binary(tp_bin) else "sqlite"
         self._impl = SqliteBackend(self.path) if backend == "sqlite" else TraceProcessorBackend(self.path, tp_bin)

@@ -9,6 +9,8 @@ from __future__ import annotations
 import os
 import platform
 import sys
+import tempfile
+from contextlib import contextmanager
 from pathlib import Path
 
 TP_BIN_ENV = "RBLN_PERFETTO_TP_BIN"
@@ -23,7 +25,9 @@ def configured_binary(tp_bin: str | None = None) -> str | None:
 
 
 def _prebuilt_entry():
-    from perfetto.prebuilts.manifests.trace_processor_shell import TRACE_PROCESSOR_SHELL_MANIFEST
+    from perfetto.prebuilts.manifests.trace_processor_shell import (
+        TRACE_PROCESSOR_SHELL_MANIFEST,
+    )
 
     plat, machine = sys.platform.lower(), platform.machine().lower()
     return next((e for e in TRACE_PROCESSOR_SHELL_MANIFEST
@@ -45,13 +49,46 @@ def find_binary(tp_bin: str | None = None, *, download: bool = False) -> str | N
         return str(cached)
     if not download:
         return None
+    from perfetto.prebuilts.manifests.trace_processor_shell import (
+        TRACE_PROCESSOR_SHELL_MANIFEST,
+    )
     from perfetto.prebuilts.perfetto_prebuilts import get_perfetto_prebuilt
-    from perfetto.prebuilts.manifests.trace_processor_shell import TRACE_PROCESSOR_SHELL_MANIFEST
 
-    try:
-        return get_perfetto_prebuilt(TRACE_PROCESSOR_SHELL_MANIFEST)
-    except Exception:  # no network, no curl, checksum mismatch: there is no binary
-        return None
+    global last_download_error
+    with _stderr_captured() as captured:
+        try:
+            return get_perfetto_prebuilt(TRACE_PROCESSOR_SHELL_MANIFEST)
+        except Exception as exc:  # no network, no curl, checksum mismatch: there is no binary
+            lines = [line.strip() for line in captured().splitlines() if line.strip()]
+            last_download_error = lines[-1] if lines else f"{type(exc).__name__}: {exc}"
+            return None
+
+
+last_download_error = ""
+
+
+@contextmanager
+def _stderr_captured():
+    """The download prints and shells out to curl, whose output would bury our one-line error."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    saved = [os.dup(1), os.dup(2)]
+    with tempfile.TemporaryFile() as sink:
+        os.dup2(sink.fileno(), 1)
+        os.dup2(sink.fileno(), 2)
+        try:
+            yield lambda: (sink.seek(0), sink.read().decode(errors="replace"))[1]
+        finally:
+            sys.stdout.flush()
+            for fd, copy in zip((1, 2), saved):
+                os.dup2(copy, fd)
+                os.close(copy)
+
+
+def no_binary_message() -> str:
+    why = f" (its download failed: {last_download_error})" if last_download_error else ""
+    return (f"no trace_processor binary: set {TP_BIN_ENV} or pass --tp-bin; the perfetto package could not "
+            f"provide one{why}")
 
 
 class TraceProcessorBackend:
@@ -62,9 +99,10 @@ class TraceProcessorBackend:
 
         self.path = Path(path)
         binary = find_binary(tp_bin, download=True)
-        config = TraceProcessorConfig(bin_path=binary) if binary else TraceProcessorConfig()
+        if binary is None:
+            raise RuntimeError(f"{no_binary_message()}; or use the embedded backend (backend='sqlite')")
         try:
-            self.tp = TraceProcessor(trace=str(self.path), config=config)
+            self.tp = TraceProcessor(trace=str(self.path), config=TraceProcessorConfig(bin_path=binary))
         except Exception as exc:  # the package raises several kinds when it cannot start or download
             raise RuntimeError(
                 f"trace_processor could not start ({type(exc).__name__}: {exc}); set {TP_BIN_ENV} to a "
