@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import os
 import statistics
+import subprocess
+import sys
 import time
 import warnings
 from dataclasses import asdict, dataclass
@@ -52,3 +54,25 @@ def print_rows(rows: list[Row]) -> None:
 def write_json(rows: list[Row], path: str) -> None:
     with open(path, "w") as f:
         json.dump([asdict(r) for r in rows], f, indent=2)
+
+
+
+# Peak RSS of the process that runs it, in MB. VmHWM belongs to the memory map made at exec, so a
+# child forked from a big parent reports its own peak (ru_maxrss would include the parent's pages).
+PEAK_RSS = """
+def peak_rss_mb():
+    try:
+        with open("/proc/self/status") as f:
+            return next(int(line.split()[1]) for line in f if line.startswith("VmHWM:")) / 1024
+    except (OSError, StopIteration):
+        import resource
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+"""
+
+
+def run_child(code: str, *args: str) -> dict:
+    """Run `code` (which may call peak_rss_mb() and must print one JSON object) in a fresh Python."""
+    proc = subprocess.run([sys.executable, "-c", PEAK_RSS + code, *args], capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise RuntimeError(f"benchmark child failed ({proc.returncode}): {proc.stderr[-2000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])

@@ -18,8 +18,10 @@ distinct TrackEvent byte string and argument set is decoded once; slices are bui
 from __future__ import annotations
 
 import os
+import re
 import zlib
-from collections import defaultdict
+from collections import defaultdict, deque
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -28,7 +30,7 @@ from google.protobuf import unknown_fields
 from google.protobuf.message import DecodeError
 from perfetto.protos.perfetto.trace import perfetto_trace_pb2 as pt
 
-from .perfetto_view import KNOWN_PACKET_FIELDS, ViewEvent, ViewTrace
+from .perfetto_view import KNOWN_PACKET_FIELDS, ViewEvent, ViewPacket, ViewTrace
 
 BOOTTIME = pt.BUILTIN_CLOCK_BOOTTIME
 BEGIN, END, INSTANT, COUNTER = (pt.TrackEvent.TYPE_SLICE_BEGIN, pt.TrackEvent.TYPE_SLICE_END,
@@ -85,8 +87,11 @@ class TraceTables:
     slice_depth: np.ndarray = None
     slice_parent: np.ndarray = None  # slice id, -1 for none
     slice_arg_set: np.ndarray = None  # -1 for none
-    slice_name: list = field(default_factory=list)
-    slice_category: list = field(default_factory=list)
+    # A name is strings[name_id] after the decimal name_prefix (-1: none), as the SQL backend stores it.
+    slice_name_prefix: np.ndarray = None
+    slice_name_id: np.ndarray = None
+    slice_category_id: np.ndarray = None  # into strings, -1 for none
+    strings: list[str] = field(default_factory=list)
     arg_sets: list[dict] = field(default_factory=list)  # arg_set_id -> {key: value}
     counter_ts: np.ndarray = None
     counter_track: np.ndarray = None
@@ -96,7 +101,16 @@ class TraceTables:
 
     @property
     def slice_count(self) -> int:
-        return len(self.slice_name)
+        return len(self.slice_ts)
+
+    @property
+    def slice_name(self) -> list[str]:
+        s = self.strings
+        return [s[i] if p < 0 else f"{p}{s[i]}" for p, i in zip(self.slice_name_prefix.tolist(), self.slice_name_id.tolist())]
+
+    @property
+    def slice_category(self) -> list[str | None]:
+        return [None if i < 0 else self.strings[i] for i in self.slice_category_id.tolist()]
 
 
 @dataclass
@@ -154,18 +168,41 @@ class _Clocks:
             ns = ts * self.multiplier.get(key, 1)
         if clock_id == BOOTTIME:
             return ns
+        offset = self._offset(key)
+        if offset is None:
+            self.stats["clock_sync_failure_unknown_source_clock"] += 1
+            return None
+        return ns + offset
+
+    def to_boottime_many(self, clock_id: int, seq_id: int, ts: np.ndarray) -> np.ndarray | None:
+        """`to_boottime` of consecutive timestamps of one clock on one sequence."""
+        key = (clock_id, seq_id if 64 <= clock_id < 128 else 0)
+        last = self.incremental.get(key)
+        if last is not None:
+            ns = last + np.cumsum(ts * self.multiplier[key])
+            self.incremental[key] = int(ns[-1])
+        else:
+            ns = ts * self.multiplier.get(key, 1)
+        if clock_id == BOOTTIME:
+            return ns
+        offset = self._offset(key)
+        if offset is None:
+            self.stats["clock_sync_failure_unknown_source_clock"] += len(ts)
+            return None
+        return ns + offset
+
+    def _offset(self, key) -> int | None:
         offset = self._offsets.get(key)
         if offset is None:
             path = self._path(key)
             if path is None:
-                self.stats["clock_sync_failure_unknown_source_clock"] += 1
                 return None
             offset = 0
             for src, dst in path:
                 snap = self.snapshots[max(i for i, s in enumerate(self.snapshots) if src in s and dst in s)]
                 offset += snap[dst] - snap[src]
             self._offsets[key] = offset
-        return ns + offset
+        return offset
 
     def _path(self, key):
         target = (BOOTTIME, 0)
@@ -268,49 +305,313 @@ def _unsupported(packet, stats) -> None:
             stats[f"unsupported_packet_field:{name}"] += 1
 
 
+def _text(value):
+    """protobuf hands back a string field that is not valid UTF-8 as bytes; trace_processor reads it lossily."""
+    return value.decode("utf-8", "replace") if isinstance(value, bytes) else value
+
+
 def _annotation(a: pt.DebugAnnotation, seq: _Sequence, out: dict, key: str) -> None:
     kind = a.WhichOneof("value")
     if kind == "string_value_iid":
         out[key] = seq.strings.get(a.string_value_iid, "")
     elif kind is not None and kind not in ("nested_value", "legacy_json_value", "proto_value"):
-        out[key] = getattr(a, kind)
+        out[key] = _text(getattr(a, kind))
     elif a.dict_entries:
         for e in a.dict_entries:
-            _annotation(e, seq, out, f"{key}.{e.name or seq.annotation_names.get(e.name_iid, '')}")
+            _annotation(e, seq, out, f"{key}.{_text(e.name) or seq.annotation_names.get(e.name_iid, '')}")
     elif a.array_values:
         for i, e in enumerate(a.array_values):
             _annotation(e, seq, out, f"{key}[{i}]")
 
 
-def _decode_args(raw: tuple, seq: _Sequence) -> dict:
+def _decode_args(raw: tuple, seq: _Sequence, memo: dict | None = None) -> dict:
+    """An argument set; `memo` keeps each distinct annotation's decoded (key, value) pairs."""
     args: dict = {}
     for blob in raw:
-        a = pt.DebugAnnotation.FromString(blob)
-        name = a.name if a.HasField("name") else seq.annotation_names.get(a.name_iid, f"iid_{a.name_iid}")
-        _annotation(a, seq, args, f"debug.{name}")
+        pairs = memo.get(blob) if memo is not None else None
+        if pairs is None:
+            a = pt.DebugAnnotation.FromString(blob)
+            name = _text(a.name) if a.HasField("name") else seq.annotation_names.get(a.name_iid, f"iid_{a.name_iid}")
+            one: dict = {}
+            _annotation(a, seq, one, f"debug.{name}")
+            pairs = tuple(one.items())
+            if memo is not None and len(memo) < 1 << 18:
+                memo[blob] = pairs
+        args.update(pairs)
     return args
 
 
-def read_tables(path: str | os.PathLike) -> TraceTables:
-    path = Path(path)
-    out = TraceTables()
-    stats = out.stats
-    packets = _view_packets(path, stats)
-    clocks = _Clocks(stats)
-    sequences: dict[int, _Sequence] = defaultdict(_Sequence)
-    generation = 0
-    event_cache: dict[bytes, tuple] = {}
-    arg_set_ids: dict[tuple, int] = {}
-    ts_col, type_col, track_col, name_col, cat_col, argset_col = [], [], [], [], [], []
-    counter_vals, flow_events = [], []  # (event index, flow ids, terminating ids)
+def _load_scanner():
+    """The C packet scanner, if it was built and agrees with Perfetto's field numbers."""
+    if os.environ.get("RBLN_PERFETTO_PURE_PYTHON") == "1":
+        return None
+    try:
+        from . import _packet_scan as scanner
+    except ImportError:
+        return None
+    packet, event = pt.TracePacket.DESCRIPTOR.fields_by_name, pt.TrackEvent.DESCRIPTOR.fields_by_name
+    expected = {"P_TIMESTAMP": packet["timestamp"], "P_CLOCK_ID": packet["timestamp_clock_id"],
+                "P_SEQUENCE_ID": packet["trusted_packet_sequence_id"], "P_SEQUENCE_FLAGS": packet["sequence_flags"],
+                "P_TRACK_EVENT": packet["track_event"], "E_TYPE": event["type"], "E_TRACK_UUID": event["track_uuid"],
+                "E_NAME_IID": event["name_iid"], "E_NAME": event["name"], "E_DEBUG_ANNOTATIONS": event["debug_annotations"],
+                "E_COUNTER_VALUE": event["counter_value"], "E_DOUBLE_COUNTER_VALUE": event["double_counter_value"]}
+    if any(getattr(scanner, k) != f.number for k, f in expected.items()) or scanner.RECORD_SIZE != _RECORD.itemsize:
+        return None
+    return scanner
 
-    for p in packets:
+
+# One record per packet from the C scanner (PacketRecord in _packet_scan.c).
+_RECORD = np.dtype([
+    ("off", "<i8"), ("len", "<i8"), ("ts", "<u8"), ("track", "<u8"), ("name_iid", "<u8"), ("name_prefix", "<i8"),
+    ("name_off", "<i8"), ("name_len", "<i8"), ("name_hash", "<u8"), ("args_hash", "<u8"), ("te_off", "<i8"),
+    ("te_len", "<i8"), ("counter", "<f8"), ("clock_id", "<u4"), ("seq_id", "<u4"), ("flags", "<u4"), ("type", "<u4"),
+    ("simple", "u1"), ("has_track", "u1"), ("has_clock", "u1"), ("has_counter", "u1"), ("has_name_iid", "u1"),
+    ("pad", "V3"),
+])
+_SCANNER = _load_scanner()
+_PREFIXED = re.compile(r"(0|[1-9]\d{0,17})(\D.*)?\Z", re.S | re.ASCII)
+_ANNOTATION_TAG = bytes([(pt.TrackEvent.DESCRIPTOR.fields_by_name["debug_annotations"].number << 3) | 2])
+
+
+def _count(stats, key: str, n: int) -> None:
+    if n:
+        stats[key] += n
+
+
+def _varint(n: int) -> bytes:
+    out = bytearray()
+    while True:
+        out.append((n & 0x7F) | (0x80 if n > 0x7F else 0))
+        n >>= 7
+        if not n:
+            return bytes(out)
+
+
+def _scan(scanner, data: bytes) -> np.ndarray | None:
+    if scanner is None:
+        return None
+    try:
+        return np.frombuffer(scanner.scan(data), dtype=_RECORD)
+    except ValueError:
+        return None
+
+
+def _inflate(payload: bytes, scanner) -> tuple[bytes, np.ndarray | None, str]:
+    """A compressed bundle's packets and their scan (both release the GIL: this runs on a worker)."""
+    try:
+        inner = zlib.decompress(payload)
+    except zlib.error as exc:
+        return b"", None, str(exc)
+    return inner, _scan(scanner, inner), ""
+
+
+class _Prefetch:
+    """The top level's non-simple packets, parsed ahead; the next compressed bundles are inflated and
+    scanned on a worker thread while the reader decodes the current one (at most `window` ahead)."""
+
+    def __init__(self, data: bytes, records: np.ndarray, indices: np.ndarray, scanner, window: int = 2):
+        self.data, self.records, self.scanner, self.window = data, records, scanner, window
+        self.indices = iter(indices.tolist())
+        self.queue: deque = deque()  # (record index, packet, future or None)
+        self.pool = ThreadPoolExecutor(max_workers=1)
+        self.inflating = 0
+        self._fill()
+
+    def _fill(self) -> None:
+        while self.inflating < self.window and len(self.queue) < 256:
+            i = next(self.indices, None)
+            if i is None:
+                return
+            off, length = int(self.records["off"][i]), int(self.records["len"][i])
+            p = ViewPacket.FromString(self.data[off:off + length])
+            future = None
+            if p.compressed_packets:
+                future = self.pool.submit(_inflate, p.compressed_packets, self.scanner)
+                self.inflating += 1
+            self.queue.append((i, p, future))
+
+    def take(self, i: int):
+        j, p, future = self.queue.popleft()
+        assert j == i, (j, i)
+        self.inflating -= future is not None
+        self._fill()
+        return p, future
+
+    def close(self) -> None:
+        self.pool.shutdown(wait=True, cancel_futures=True)
+
+
+class _HashIds:
+    """uint64 hash -> id, looked up a column at a time (sorted keys, binary search)."""
+
+    def __init__(self):
+        self.keys = np.zeros(0, dtype=np.uint64)
+        self.ids = np.zeros(0, dtype=np.int64)
+
+    def lookup(self, hashes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """ids of `hashes` (-1 where unknown) and where they are unknown."""
+        if not len(self.keys):
+            return np.full(len(hashes), -1, dtype=np.int64), np.ones(len(hashes), dtype=bool)
+        pos = np.minimum(np.searchsorted(self.keys, hashes), len(self.keys) - 1)
+        known = self.keys[pos] == hashes
+        return np.where(known, self.ids[pos], -1), ~known
+
+    def add(self, hashes: np.ndarray, ids: np.ndarray) -> None:
+        keys = np.concatenate([self.keys, hashes])
+        order = np.argsort(keys, kind="stable")
+        self.keys, self.ids = keys[order], np.concatenate([self.ids, ids])[order]
+
+    def resolve(self, hashes: np.ndarray, first: np.ndarray, make) -> np.ndarray:
+        """ids of sorted unique `hashes`; `make(i)` gives the id of a new hashes[i]. New ones are made in
+        the order they first appear (`first`: the row of each), so ids follow file order."""
+        ids, unknown = self.lookup(hashes)
+        new = np.flatnonzero(unknown)
+        new = new[np.argsort(first[new], kind="stable")]
+        for u in new.tolist():
+            ids[u] = make(u)
+        if len(new):
+            self.add(hashes[new], ids[new])
+        return ids
+
+
+class _Columns:
+    """Event columns in file order: numpy chunks from scanned runs, Python lists from single packets."""
+
+    NAMES = ("ts", "type", "track", "name_prefix", "name_id", "cat_id", "argset")
+
+    def __init__(self):
+        self.chunks = {k: [] for k in self.NAMES}
+        self.pending = {k: [] for k in self.NAMES}
+        self.counter_chunks: list = []
+        self.counter_pending: list = []
+        self.count = 0
+
+    def add(self, ts, kind, track, name_prefix, name_id, cat_id, argset) -> None:
+        for k, v in zip(self.NAMES, (ts, kind, track, name_prefix, name_id, cat_id, argset)):
+            self.pending[k].append(v)
+        self.count += 1
+
+    def flush(self) -> None:
+        if self.pending["ts"]:
+            for k in self.NAMES:
+                self.chunks[k].append(np.asarray(self.pending[k], dtype=np.uint64 if k == "track" else np.int64))
+                self.pending[k] = []
+        if self.counter_pending:
+            self.counter_chunks.append(np.asarray(self.counter_pending, dtype=np.float64))
+            self.counter_pending = []
+
+    def add_arrays(self, columns: dict, counters: np.ndarray) -> None:
+        self.flush()
+        for k in self.NAMES:
+            self.chunks[k].append(columns[k])
+        self.counter_chunks.append(counters)
+        self.count += len(columns["ts"])
+
+    def column(self, k: str) -> np.ndarray:
+        self.flush()
+        parts = self.chunks[k]
+        return np.concatenate(parts) if parts else np.zeros(0, dtype=np.uint64 if k == "track" else np.int64)
+
+    def counters(self) -> np.ndarray:
+        self.flush()
+        return np.concatenate(self.counter_chunks) if self.counter_chunks else np.zeros(0)
+
+
+class _Reader:
+    """One pass over a trace's packets, in file order, keeping trace_processor's sequence semantics."""
+
+    def __init__(self, path: Path, out: TraceTables, scanner):
+        self.path, self.out, self.stats, self.scanner = path, out, out.stats, scanner
+        self.clocks = _Clocks(self.stats)
+        self.sequences: dict[int, _Sequence] = defaultdict(_Sequence)
+        self.generation = 0
+        self.event_cache: dict[bytes, tuple] = {}
+        self.arg_set_ids: dict[tuple, int] = {}
+        self.annotation_memo: dict[int, dict] = {}  # generation -> annotation bytes -> decoded pairs
+        self.string_ids: dict[str, int] = {}
+        self.name_hashes = _HashIds()  # inline name (scanner's hash) -> string id
+        self.args_hashes: dict[int, _HashIds] = defaultdict(_HashIds)  # per generation: args hash -> arg set id
+        self.name_refs: dict[str, tuple[int, int]] = {}
+        self.cols = _Columns()
+        self.flow_events: list = []  # (event index, flow ids, terminating ids)
+
+    # ---------------------------------------------------------------- strings
+    def intern(self, s: str) -> int:
+        i = self.string_ids.get(s)
+        if i is None:
+            i = self.string_ids[s] = len(self.out.strings)
+            self.out.strings.append(s)
+        return i
+
+    def name_ref(self, name: str) -> tuple[int, int]:
+        ref = self.name_refs.get(name)
+        if ref is None:
+            m = _PREFIXED.match(name)
+            ref = (int(m.group(1)), self.intern(m.group(2))) if m and m.group(2) is not None else (-1, self.intern(name))
+            if len(self.name_refs) < 1 << 20:
+                self.name_refs[name] = ref
+        return ref
+
+    def args_key(self, seq: _Sequence, raw: tuple) -> tuple:
+        if self.scanner is None:
+            return seq.generation, raw
+        field = b"".join(_ANNOTATION_TAG + _varint(len(b)) + b for b in raw)
+        return seq.generation, self.scanner.hash_bytes(field)
+
+    def arg_set(self, key: tuple, seq: _Sequence, raw) -> int:
+        argset = self.arg_set_ids.get(key)
+        if argset is None:
+            argset = self.arg_set_ids[key] = len(self.out.arg_sets)
+            memo = self.annotation_memo.setdefault(seq.generation, {})
+            self.out.arg_sets.append(_decode_args(raw() if callable(raw) else raw, seq, memo))
+        return argset
+
+    # ---------------------------------------------------------------- buffers
+    def buffer(self, data: bytes, top_level: bool, records: np.ndarray | None = None) -> None:
+        """Every packet of a serialized Trace, compressed bundles expanded in place."""
+        if records is None:
+            records = _scan(self.scanner, data)
+        if records is None:  # no scanner, or malformed: the protobuf parser says how
+            for p in _parse(data, self.path, top_level):
+                self.packet(p)
+            return
+        simple = (records["simple"] == 1) & ((records["flags"] & _CLEARED) == 0)
+        ahead = _Prefetch(data, records, np.flatnonzero(~simple), self.scanner) if top_level else None
+        try:
+            # Runs of simple packets go column-wise; every other packet (and short runs) one at a time.
+            edges = np.flatnonzero(np.diff(simple.astype(np.int8))) + 1
+            for i, j in zip(np.r_[0, edges].tolist(), np.r_[edges, len(records)].tolist()):
+                if i == j:
+                    continue
+                if simple[i] and j - i >= 8:
+                    self.simple_run(data, records[i:j])
+                    continue
+                for k, off, length in zip(range(i, j), records["off"][i:j].tolist(), records["len"][i:j].tolist()):
+                    if ahead is not None and not simple[k]:
+                        self.packet(*ahead.take(k))
+                    else:
+                        self.packet(ViewPacket.FromString(data[off:off + length]))
+        finally:
+            if ahead is not None:
+                ahead.close()
+
+    def packet(self, p, inflated=None) -> None:
+        if p.compressed_packets:
+            inner, records, error = inflated.result() if inflated is not None else _inflate(p.compressed_packets, self.scanner)
+            if error:
+                raise TraceReadError(f"{self.path}: corrupt compressed packets ({error})")
+            self.buffer(inner, top_level=False, records=records)
+            return
+        if p.zstd_compressed_packets:
+            self.stats["compressed_packets_unsupported:zstd"] += 1
+            return
+        stats, out = self.stats, self.out
         seq_id = p.trusted_packet_sequence_id
-        seq = sequences[seq_id]
+        seq = self.sequences[seq_id]
         flags = p.sequence_flags
         if flags & _CLEARED or p.incremental_state_cleared:
-            generation += 1
-            sequences[seq_id] = seq = _Sequence(True, generation)
+            self.generation += 1
+            self.sequences[seq_id] = seq = _Sequence(True, self.generation)
         if p.trace_packet_defaults:
             d = pt.TracePacketDefaults.FromString(p.trace_packet_defaults)
             seq.clock_id = d.timestamp_clock_id
@@ -321,28 +622,28 @@ def read_tables(path: str | os.PathLike) -> TraceTables:
                 stats["interned_data_skipped_incremental_state_invalid"] += 1
             else:
                 interned = pt.InternedData.FromString(p.interned_data)
-                seq.names.update((e.iid, e.name) for e in interned.event_names)
-                seq.annotation_names.update((e.iid, e.name) for e in interned.debug_annotation_names)
+                seq.names.update((e.iid, _text(e.name)) for e in interned.event_names)
+                seq.annotation_names.update((e.iid, _text(e.name)) for e in interned.debug_annotation_names)
                 seq.strings.update((e.iid, e.str.decode("utf-8", "replace")) for e in interned.debug_annotation_string_values)
-                seq.categories.update((e.iid, e.name) for e in interned.event_categories)
+                seq.categories.update((e.iid, _text(e.name)) for e in interned.event_categories)
         if p.clock_snapshot:
-            clocks.add(pt.ClockSnapshot.FromString(p.clock_snapshot), seq_id)
-            continue
+            self.clocks.add(pt.ClockSnapshot.FromString(p.clock_snapshot), seq_id)
+            return
         te = p.track_event
         if not te:
             if p.track_descriptor:
                 _track_descriptor(out, pt.TrackDescriptor.FromString(p.track_descriptor))
             elif not (p.interned_data or p.trace_packet_defaults or flags):
                 _unsupported(p, stats)
-            continue
+            return
         if flags & _NEEDS_STATE and not seq.valid:
             stats["tokenizer_skipped_packets"] += 1
-            continue
-        ts = clocks.to_boottime(p.timestamp_clock_id or seq.clock_id or BOOTTIME, seq_id, p.timestamp)
+            return
+        ts = self.clocks.to_boottime(p.timestamp_clock_id or seq.clock_id or BOOTTIME, seq_id, p.timestamp)
         if ts is None:
             stats["clock_sync_failure_undeferrable_packet_loss"] += 1
-            continue
-        ev = event_cache.get(te)
+            return
+        ev = self.event_cache.get(te)
         if ev is None:
             e = ViewEvent.FromString(te)
             flows = tuple(e.flow_ids) + tuple(e.flow_ids_old)
@@ -351,45 +652,129 @@ def read_tables(path: str | os.PathLike) -> TraceTables:
             ev = (e.type, e.track_uuid if e.HasField("track_uuid") else None, e.name if e.HasField("name") else None,
                   e.name_iid, tuple(e.debug_annotations), tuple(e.category_iids), tuple(e.categories),
                   flows, ends, value)
-            if len(event_cache) < 1 << 20:
-                event_cache[te] = ev
+            if len(self.event_cache) < 1 << 16:
+                self.event_cache[te] = ev
         kind, track, name, name_iid, raw_args, cat_iids, cats, flows, ends, value = ev
         if track is None:
             track = seq.default_track if seq.default_track is not None else 0
         if kind == COUNTER:
-            counter_vals.append(value)
+            self.cols.counter_pending.append(value)
         elif kind not in (BEGIN, END, INSTANT):
             stats["unsupported_track_event_type"] += 1
-            continue
+            return
         if name is None:
             name = seq.names.get(name_iid, "") if name_iid else ""
-        argset = -1
-        if raw_args:
-            key = (seq.generation, raw_args)
-            argset = arg_set_ids.get(key)
-            if argset is None:
-                argset = arg_set_ids[key] = len(out.arg_sets)
-                out.arg_sets.append(_decode_args(raw_args, seq))
+        name = _text(name)
+        argset = self.arg_set(self.args_key(seq, raw_args), seq, raw_args) if raw_args else -1
         if flows or ends:
-            flow_events.append((len(ts_col), flows, ends))
-        ts_col.append(ts)
-        type_col.append(kind)
-        track_col.append(track)
-        name_col.append(name)
-        cat_col.append(",".join([seq.categories.get(i, "") for i in cat_iids] + list(cats)) if (cat_iids or cats) else None)
-        argset_col.append(argset)
+            self.flow_events.append((self.cols.count, flows, ends))
+        category = ",".join([seq.categories.get(i, "") for i in cat_iids] + [_text(c) for c in cats]) if (cat_iids or cats) else None
+        self.cols.add(ts, kind, track, *self.name_ref(name), -1 if category is None else self.intern(category), argset)
 
-    if not ts_col and not out.tracks and any(k.startswith("unsupported_packet_field:") for k in stats):
-        found = ", ".join(f"{k.split(':', 1)[1]} x{v}" for k, v in stats.items() if k.startswith("unsupported"))
+    # ---------------------------------------------------------------- scanned runs
+    def simple_run(self, data: bytes, r: np.ndarray) -> None:
+        """Plain TrackEvent packets (no state changes among them), decoded column-wise."""
+        n = len(r)
+        keep = np.ones(n, dtype=bool)
+        ts = np.zeros(n, dtype=np.int64)
+        track = r["track"].copy()
+        name_prefix = r["name_prefix"].copy()
+        name_id = np.zeros(n, dtype=np.int64)
+        argset = np.full(n, -1, dtype=np.int64)
+        seq_ids = r["seq_id"]
+        kind = r["type"].astype(np.int64)
+        known = (kind == BEGIN) | (kind == END) | (kind == INSTANT) | (kind == COUNTER)
+        for seq_id in np.unique(seq_ids).tolist():
+            idx = np.flatnonzero(seq_ids == seq_id)
+            seq = self.sequences[seq_id]
+            if not seq.valid:
+                skipped = idx[(r["flags"][idx] & _NEEDS_STATE) != 0]
+                _count(self.stats, "tokenizer_skipped_packets", len(skipped))
+                keep[skipped] = False
+                idx = idx[(r["flags"][idx] & _NEEDS_STATE) == 0]
+            default_clock = seq.clock_id or BOOTTIME
+            clock = np.where((r["has_clock"][idx] == 1) & (r["clock_id"][idx] != 0), r["clock_id"][idx], default_clock)
+            for clock_id in np.unique(clock).tolist():
+                sub = idx[clock == clock_id]
+                converted = self.clocks.to_boottime_many(clock_id, seq_id, r["ts"][sub].astype(np.int64))
+                if converted is None:
+                    self.stats["clock_sync_failure_undeferrable_packet_loss"] += len(sub)
+                    keep[sub] = False
+                else:
+                    ts[sub] = converted
+            idx = idx[keep[idx]]
+            _count(self.stats, "unsupported_track_event_type", int((~known[idx]).sum()))
+            keep[idx[~known[idx]]] = False
+            idx = idx[known[idx]]
+            if seq.default_track is not None:
+                no_track = idx[r["has_track"][idx] == 0]
+                track[no_track] = seq.default_track
+            # Names: inline ones by hash (decoded once each), interned ones by iid.
+            inline = idx[r["name_off"][idx] >= 0]
+            if len(inline):
+                hashes, first, inverse = np.unique(r["name_hash"][inline], return_index=True, return_inverse=True)
+
+                def new_name(u):
+                    row = inline[first[u]]
+                    off, length = int(r["name_off"][row]), int(r["name_len"][row])
+                    return self.intern(data[off:off + length].decode("utf-8", "replace"))
+
+                name_id[inline] = self.name_hashes.resolve(hashes, first, new_name)[inverse.reshape(-1)]
+            by_iid = idx[r["name_off"][idx] < 0]
+            if len(by_iid):
+                iids, inverse = np.unique(r["name_iid"][by_iid], return_inverse=True)
+                refs = np.array([self.name_ref(seq.names.get(i, "") if i else "") for i in iids.tolist()],
+                                dtype=np.int64).reshape(-1, 2)
+                name_prefix[by_iid] = refs[inverse.reshape(-1), 0]
+                name_id[by_iid] = refs[inverse.reshape(-1), 1]
+            with_args = idx[r["args_hash"][idx] != 0]
+            if len(with_args):
+                hashes, first, inverse = np.unique(r["args_hash"][with_args], return_index=True, return_inverse=True)
+                te_off, te_len = r["te_off"][with_args[first]].tolist(), r["te_len"][with_args[first]].tolist()
+
+                def new_args(u):
+                    te = data[te_off[u]:te_off[u] + te_len[u]]
+                    return self.arg_set((seq.generation, int(hashes[u])), seq,
+                                        lambda: tuple(ViewEvent.FromString(te).debug_annotations))
+
+                argset[with_args] = self.args_hashes[seq.generation].resolve(hashes, first, new_args)[inverse.reshape(-1)]
+        sel = np.flatnonzero(keep)
+        columns = {"ts": ts[sel], "type": kind[sel], "track": track[sel], "name_prefix": name_prefix[sel],
+                   "name_id": name_id[sel], "cat_id": np.full(len(sel), -1, dtype=np.int64), "argset": argset[sel]}
+        self.cols.add_arrays(columns, r["counter"][sel][kind[sel] == COUNTER].astype(np.float64))
+
+
+def read_tables(path: str | os.PathLike, *, scanner="auto") -> TraceTables:
+    """Decode a trace. `scanner`: "auto" (the C packet scanner when it is built), or None (pure Python)."""
+    path = Path(path)
+    out = TraceTables()
+    data = path.read_bytes()
+    if not data:
+        raise TraceReadError(f"{path}: empty file, not a Perfetto trace")
+    reader = _Reader(path, out, _SCANNER if scanner == "auto" else scanner)
+    try:
+        reader.buffer(data, top_level=True)
+    except DecodeError as exc:  # a packet that frames well but whose payload does not parse
+        what = re.search(r"type '(?:[\w.]*\.)?(\w+)'", str(exc))
+        raise TraceReadError(f"{path}: a corrupt {what.group(1) if what else 'packet'} in it, not a well-formed "
+                             "Perfetto trace") from None
+    del data
+    cols = reader.cols
+    if cols.count == 0 and not out.tracks and not any(k.startswith("unsupported_packet_field:") for k in out.stats):
+        if not len(_parse(path.read_bytes(), path)):
+            raise TraceReadError(f"{path}: {_what_it_is(path.read_bytes())}: no trace packets in it")
+    if cols.count == 0 and not out.tracks and any(k.startswith("unsupported_packet_field:") for k in out.stats):
+        found = ", ".join(f"{k.split(':', 1)[1]} x{v}" for k, v in out.stats.items() if k.startswith("unsupported"))
         raise TraceReadError(f"{path}: holds no TrackEvent data this reader understands (found {found}); "
                              "read it with the trace_processor backend")
-    _build(out, ts_col, type_col, track_col, name_col, cat_col, argset_col, counter_vals, flow_events)
+    _build(out, cols.column("ts"), cols.column("type"), cols.column("track"), cols.column("name_prefix"),
+           cols.column("name_id"), cols.column("cat_id"), cols.column("argset"), cols.counters(), reader.flow_events)
     return out
 
 
 def _track_descriptor(out: TraceTables, d: pt.TrackDescriptor) -> None:
     t = out.tracks.setdefault(d.uuid, Track(d.uuid))
-    t.name = d.name or d.static_name or t.name
+    t.name = _text(d.name or d.static_name) or t.name
     t.parent_uuid = d.parent_uuid if d.HasField("parent_uuid") else None
     t.description = d.description
     if d.HasField("counter"):
@@ -409,13 +794,15 @@ def _use_track(out: TraceTables, uuid: int) -> None:
     out.used_tracks.append(uuid)
 
 
-def _build(out, ts_col, type_col, track_col, name_col, cat_col, argset_col, counter_vals, flow_events) -> None:
+def _build(out, ts, kinds, tracks, name_prefix, name_id, cat_id, argset, counter_vals, flow_events) -> None:
     """Sort events by time (stable, as trace_processor's sorter) and build slices, counters and flows."""
-    ts = np.asarray(ts_col, dtype=np.int64)
-    kinds = np.asarray(type_col, dtype=np.int64)
-    tracks = np.asarray(track_col, dtype=np.uint64)
+    import pandas as pd
+
+    names = (name_prefix, name_id, cat_id, argset)
     order = np.argsort(ts, kind="stable")
-    for uuid in dict.fromkeys(tracks[order].tolist()):
+    # Track ids in order of first use; `codes` numbers the tracks of events in processing order.
+    codes, first_used = pd.factorize(tracks[order])
+    for uuid in first_used.tolist():
         _use_track(out, uuid)
 
     is_counter = kinds[order] == COUNTER
@@ -427,17 +814,17 @@ def _build(out, ts_col, type_col, track_col, name_col, cat_col, argset_col, coun
 
     ev = order[~is_counter]  # slice events in processing order
     k = kinds[ev]
-    trk = np.unique(tracks[ev], return_inverse=True)[1].astype(np.int64) if len(ev) else np.zeros(0, np.int64)
+    trk = codes[~is_counter].astype(np.int64)
     delta = np.where(k == BEGIN, 1, np.where(k == END, -1, 0))
     # Depth after each event: a running sum of +1/-1 within its track (events grouped by track, stably).
-    by_track = np.argsort(trk, kind="stable")
+    by_track = _stable_argsort(trk)
     run = np.cumsum(delta[by_track])
     group_start = np.r_[True, trk[by_track][1:] != trk[by_track][:-1]] if len(ev) else np.zeros(0, bool)
     before_group = np.r_[0, run][np.flatnonzero(group_start)]
     depth_after = np.empty(len(ev), dtype=np.int64)
     depth_after[by_track] = run - before_group[np.cumsum(group_start) - 1]
     if (depth_after < 0).any():
-        _build_with_stacks(out, ev, k, tracks[ev], ts, name_col, cat_col, argset_col, flow_events)
+        _build_with_stacks(out, ev, k, tracks[ev], ts, names, flow_events)
         return
     depth_before = depth_after - delta
 
@@ -453,34 +840,46 @@ def _build(out, ts_col, type_col, track_col, name_col, cat_col, argset_col, coun
     level = np.where(k == END, depth_after, depth_before)
     pairable = np.flatnonzero(k != INSTANT)
     if len(pairable):
-        seq = pairable[np.lexsort((pairable, level[pairable], trk[pairable]))]
+        group = trk[pairable] * (int(level.max()) + 1) + level[pairable]
+        rank = _stable_argsort(group)
+        seq, group = pairable[rank], group[rank]
         begin = k[seq] == BEGIN
-        same_group = (trk[seq[1:]] == trk[seq[:-1]]) & (level[seq[1:]] == level[seq[:-1]])
-        closes = np.flatnonzero(begin[:-1] & ~begin[1:] & same_group)
+        closes = np.flatnonzero(begin[:-1] & ~begin[1:] & (group[1:] == group[:-1]))
         dur[slice_of_event[seq[closes]]] = ts[ev[seq[closes + 1]]] - ts[ev[seq[closes]]]
     out.slice_dur = dur
     # Parent: the latest earlier slice on the same track one level up.
     parent = np.full(n, -1, dtype=np.int64)
-    strack = trk[opens]
+    grouped = _stable_argsort(trk[opens])  # slices by track, in id order within each
+    g_track, g_depth = trk[opens][grouped], out.slice_depth[grouped]
+    positions = np.arange(n)
     for d in range(1, int(out.slice_depth.max(initial=0)) + 1):
-        child = np.flatnonzero(out.slice_depth == d)
-        cand = np.flatnonzero(out.slice_depth == d - 1)
-        if not len(child) or not len(cand):
+        child = np.flatnonzero(g_depth == d)
+        if not len(child):
             continue
-        ckey = strack[cand] * (n + 1) + cand
-        rank = np.argsort(ckey)
-        idx = np.searchsorted(ckey[rank], strack[child] * (n + 1) + child) - 1
-        found = cand[rank[np.clip(idx, 0, None)]]
-        ok = (idx >= 0) & (strack[found] == strack[child])
-        parent[child[ok]] = found[ok]
+        latest = np.maximum.accumulate(np.where(g_depth == d - 1, positions, -1))[child]
+        ok = (latest >= 0) & (g_track[np.maximum(latest, 0)] == g_track[child])
+        parent[grouped[child[ok]]] = grouped[latest[ok]]
     out.slice_parent = parent
-    out.slice_name = np.asarray(name_col, dtype=object)[ev[opens]].tolist()
-    out.slice_category = np.asarray(cat_col, dtype=object)[ev[opens]].tolist()
-    out.slice_arg_set = np.asarray(argset_col, dtype=np.int64)[ev[opens]]
+    _slice_names(out, names, ev[opens])
     _flows(out, flow_events, slice_of_event, _positions(ev, len(ts)))
 
 
-def _build_with_stacks(out, ev, k, trk, ts, name_col, cat_col, argset_col, flow_events) -> None:
+def _stable_argsort(keys: np.ndarray) -> np.ndarray:
+    """Stable argsort; small non-negative keys go through numpy's radix sort (16-bit types)."""
+    if len(keys) and 0 <= keys.min() and keys.max() < 1 << 15:
+        return np.argsort(keys.astype(np.int16), kind="stable")
+    return np.argsort(keys, kind="stable")
+
+
+def _slice_names(out, names, events: np.ndarray) -> None:
+    name_prefix, name_id, cat_id, argset = names
+    out.slice_name_prefix = name_prefix[events]
+    out.slice_name_id = name_id[events]
+    out.slice_category_id = cat_id[events]
+    out.slice_arg_set = argset[events]
+
+
+def _build_with_stacks(out, ev, k, trk, ts, names, flow_events) -> None:
     """The general path, for traces with END events that close nothing: one stack per track."""
     stacks: dict[int, list[int]] = defaultdict(list)
     rows = {"ts": [], "dur": [], "track": [], "depth": [], "parent": [], "event": []}
@@ -510,9 +909,7 @@ def _build_with_stacks(out, ev, k, trk, ts, name_col, cat_col, argset_col, flow_
     out.slice_track = np.asarray(rows["track"], dtype=np.uint64)
     out.slice_depth = np.asarray(rows["depth"], dtype=np.int64)
     out.slice_parent = np.asarray(rows["parent"], dtype=np.int64)
-    out.slice_name = [name_col[e] for e in events.tolist()]
-    out.slice_category = [cat_col[e] for e in events.tolist()]
-    out.slice_arg_set = np.asarray(argset_col, dtype=np.int64)[events] if len(events) else np.zeros(0, np.int64)
+    _slice_names(out, names, events)
     _flows(out, flow_events, slice_of_event, _positions(ev, len(ts)))
 
 

@@ -9,12 +9,14 @@ import warnings
 from collections import Counter
 
 from hypothesis import HealthCheck, given, settings
+from perfetto.protos.perfetto.trace import perfetto_trace_pb2 as pt
 from hypothesis import strategies as st
 from synthetic import expected_slices, program, write_capture
-from trace_checks import check_trace
+from trace_checks import check_scanner_agrees, check_trace
 
 import rbln_perfetto
 from rbln_perfetto.query import open_trace
+from rbln_perfetto.trace_reader import iter_packets
 
 EXAMPLES = int(os.environ.get("RBLN_PERFETTO_FUZZ_EXAMPLES", "25"))
 TEXT = st.text(st.characters(blacklist_categories=("Cs",)), min_size=1, max_size=12)
@@ -73,6 +75,7 @@ def test_random_captures_export_to_valid_traces_that_read_back(tmp_path_factory,
     assert len(result.invocation_files) == len(calls)
     for path in result.invocation_files + [result.aggregate_file]:
         check_trace(path)
+    check_scanner_agrees(result.aggregate_file)
     want = Counter(expected_slices(capture))
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # nothing in our own traces may be left unread
@@ -87,3 +90,51 @@ def test_random_captures_export_to_valid_traces_that_read_back(tmp_path_factory,
         big = tr.query("select count(*) as n from args where key = 'debug.bytes' and value_type = 'uint'").n[0]
         assert big == 0 or any(c.bytes >= 2**63 for p in progs for c in p.commands) or any(
             t.bytes >= 2**63 for p in progs for t in p.inputs + p.outputs)
+
+
+@settings(max_examples=EXAMPLES * 8, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(data=st.data())
+def test_mangled_traces_read_the_same_on_both_reader_paths(tmp_path_factory, data):
+    """Cut, flipped or spliced bytes: the C scanner path never crashes, and wherever both of the
+    reader's paths accept a file they decode it to the same tables."""
+    from rbln_perfetto.trace_reader import TraceReadError, read_tables
+
+    source = _small_trace(tmp_path_factory)
+    raw = bytearray(source.read_bytes())
+    for _ in range(data.draw(st.integers(1, 4))):
+        action = data.draw(st.sampled_from(["flip", "cut", "splice"]))
+        at = data.draw(st.integers(0, len(raw) - 1))
+        if action == "flip":
+            raw[at] ^= 1 << data.draw(st.integers(0, 7))
+        elif action == "cut":
+            raw = raw[:at] + raw[at + data.draw(st.integers(1, 16)):]
+        else:
+            raw[at:at] = data.draw(st.binary(min_size=1, max_size=16))
+        if not raw:
+            raw = bytearray(b"\x0a")
+    path = tmp_path_factory.mktemp("mangled") / "trace.pb"
+    path.write_bytes(bytes(raw))
+    outcomes = []
+    for scanner in ("auto", None):
+        try:
+            outcomes.append(read_tables(path, scanner=scanner))
+        except TraceReadError:
+            outcomes.append(None)
+    if all(o is not None for o in outcomes):
+        check_scanner_agrees(path)
+
+
+_SMALL = {}
+
+
+def _small_trace(tmp_path_factory):
+    """An uncompressed trace of a few split commands (compression would hide the mangling)."""
+    if "path" not in _SMALL:
+        tmp = tmp_path_factory.mktemp("small")
+        prog = program("transformer", 0, [("ff", "linear", i, 2, "[1, 8]", 64, 128, 64) for i in range(2)]
+                       + [(f"l{i}", "gelu", 0, 1, "[1]", 8, 8, 8) for i in range(10)], [("x", (1,), "float32", 4, 0)])
+        capture = write_capture(tmp / "capture.rblncap", [prog], [(0, [3] * 13)] * 2)
+        trace = pt.Trace(packet=iter_packets(rbln_perfetto.export(capture, tmp / "out").aggregate_file))
+        _SMALL["path"] = tmp / "plain.pb"
+        _SMALL["path"].write_bytes(trace.SerializeToString())
+    return _SMALL["path"]

@@ -13,6 +13,7 @@ import numpy as np
 import pandas as pd
 import pytest
 from conftest import run
+from trace_checks import check_scanner_agrees
 from perfetto.protos.perfetto.trace import perfetto_trace_pb2 as pt
 
 import rbln_perfetto
@@ -53,6 +54,7 @@ def test_embedded_backend_answers_like_trace_processor(case):
     expect = pytest.warns(UserWarning, match="clock_sync_failure") if case == "monotonic_without_snapshot" else nullcontext()
     with expect:
         tr = open_trace(folder / "trace.pb", backend="sqlite")
+    check_scanner_agrees(folder / "trace.pb")
     with tr:
         for sql_file in sorted(folder.glob("*.sql")):
             want = list(csv.reader(open(folder / f"{sql_file.stem}.csv")))
@@ -187,6 +189,7 @@ def test_round_trip_equals_the_perfetto_protos(profiled):
         assert [None if pd.isna(p) else int(p) for p in df.parent_id] == [o["parent"] for o in oracle]
         inline = [(n, o["name"]) for n, o in zip(df.name, oracle) if not o["name_iid"]]
         assert inline and all(a == b for a, b in inline)
+        check_scanner_agrees(path)
 
 
 @pytest.mark.skipif(not os.environ.get("RBLN_PERFETTO_TP_BIN"), reason="RBLN_PERFETTO_TP_BIN is not set")

@@ -73,3 +73,20 @@ def track_name(trace, s):
 def device_of(trace, s):
     parent = trace.tracks[trace.tracks[s.track_uuid].parent_uuid]
     return int(parent.name.split()[-1])
+
+
+def check_scanner_agrees(path):
+    """The reader's C scanner path and its pure-Python path decode `path` to the same tables."""
+    import numpy as np
+
+    from rbln_perfetto.trace_reader import _SCANNER, read_tables
+
+    if _SCANNER is None:
+        return
+    fast, pure = read_tables(path), read_tables(path, scanner=None)
+    for column in ("slice_ts", "slice_dur", "slice_track", "slice_depth", "slice_parent", "slice_arg_set",
+                   "counter_ts", "counter_track", "counter_value"):
+        assert np.array_equal(getattr(fast, column), getattr(pure, column)), column
+    assert fast.slice_name == pure.slice_name and fast.slice_category == pure.slice_category
+    assert fast.arg_sets == pure.arg_sets and fast.flows == pure.flows and fast.used_tracks == pure.used_tracks
+    assert {k: v for k, v in fast.stats.items() if v} == {k: v for k, v in pure.stats.items() if v}

@@ -14,11 +14,12 @@ a run's many per-call names cost an integer each and the view gives back the exa
 
 from __future__ import annotations
 
-import re
+import itertools
 import sqlite3
 import warnings
 from pathlib import Path
 
+import numpy as np
 
 from ..trace_reader import TraceTables, read_tables
 
@@ -37,15 +38,16 @@ CREATE VIEW counter_track AS SELECT id, name, type, parent_id, counter_unit, des
   WHERE event_type = 'counter';
 CREATE TABLE counter(id INTEGER PRIMARY KEY, ts INT, track_id INT, value REAL, arg_set_id INT);
 CREATE TABLE flow(id INTEGER PRIMARY KEY, slice_out INT, slice_in INT, arg_set_id INT);
-CREATE TABLE args(id INTEGER PRIMARY KEY, arg_set_id INT, flat_key TEXT, key TEXT, int_value INT, string_value TEXT,
-                  real_value REAL, value_type TEXT);
+CREATE TABLE __arg_value(id INTEGER PRIMARY KEY, flat_key TEXT, key TEXT, int_value INT, string_value TEXT,
+                          real_value REAL, value_type TEXT);
+CREATE TABLE __arg(id INTEGER PRIMARY KEY, arg_set_id INT, value_id INT);
+CREATE VIEW args AS
+  SELECT a.id, a.arg_set_id, v.flat_key, v.key, v.int_value, v.string_value, v.real_value, v.value_type
+  FROM __arg a JOIN __arg_value v ON v.id = a.value_id;
 CREATE TABLE stats(name TEXT, idx INT, severity TEXT, source TEXT, value INT, description TEXT);
 """
-INDEXES = """
-CREATE INDEX __slice_track ON __slice(track_id);
-CREATE INDEX __slice_parent ON __slice(parent_id);
-CREATE INDEX args_set ON args(arg_set_id, key);
-"""
+# No secondary indexes: building them costs a third of the load, and the reports and the usual joins
+# do not use them (ids are rowids; SQLite makes automatic indexes for other joins when they pay off).
 # Severities of the stats the reader keeps, as trace_processor files them.
 _SEVERITY = {
     "clock_sync_failure_unknown_source_clock": "error",
@@ -54,7 +56,6 @@ _SEVERITY = {
     "tokenizer_skipped_packets": "data_loss",
     "interned_data_skipped_incremental_state_invalid": "data_loss",
 }
-_PREFIXED = re.compile(r"(0|[1-9]\d{0,17})(\D.*)?\Z", re.S)
 
 
 def _value_row(value) -> tuple:
@@ -66,6 +67,39 @@ def _value_row(value) -> tuple:
     if isinstance(value, float):
         return None, None, value, "real"
     return None, str(value), None, "string"
+
+
+def _nullable(column: np.ndarray) -> np.ndarray:
+    """An int column with -1 for NULL, as Python values for sqlite."""
+    values = column.astype(object)
+    if (column < 0).any():
+        values[column < 0] = None
+    return values
+
+
+ROWS_PER_INSERT = 500
+
+
+def _insert(db, table: str, columns: list[np.ndarray]) -> None:
+    """Bulk insert of columns: many rows per INSERT statement, which halves sqlite3's per-row cost."""
+    rows = np.empty((len(columns[0]), len(columns)), dtype=object)
+    for j, column in enumerate(columns):
+        rows[:, j] = column
+    _insert_flat(db, table, rows.reshape(-1), len(columns))
+
+
+def _insert_flat(db, table: str, values, width: int) -> None:
+    """Insert rows given as one flat sequence of `width` values per row."""
+    n = len(values) // width
+    full = n - n % ROWS_PER_INSERT
+    one = "(" + ",".join("?" * width) + ")"
+    step = ROWS_PER_INSERT * width
+    if full:
+        batches = (values[i:i + step] for i in range(0, full * width, step))
+        db.executemany(f"INSERT INTO {table} VALUES {','.join([one] * ROWS_PER_INSERT)}", batches)
+    if full < n:
+        tail = values[full * width:]
+        db.executemany(f"INSERT INTO {table} VALUES {one}", (tail[i:i + width] for i in range(0, len(tail), width)))
 
 
 def frame(rows: list[tuple], columns: list[str]):
@@ -94,67 +128,55 @@ class SqliteBackend:
         self.stats = dict(tables.stats)
         self.db = sqlite3.connect(":memory:", check_same_thread=False)
         self.db.executescript(SCHEMA)
-        self._args = self._load(tables)
-        self.db.executescript(INDEXES)
+        self._load(tables)
+        self._arg_sets = tables.arg_sets
         self.db.create_function("extract_arg", 2, self._extract_arg, deterministic=True)
         problems = {k: v for k, v in self.stats.items() if _SEVERITY.get(k, "error") != "info"}
         if problems:
             warnings.warn(f"{self.path}: reading it found problems: {problems} (see the stats table)", stacklevel=3)
 
     def _extract_arg(self, arg_set_id, key):
-        return self._args.get((arg_set_id, key))
+        if not isinstance(arg_set_id, int) or not 0 <= arg_set_id < len(self._arg_sets):
+            return None
+        return self._arg_sets[arg_set_id].get(key)
 
-    def _load(self, t: TraceTables) -> dict:
+    def _load(self, t: TraceTables) -> None:
         db = self.db
-        strings: dict[str, int] = {}
-
-        def intern(s):
-            if s is None:
-                return None
-            i = strings.get(s)
-            if i is None:
-                i = strings[s] = len(strings)
-            return i
-
-        prefixes, name_ids = [], []
-        for name in t.slice_name:
-            m = _PREFIXED.match(name)
-            if m and m.group(2) is not None:
-                prefixes.append(int(m.group(1)))
-                name_ids.append(intern(m.group(2)))
-            else:
-                prefixes.append(None)
-                name_ids.append(intern(name))
-        categories = [intern(c) for c in t.slice_category]
-        track_id = {uuid: t.tracks[uuid].id for uuid in t.used_tracks}
-        n = t.slice_count
-        tracks_col = [track_id[u] for u in t.slice_track.tolist()]
-        parent = [None if p < 0 else p for p in t.slice_parent.tolist()]
-        argset = [None if a < 0 else a for a in t.slice_arg_set.tolist()]
-        db.executemany("INSERT INTO __slice VALUES (?,?,?,?,?,?,?,?,?,?)", zip(
-            range(n), t.slice_ts.tolist(), t.slice_dur.tolist(), tracks_col, categories, prefixes, name_ids,
-            t.slice_depth.tolist(), parent, argset))
-        db.executemany("INSERT INTO __string VALUES (?,?)", ((i, s) for s, i in strings.items()))
+        # The reader stores names as the view wants them: decimal prefix + interned rest.
+        uuids = np.asarray(t.used_tracks, dtype=np.uint64)
+        order = np.argsort(uuids)
+        track_ids = np.asarray([t.tracks[u].id for u in t.used_tracks], dtype=np.int64)[order]
+        tracks_col = track_ids[np.searchsorted(uuids[order], t.slice_track)] if len(uuids) else t.slice_track
+        _insert(db, "__slice", [
+            np.arange(t.slice_count), t.slice_ts, t.slice_dur, tracks_col, _nullable(t.slice_category_id),
+            _nullable(t.slice_name_prefix), t.slice_name_id, t.slice_depth, _nullable(t.slice_parent),
+            _nullable(t.slice_arg_set)])
+        db.executemany("INSERT INTO __string VALUES (?,?)", enumerate(t.strings))
         db.executemany("INSERT INTO track VALUES (?,?,?,?,?,?,?)", (
             (tr.id, tr.name, "global_counter_track_event" if tr.is_counter else "global_merged_track_event",
              None if tr.parent_uuid is None else t.tracks[tr.parent_uuid].id,
              "counter" if tr.is_counter else "slice", tr.unit or None, tr.description or None)
             for tr in (t.tracks[u] for u in t.used_tracks)))
+        track_id = {uuid: t.tracks[uuid].id for uuid in t.used_tracks}
         db.executemany("INSERT INTO counter VALUES (?,?,?,?,NULL)", zip(
             range(len(t.counter_ts)), t.counter_ts.tolist(), [track_id[u] for u in t.counter_track.tolist()],
             t.counter_value.tolist()))
         db.executemany("INSERT INTO flow VALUES (?,?,?,NULL)", ((i, a, b) for i, (a, b) in enumerate(t.flows)))
-        args, rows = {}, []
+        # args: each distinct (key, value) stored once, each arg a (set, value) pair of integers.
+        pairs, value_rows, value_ids, arg_ids = [], [], {}, itertools.count()
+        extend = pairs.extend
         for set_id, values in enumerate(t.arg_sets):
             for key, value in values.items():
-                args[(set_id, key)] = value
-                rows.append((set_id, key, key, *_value_row(value)))
-        db.executemany("INSERT INTO args(arg_set_id, flat_key, key, int_value, string_value, real_value, value_type) "
-                       "VALUES (?,?,?,?,?,?,?)", rows)
+                vid = value_ids.get((key, type(value), value))
+                if vid is None:
+                    vid = value_ids[(key, type(value), value)] = len(value_rows)
+                    value_rows.extend((vid, key, key, *_value_row(value)))
+                extend((next(arg_ids), set_id, vid))
+        _insert_flat(db, "__arg_value", value_rows, 7)
+        _insert_flat(db, "__arg", pairs, 3)
         db.executemany("INSERT INTO stats VALUES (?,NULL,?,'analysis',?,NULL)",
                        ((name, _SEVERITY.get(name, "error"), value) for name, value in t.stats.items()))
         db.commit()
-        return args
 
     def query(self, sql: str):
         cursor = self.db.execute(sql)
