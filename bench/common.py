@@ -9,7 +9,7 @@ import subprocess
 import sys
 import time
 import warnings
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 warnings.filterwarnings("ignore", category=FutureWarning)
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -41,20 +41,14 @@ def interleaved(variants: dict, repeats: int, warmup: int = 1) -> dict[str, floa
 
 
 def print_rows(rows: list[Row]) -> None:
-    widths = [24, 34, 14, 8, 12, 8]
+    widths = [22, 44, 14, 8, 9]
     print(f"{'benchmark':{widths[0]}} {'variant':{widths[1]}} {'value':>{widths[2]}} {'unit':{widths[3]}} "
           f"{'ratio':>{widths[4]}} target / note")
     for r in rows:
         ratio = f"{r.ratio:.3f}x" if r.ratio is not None else ""
-        value = f"{r.value:,.4g}" if abs(r.value) < 1e6 else f"{r.value:,.0f}"
+        value = f"{r.value:,.4g}" if abs(r.value) < 1e4 else f"{r.value:,.0f}"
         print(f"{r.benchmark:{widths[0]}} {r.variant:{widths[1]}} {value:>{widths[2]}} {r.unit:{widths[3]}} "
               f"{ratio:>{widths[4]}} {r.target}{' ' + r.note if r.note else ''}")
-
-
-def write_json(rows: list[Row], path: str) -> None:
-    with open(path, "w") as f:
-        json.dump([asdict(r) for r in rows], f, indent=2)
-
 
 
 # Peak RSS of the process that runs it, in MB. VmHWM belongs to the memory map made at exec, so a

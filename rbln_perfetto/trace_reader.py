@@ -508,8 +508,9 @@ class _Columns:
         self.count += len(columns["ts"])
 
     def column(self, k: str) -> np.ndarray:
+        """Column `k` in one array; its chunks are released (each column is taken once)."""
         self.flush()
-        parts = self.chunks[k]
+        parts = self.chunks.pop(k)
         return np.concatenate(parts) if parts else np.zeros(0, dtype=np.uint64 if k == "track" else np.int64)
 
     def counters(self) -> np.ndarray:
@@ -534,6 +535,7 @@ class _Reader:
         self.name_refs: dict[str, tuple[int, int]] = {}
         self.cols = _Columns()
         self.flow_events: list = []  # (event index, flow ids, terminating ids)
+        self.top_level_packets = 0
 
     # ---------------------------------------------------------------- strings
     def intern(self, s: str) -> int:
@@ -572,9 +574,12 @@ class _Reader:
         if records is None:
             records = _scan(self.scanner, data)
         if records is None:  # no scanner, or malformed: the protobuf parser says how
-            for p in _parse(data, self.path, top_level):
+            packets = _parse(data, self.path, top_level)
+            self.top_level_packets += len(packets) if top_level else 0
+            for p in packets:
                 self.packet(p)
             return
+        self.top_level_packets += len(records) if top_level else 0
         simple = (records["simple"] == 1) & ((records["flags"] & _CLEARED) == 0)
         ahead = _Prefetch(data, records, np.flatnonzero(~simple), self.scanner) if top_level else None
         try:
@@ -758,11 +763,10 @@ def read_tables(path: str | os.PathLike, *, scanner="auto") -> TraceTables:
         what = re.search(r"type '(?:[\w.]*\.)?(\w+)'", str(exc))
         raise TraceReadError(f"{path}: a corrupt {what.group(1) if what else 'packet'} in it, not a well-formed "
                              "Perfetto trace") from None
+    if not reader.top_level_packets:
+        raise TraceReadError(f"{path}: {_what_it_is(data)}: no trace packets in it")
     del data
     cols = reader.cols
-    if cols.count == 0 and not out.tracks and not any(k.startswith("unsupported_packet_field:") for k in out.stats):
-        if not len(_parse(path.read_bytes(), path)):
-            raise TraceReadError(f"{path}: {_what_it_is(path.read_bytes())}: no trace packets in it")
     if cols.count == 0 and not out.tracks and any(k.startswith("unsupported_packet_field:") for k in out.stats):
         found = ", ".join(f"{k.split(':', 1)[1]} x{v}" for k, v in out.stats.items() if k.startswith("unsupported"))
         raise TraceReadError(f"{path}: holds no TrackEvent data this reader understands (found {found}); "
@@ -783,15 +787,24 @@ def _track_descriptor(out: TraceTables, d: pt.TrackDescriptor) -> None:
 
 
 def _use_track(out: TraceTables, uuid: int) -> None:
-    t = out.tracks.get(uuid)
-    if t is None:
-        t = out.tracks[uuid] = Track(uuid, name="Default Track" if uuid == 0 else "")
-    if t.id is not None:
-        return
-    if t.parent_uuid is not None:
-        _use_track(out, t.parent_uuid)
-    t.id = len(out.used_tracks)
-    out.used_tracks.append(uuid)
+    """Give the track (and its ancestors first) an id; a parent chain that loops is cut and counted."""
+    chain, seen = [], set()
+    while uuid is not None:
+        t = out.tracks.get(uuid)
+        if t is None:
+            t = out.tracks[uuid] = Track(uuid, name="Default Track" if uuid == 0 else "")
+        if t.id is not None:
+            break
+        if uuid in seen:
+            out.stats["track_descriptor_parent_cycle"] += 1
+            chain[-1].parent_uuid = None
+            break
+        seen.add(uuid)
+        chain.append(t)
+        uuid = t.parent_uuid
+    for t in reversed(chain):
+        t.id = len(out.used_tracks)
+        out.used_tracks.append(t.uuid)
 
 
 def _build(out, ts, kinds, tracks, name_prefix, name_id, cat_id, argset, counter_vals, flow_events) -> None:
@@ -811,22 +824,27 @@ def _build(out, ts, kinds, tracks, name_prefix, name_id, cat_id, argset, counter
     out.counter_ts = ts[c_idx]
     out.counter_track = tracks[c_idx]
     out.counter_value = np.asarray(counter_vals, dtype=np.float64)[counter_rank[c_idx]] if len(c_idx) else np.zeros(0)
+    del counter_rank, c_idx  # (the temporaries below are sized by the event count: drop each when done)
 
     ev = order[~is_counter]  # slice events in processing order
-    k = kinds[ev]
-    trk = codes[~is_counter].astype(np.int64)
-    delta = np.where(k == BEGIN, 1, np.where(k == END, -1, 0))
+    del order
+    k = kinds[ev].astype(np.int8)
+    trk = codes[~is_counter].astype(np.int32)
+    del codes, is_counter
+    delta = np.where(k == BEGIN, 1, np.where(k == END, -1, 0)).astype(np.int8)
     # Depth after each event: a running sum of +1/-1 within its track (events grouped by track, stably).
     by_track = _stable_argsort(trk)
-    run = np.cumsum(delta[by_track])
+    run = np.cumsum(delta[by_track], dtype=np.int32)
     group_start = np.r_[True, trk[by_track][1:] != trk[by_track][:-1]] if len(ev) else np.zeros(0, bool)
     before_group = np.r_[0, run][np.flatnonzero(group_start)]
-    depth_after = np.empty(len(ev), dtype=np.int64)
+    depth_after = np.empty(len(ev), dtype=np.int32)
     depth_after[by_track] = run - before_group[np.cumsum(group_start) - 1]
+    del by_track, run, group_start, before_group
     if (depth_after < 0).any():
         _build_with_stacks(out, ev, k, tracks[ev], ts, names, flow_events)
         return
     depth_before = depth_after - delta
+    del delta
 
     opens = np.flatnonzero(k != END)  # one slice per BEGIN or INSTANT, ids in processing order
     n = len(opens)
@@ -834,7 +852,7 @@ def _build(out, ts, kinds, tracks, name_prefix, name_id, cat_id, argset, counter
     slice_of_event[opens] = np.arange(n)
     out.slice_ts = ts[ev[opens]]
     out.slice_track = tracks[ev[opens]]
-    out.slice_depth = depth_before[opens]
+    out.slice_depth = depth_before[opens].astype(np.int64)
     # A BEGIN is closed by the next END of its track at the same level (ordered by track, level, time).
     dur = np.where(k[opens] == INSTANT, 0, -1).astype(np.int64)
     level = np.where(k == END, depth_after, depth_before)
@@ -846,6 +864,8 @@ def _build(out, ts, kinds, tracks, name_prefix, name_id, cat_id, argset, counter
         begin = k[seq] == BEGIN
         closes = np.flatnonzero(begin[:-1] & ~begin[1:] & (group[1:] == group[:-1]))
         dur[slice_of_event[seq[closes]]] = ts[ev[seq[closes + 1]]] - ts[ev[seq[closes]]]
+        del group, rank, seq, begin, closes
+    del level, pairable, depth_after, depth_before
     out.slice_dur = dur
     # Parent: the latest earlier slice on the same track one level up.
     parent = np.full(n, -1, dtype=np.int64)

@@ -69,23 +69,34 @@ def _value_row(value) -> tuple:
     return None, str(value), None, "string"
 
 
-def _nullable(column: np.ndarray) -> np.ndarray:
-    """An int column with -1 for NULL, as Python values for sqlite."""
-    values = column.astype(object)
-    if (column < 0).any():
-        values[column < 0] = None
-    return values
+class _Nullable:
+    """An int column with -1 for NULL, turned into Python values (None for NULL) a slice at a time."""
+
+    def __init__(self, column: np.ndarray):
+        self.column = column
+
+    def __getitem__(self, index: slice) -> np.ndarray:
+        part = self.column[index]
+        values = part.astype(object)
+        values[part < 0] = None
+        return values
+
+
+_nullable = _Nullable
 
 
 ROWS_PER_INSERT = 500
 
 
-def _insert(db, table: str, columns: list[np.ndarray]) -> None:
-    """Bulk insert of columns: many rows per INSERT statement, which halves sqlite3's per-row cost."""
-    rows = np.empty((len(columns[0]), len(columns)), dtype=object)
-    for j, column in enumerate(columns):
-        rows[:, j] = column
-    _insert_flat(db, table, rows.reshape(-1), len(columns))
+def _insert(db, table: str, columns: list[np.ndarray], chunk: int = 200 * ROWS_PER_INSERT) -> None:
+    """Bulk insert of columns: many rows per INSERT statement, which halves sqlite3's per-row cost;
+    a chunk of rows at a time, so that only that many rows exist as Python objects at once."""
+    n = len(columns[0])
+    for start in range(0, n, chunk):
+        rows = np.empty((min(chunk, n - start), len(columns)), dtype=object)
+        for j, column in enumerate(columns):
+            rows[:, j] = column[start:start + chunk]
+        _insert_flat(db, table, rows.reshape(-1), len(columns))
 
 
 def _insert_flat(db, table: str, values, width: int) -> None:

@@ -1,0 +1,21 @@
+# Shortcuts; README's two set-up commands are the reference for a fresh machine.
+PY ?= .venv/bin/python
+
+.PHONY: setup test fuzz bench bench-quick
+
+setup:
+	python3 -m venv .venv && .venv/bin/pip install -c constraints.txt -e '.[test]'
+
+test:
+	$(PY) -m pytest -q
+
+# The property tests with many examples (CI runs 25 of each).
+fuzz:
+	RBLN_PERFETTO_FUZZ_EXAMPLES=2000 $(PY) -m pytest -q tests/test_properties.py
+
+# Every benchmark, one table, JSON under bench/results/.
+bench:
+	$(PY) -m bench
+
+bench-quick:
+	$(PY) -m bench --quick
