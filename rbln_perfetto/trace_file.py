@@ -63,7 +63,7 @@ _TEMPORARY = re.compile(r"^\.(.+\.pb)\.(\d+)\.tmp$")
 
 def _alive(pid: int) -> bool:
     if pid == os.getpid():
-        return False  # ours are never left open between exports
+        return True  # another export of this process may be writing it; ours discard their own
     try:
         os.kill(pid, 0)
     except ProcessLookupError:

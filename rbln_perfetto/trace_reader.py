@@ -92,7 +92,10 @@ class TraceTables:
     slice_name_id: np.ndarray = None
     slice_category_id: np.ndarray = None  # into strings, -1 for none
     strings: list[str] = field(default_factory=list)
-    arg_sets: list[dict] = field(default_factory=list)  # arg_set_id -> {key: value}
+    # Argument sets, normalized: each distinct (key, value) once, a set as the ids of its values.
+    arg_values: list[tuple] = field(default_factory=list)  # value id -> (key, value)
+    arg_set_values: list[tuple] = field(default_factory=list)  # arg_set_id -> value ids, in key order
+    _arg_dicts: list = field(default_factory=list, repr=False)
     counter_ts: np.ndarray = None
     counter_track: np.ndarray = None
     counter_value: np.ndarray = None
@@ -102,6 +105,20 @@ class TraceTables:
     @property
     def slice_count(self) -> int:
         return len(self.slice_ts)
+
+    def arg_set(self, arg_set_id: int) -> dict:
+        """{key: value} of one argument set (built on first use)."""
+        if len(self._arg_dicts) < len(self.arg_set_values):
+            self._arg_dicts.extend([None] * (len(self.arg_set_values) - len(self._arg_dicts)))
+        d = self._arg_dicts[arg_set_id]
+        if d is None:
+            values = self.arg_values
+            d = self._arg_dicts[arg_set_id] = dict(values[v] for v in self.arg_set_values[arg_set_id])
+        return d
+
+    @property
+    def arg_sets(self) -> list[dict]:
+        return [self.arg_set(i) for i in range(len(self.arg_set_values))]
 
     @property
     def slice_name(self) -> list[str]:
@@ -324,21 +341,22 @@ def _annotation(a: pt.DebugAnnotation, seq: _Sequence, out: dict, key: str) -> N
             _annotation(e, seq, out, f"{key}[{i}]")
 
 
-def _decode_args(raw: tuple, seq: _Sequence, memo: dict | None = None) -> dict:
-    """An argument set; `memo` keeps each distinct annotation's decoded (key, value) pairs."""
-    args: dict = {}
+def _decode_args(raw: tuple, seq: _Sequence, memo: dict, value_id) -> tuple:
+    """An argument set as value ids (`value_id(key, value)`); `memo` keeps each distinct
+    annotation's ids, so a set costs a lookup per annotation once its annotations were seen."""
+    ids: tuple = ()
     for blob in raw:
-        pairs = memo.get(blob) if memo is not None else None
-        if pairs is None:
+        one = memo.get(blob)
+        if one is None:
             a = pt.DebugAnnotation.FromString(blob)
             name = _text(a.name) if a.HasField("name") else seq.annotation_names.get(a.name_iid, f"iid_{a.name_iid}")
-            one: dict = {}
-            _annotation(a, seq, one, f"debug.{name}")
-            pairs = tuple(one.items())
-            if memo is not None and len(memo) < 1 << 18:
-                memo[blob] = pairs
-        args.update(pairs)
-    return args
+            pairs: dict = {}
+            _annotation(a, seq, pairs, f"debug.{name}")
+            one = tuple(value_id(k, v) for k, v in pairs.items())
+            if len(memo) < 1 << 18:
+                memo[blob] = one
+        ids += one
+    return ids
 
 
 def _load_scanner():
@@ -528,7 +546,8 @@ class _Reader:
         self.generation = 0
         self.event_cache: dict[bytes, tuple] = {}
         self.arg_set_ids: dict[tuple, int] = {}
-        self.annotation_memo: dict[int, dict] = {}  # generation -> annotation bytes -> decoded pairs
+        self.annotation_memo: dict[int, dict] = {}  # generation -> annotation bytes -> value ids
+        self.value_ids: dict[tuple, int] = {}  # (key, type, value) -> value id
         self.string_ids: dict[str, int] = {}
         self.name_hashes = _HashIds()  # inline name (scanner's hash) -> string id
         self.args_hashes: dict[int, _HashIds] = defaultdict(_HashIds)  # per generation: args hash -> arg set id
@@ -563,10 +582,25 @@ class _Reader:
     def arg_set(self, key: tuple, seq: _Sequence, raw) -> int:
         argset = self.arg_set_ids.get(key)
         if argset is None:
-            argset = self.arg_set_ids[key] = len(self.out.arg_sets)
+            argset = self.arg_set_ids[key] = len(self.out.arg_set_values)
             memo = self.annotation_memo.setdefault(seq.generation, {})
-            self.out.arg_sets.append(_decode_args(raw() if callable(raw) else raw, seq, memo))
+            ids = _decode_args(raw() if callable(raw) else raw, seq, memo, self.value_id)
+            keys = {self.out.arg_values[v][0] for v in ids}
+            if len(keys) < len(ids):  # a key given twice: the last value wins, in the first one's place
+                by_key = {}
+                for v in ids:
+                    by_key[self.out.arg_values[v][0]] = v
+                ids = tuple(by_key.values())
+            self.out.arg_set_values.append(ids)
         return argset
+
+    def value_id(self, key: str, value) -> int:
+        k = (key, type(value), value)
+        vid = self.value_ids.get(k)
+        if vid is None:
+            vid = self.value_ids[k] = len(self.out.arg_values)
+            self.out.arg_values.append((key, value))
+        return vid
 
     # ---------------------------------------------------------------- buffers
     def buffer(self, data: bytes, top_level: bool, records: np.ndarray | None = None) -> None:
@@ -961,7 +995,7 @@ def read_trace(path: str | os.PathLike) -> TraceData:
     t = read_tables(path)
     slices = [
         Slice(i, int(ts), int(dur), int(track), name, int(depth), None if parent < 0 else int(parent), cat,
-              dict(t.arg_sets[a]) if a >= 0 else {})
+              dict(t.arg_set(a)) if a >= 0 else {})
         for i, (ts, dur, track, name, depth, parent, cat, a) in enumerate(zip(
             t.slice_ts.tolist(), t.slice_dur.tolist(), t.slice_track.tolist(), t.slice_name, t.slice_depth.tolist(),
             t.slice_parent.tolist(), t.slice_category, t.slice_arg_set.tolist()))

@@ -15,7 +15,7 @@ from synthetic import expected_slices, program, write_capture
 from trace_checks import check_scanner_agrees, check_trace
 
 import rbln_perfetto
-from rbln_perfetto.query import open_trace
+from rbln_perfetto.query import REPORTS, open_trace
 from rbln_perfetto.trace_reader import iter_packets
 
 EXAMPLES = int(os.environ.get("RBLN_PERFETTO_FUZZ_EXAMPLES", "25"))
@@ -90,6 +90,12 @@ def test_random_captures_export_to_valid_traces_that_read_back(tmp_path_factory,
         big = tr.query("select count(*) as n from args where key = 'debug.bytes' and value_type = 'uint'").n[0]
         assert big == 0 or any(c.bytes >= 2**63 for p in progs for c in p.commands) or any(
             t.bytes >= 2**63 for p in progs for t in p.inputs + p.outputs)
+        # EXTRACT_ARG reads what the args table holds, uint64 included, and every report runs.
+        pairs = tr.query("""select a.int_value as stored, extract_arg(s.arg_set_id, 'debug.bytes') as extracted
+                            from slice s join args a on a.arg_set_id = s.arg_set_id where a.key = 'debug.bytes'""")
+        assert len(pairs) and (pairs.stored == pairs.extracted).all()
+        for name in REPORTS:
+            tr.report(name)
 
 
 @settings(max_examples=EXAMPLES * 8, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])

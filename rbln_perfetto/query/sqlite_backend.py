@@ -82,9 +82,6 @@ class _Nullable:
         return values
 
 
-_nullable = _Nullable
-
-
 ROWS_PER_INSERT = 500
 
 
@@ -140,16 +137,19 @@ class SqliteBackend:
         self.db = sqlite3.connect(":memory:", check_same_thread=False)
         self.db.executescript(SCHEMA)
         self._load(tables)
-        self._arg_sets = tables.arg_sets
+        self._tables = tables
         self.db.create_function("extract_arg", 2, self._extract_arg, deterministic=True)
         problems = {k: v for k, v in self.stats.items() if _SEVERITY.get(k, "error") != "info"}
         if problems:
             warnings.warn(f"{self.path}: reading it found problems: {problems} (see the stats table)", stacklevel=3)
 
     def _extract_arg(self, arg_set_id, key):
-        if not isinstance(arg_set_id, int) or not 0 <= arg_set_id < len(self._arg_sets):
+        if not isinstance(arg_set_id, int) or not 0 <= arg_set_id < len(self._tables.arg_set_values):
             return None
-        return self._arg_sets[arg_set_id].get(key)
+        value = self._tables.arg_set(arg_set_id).get(key)
+        if type(value) is int and value >= 2**63:
+            return value - 2**64  # a uint64 reads back as the args table's int_value holds it
+        return value
 
     def _load(self, t: TraceTables) -> None:
         db = self.db
@@ -159,9 +159,9 @@ class SqliteBackend:
         track_ids = np.asarray([t.tracks[u].id for u in t.used_tracks], dtype=np.int64)[order]
         tracks_col = track_ids[np.searchsorted(uuids[order], t.slice_track)] if len(uuids) else t.slice_track
         _insert(db, "__slice", [
-            np.arange(t.slice_count), t.slice_ts, t.slice_dur, tracks_col, _nullable(t.slice_category_id),
-            _nullable(t.slice_name_prefix), t.slice_name_id, t.slice_depth, _nullable(t.slice_parent),
-            _nullable(t.slice_arg_set)])
+            np.arange(t.slice_count), t.slice_ts, t.slice_dur, tracks_col, _Nullable(t.slice_category_id),
+            _Nullable(t.slice_name_prefix), t.slice_name_id, t.slice_depth, _Nullable(t.slice_parent),
+            _Nullable(t.slice_arg_set)])
         db.executemany("INSERT INTO __string VALUES (?,?)", enumerate(t.strings))
         db.executemany("INSERT INTO track VALUES (?,?,?,?,?,?,?)", (
             (tr.id, tr.name, "global_counter_track_event" if tr.is_counter else "global_merged_track_event",
@@ -173,18 +173,15 @@ class SqliteBackend:
             range(len(t.counter_ts)), t.counter_ts.tolist(), [track_id[u] for u in t.counter_track.tolist()],
             t.counter_value.tolist()))
         db.executemany("INSERT INTO flow VALUES (?,?,?,NULL)", ((i, a, b) for i, (a, b) in enumerate(t.flows)))
-        # args: each distinct (key, value) stored once, each arg a (set, value) pair of integers.
-        pairs, value_rows, value_ids, arg_ids = [], [], {}, itertools.count()
-        extend = pairs.extend
-        for set_id, values in enumerate(t.arg_sets):
-            for key, value in values.items():
-                vid = value_ids.get((key, type(value), value))
-                if vid is None:
-                    vid = value_ids[(key, type(value), value)] = len(value_rows)
-                    value_rows.extend((vid, key, key, *_value_row(value)))
-                extend((next(arg_ids), set_id, vid))
+        # args as the reader normalized them: each distinct (key, value) once, an arg a (set, value) pair.
+        value_rows = []
+        for vid, (key, value) in enumerate(t.arg_values):
+            value_rows.extend((vid, key, key, *_value_row(value)))
         _insert_flat(db, "__arg_value", value_rows, 7)
-        _insert_flat(db, "__arg", pairs, 3)
+        sets = t.arg_set_values
+        sizes = np.fromiter(map(len, sets), dtype=np.int64, count=len(sets))
+        value_col = np.fromiter(itertools.chain.from_iterable(sets), dtype=np.int64, count=int(sizes.sum()))
+        _insert(db, "__arg", [np.arange(len(value_col)), np.repeat(np.arange(len(sets)), sizes), value_col])
         db.executemany("INSERT INTO stats VALUES (?,NULL,?,'analysis',?,NULL)",
                        ((name, _SEVERITY.get(name, "error"), value) for name, value in t.stats.items()))
         db.commit()
