@@ -183,13 +183,7 @@ class _Clocks:
             ns = self.incremental[key] = last + ts * self.multiplier[key]
         else:
             ns = ts * self.multiplier.get(key, 1)
-        if clock_id == BOOTTIME:
-            return ns
-        offset = self._offset(key)
-        if offset is None:
-            self.stats["clock_sync_failure_unknown_source_clock"] += 1
-            return None
-        return ns + offset
+        return self._on_boottime(clock_id, key, ns, 1)
 
     def to_boottime_many(self, clock_id: int, seq_id: int, ts: np.ndarray) -> np.ndarray | None:
         """`to_boottime` of consecutive timestamps of one clock on one sequence."""
@@ -200,11 +194,15 @@ class _Clocks:
             self.incremental[key] = int(ns[-1])
         else:
             ns = ts * self.multiplier.get(key, 1)
+        return self._on_boottime(clock_id, key, ns, len(ts))
+
+    def _on_boottime(self, clock_id: int, key, ns, count: int):
+        """`ns` of clock `key` moved onto BOOTTIME; None (and `count` counted) when no snapshot links them."""
         if clock_id == BOOTTIME:
             return ns
         offset = self._offset(key)
         if offset is None:
-            self.stats["clock_sync_failure_unknown_source_clock"] += len(ts)
+            self.stats["clock_sync_failure_unknown_source_clock"] += count
             return None
         return ns + offset
 

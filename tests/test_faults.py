@@ -133,14 +133,15 @@ with rbln_perfetto.profile(sys.argv[4]):
 
 
 @pytest.fixture(scope="module")
-def reference_capture_size(compiled_dirs, tmp_path_factory):
+def capture(compiled_dirs, tmp_path_factory):
+    """The capture of a whole profiled run like the children's."""
     from pipeline import RBLNStableDiffusion3Pipeline
 
     pipe = RBLNStableDiffusion3Pipeline.from_pretrained(compiled_dirs(SPLIT))
     pipe.set_progress_bar_config(disable=True)
-    with rbln_perfetto.profile(tmp_path_factory.mktemp("reference")) as prof:
+    with rbln_perfetto.profile(tmp_path_factory.mktemp("faults")) as prof:
         run(pipe, steps=STEPS)
-    return prof.capture_file.stat().st_size
+    return prof.capture_file
 
 
 def _kill_child(compiled_dirs, tmp_path, where, at):
@@ -158,8 +159,8 @@ CAPTURE_POINTS = [0.002, 0.1] + sorted(_rng.uniform(0.2, 0.97) for _ in range(2)
 
 @pytest.mark.parametrize("fraction", CAPTURE_POINTS, ids=[f"{f:.2f}" for f in CAPTURE_POINTS])
 def test_sigkill_while_capturing_leaves_every_completed_invocation_recoverable(
-        compiled_dirs, reference_capture_size, tmp_path, fraction):
-    run_dir = _kill_child(compiled_dirs, tmp_path, "capture", int(fraction * reference_capture_size))
+        compiled_dirs, capture, tmp_path, fraction):
+    run_dir = _kill_child(compiled_dirs, tmp_path, "capture", int(fraction * capture.stat().st_size))
     assert not list(run_dir.glob("*.pb")), "nothing is exported before the run ends"
     recovered = check_recoverable(run_dir, tmp_path)
     assert recovered < INVOCATIONS
@@ -204,17 +205,6 @@ def test_sigkill_of_the_cli_at_random_times(tmp_path):
 
 
 # ------------------------------------------------------------------------------ failing exports
-
-
-@pytest.fixture(scope="module")
-def capture(compiled_dirs, tmp_path_factory):
-    from pipeline import RBLNStableDiffusion3Pipeline
-
-    pipe = RBLNStableDiffusion3Pipeline.from_pretrained(compiled_dirs(SPLIT))
-    pipe.set_progress_bar_config(disable=True)
-    with rbln_perfetto.profile(tmp_path_factory.mktemp("faults")) as prof:
-        run(pipe, steps=STEPS)
-    return prof.capture_file
 
 
 def _limited(max_file_bytes):
