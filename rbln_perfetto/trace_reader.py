@@ -473,9 +473,11 @@ class _HashIds:
         return np.where(known, self.ids[pos], -1), ~known
 
     def add(self, hashes: np.ndarray, ids: np.ndarray) -> None:
-        keys = np.concatenate([self.keys, hashes])
-        order = np.argsort(keys, kind="stable")
-        self.keys, self.ids = keys[order], np.concatenate([self.ids, ids])[order]
+        """Merge unknown `hashes` in: linear in the table, so many small additions stay cheap."""
+        order = np.argsort(hashes)
+        hashes, ids = hashes[order], ids[order]
+        at = np.searchsorted(self.keys, hashes)
+        self.keys, self.ids = np.insert(self.keys, at, hashes), np.insert(self.ids, at, ids)
 
     def resolve(self, hashes: np.ndarray, first: np.ndarray, make) -> np.ndarray:
         """ids of sorted unique `hashes`; `make(i)` gives the id of a new hashes[i]. New ones are made in

@@ -144,3 +144,25 @@ def _small_trace(tmp_path_factory):
         _SMALL["path"] = tmp / "plain.pb"
         _SMALL["path"].write_bytes(trace.SerializeToString())
     return _SMALL["path"]
+
+
+@settings(max_examples=EXAMPLES * 4, deadline=None)
+@given(batches=st.lists(st.lists(st.integers(0, 2**64 - 1), max_size=40), max_size=12))
+def test_reader_hash_table_finds_every_key_it_was_given(batches):
+    """The reader's column-wise hash -> id table: lookups after any order of additions."""
+    import numpy as np
+
+    from rbln_perfetto.trace_reader import _HashIds
+
+    table, known = _HashIds(), {}
+    for batch in batches:
+        hashes = np.unique(np.array(batch, dtype=np.uint64))
+        ids, unknown = table.lookup(hashes)
+        assert unknown.tolist() == [h not in known for h in hashes.tolist()]
+        new = hashes[unknown][::-1]  # additions arrive in file order, not sorted
+        new_ids = np.arange(len(known), len(known) + len(new))
+        table.add(new, new_ids)
+        known.update(zip(new.tolist(), new_ids.tolist()))
+        ids, unknown = table.lookup(hashes)
+        assert not unknown.any() and ids.tolist() == [known[h] for h in hashes.tolist()]
+    assert (table.keys[1:] > table.keys[:-1]).all()
