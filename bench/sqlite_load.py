@@ -71,7 +71,7 @@ def run(steps: int = 1, commands: int = 1_000_000, repeats: int = 3) -> list[Row
         for label, trace in traces.items():
             r = run_child(_LOAD, str(trace), str(repeats))
             rate = r["slices"] / r["seconds"]
-            path = "C scanner" if r["scanner"] else "pure Python (scanner not built)"
+            path = "C scanner" if r["scanner"] else "pure-Python path (C scanner not built or disabled)"
             rows.append(Row("sqlite load", f"{label}", rate, "slices/s", None, f">= {TARGET / 1e3:.0f}k",
                             f"{r['slices']:,} slices in {r['seconds']:.2f} s (best of {repeats}; first "
                             f"{r['first']:.2f} s); {path}"))
