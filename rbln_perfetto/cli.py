@@ -56,8 +56,9 @@ def _print_result(result: ExportResult) -> None:
         print(f"capture is cut short at byte offset {result.truncation.offset} ({result.truncation.reason}); "
               f"exported the {len(files)} complete invocations before it", file=out)
     for big in result.too_large_for_ui:
-        print(f"{big.name} is over {UI_LIMIT_BYTES >> 30} GiB: open it with `rbln-perfetto serve {big}` and "
-              "ui.perfetto.dev's 'use local trace processor'", file=out)
+        print(f"{big.name} is {big.stat().st_size / 2**30:.2f} GiB, more than the browser UI loads "
+              f"({UI_LIMIT_BYTES / 2**30:g} GiB): open it with `rbln-perfetto serve {big}` and ui.perfetto.dev's "
+              "'Use local trace processor'", file=out)
     print("open them at https://ui.perfetto.dev (Open trace file), or query them: rbln-perfetto query FILE SQL", file=out)
     print(f"\n{result.summary()}", file=out)
 
