@@ -153,11 +153,10 @@ def cmd_plot(args) -> int:
 def cmd_serve(args) -> int:
     import subprocess
 
+    from .query import require_trace_file
     from .query.tp_backend import find_binary, no_binary_message
 
-    if not Path(args.trace).is_file():
-        what = "is a directory, not a trace file" if Path(args.trace).is_dir() else "no such trace file"
-        raise FileNotFoundError(f"{args.trace}: {what}")
+    require_trace_file(args.trace)
     binary = find_binary(args.tp_bin, download=True)
     if binary is None:
         raise RuntimeError(no_binary_message())

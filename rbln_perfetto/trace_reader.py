@@ -31,6 +31,7 @@ from google.protobuf.message import DecodeError
 from perfetto.protos.perfetto.trace import perfetto_trace_pb2 as pt
 
 from .perfetto_view import KNOWN_PACKET_FIELDS, ViewEvent, ViewPacket, ViewTrace
+from .proto_bytes import F, tag, varint
 
 BOOTTIME = pt.BUILTIN_CLOCK_BOOTTIME
 BEGIN, END, INSTANT, COUNTER = (pt.TrackEvent.TYPE_SLICE_BEGIN, pt.TrackEvent.TYPE_SLICE_END,
@@ -386,21 +387,12 @@ _RECORD = np.dtype([
 ])
 _SCANNER = _load_scanner()
 _PREFIXED = re.compile(r"(0|[1-9]\d{0,17})(\D.*)?\Z", re.S | re.ASCII)
-_ANNOTATION_TAG = bytes([(pt.TrackEvent.DESCRIPTOR.fields_by_name["debug_annotations"].number << 3) | 2])
+_ANNOTATION_TAG = tag(F.DEBUG_ANNOTATIONS, 2)
 
 
 def _count(stats, key: str, n: int) -> None:
     if n:
         stats[key] += n
-
-
-def _varint(n: int) -> bytes:
-    out = bytearray()
-    while True:
-        out.append((n & 0x7F) | (0x80 if n > 0x7F else 0))
-        n >>= 7
-        if not n:
-            return bytes(out)
 
 
 def _scan(scanner, data: bytes) -> np.ndarray | None:
@@ -576,7 +568,7 @@ class _Reader:
     def args_key(self, seq: _Sequence, raw: tuple) -> tuple:
         if self.scanner is None:
             return seq.generation, raw
-        field = b"".join(_ANNOTATION_TAG + _varint(len(b)) + b for b in raw)
+        field = b"".join(_ANNOTATION_TAG + varint(len(b)) + b for b in raw)
         return seq.generation, self.scanner.hash_bytes(field)
 
     def arg_set(self, key: tuple, seq: _Sequence, raw) -> int:
@@ -727,10 +719,10 @@ class _Reader:
             idx = np.flatnonzero(seq_ids == seq_id)
             seq = self.sequences[seq_id]
             if not seq.valid:
-                skipped = idx[(r["flags"][idx] & _NEEDS_STATE) != 0]
-                _count(self.stats, "tokenizer_skipped_packets", len(skipped))
-                keep[skipped] = False
-                idx = idx[(r["flags"][idx] & _NEEDS_STATE) == 0]
+                needs_state = (r["flags"][idx] & _NEEDS_STATE) != 0
+                _count(self.stats, "tokenizer_skipped_packets", int(needs_state.sum()))
+                keep[idx[needs_state]] = False
+                idx = idx[~needs_state]
             default_clock = seq.clock_id or BOOTTIME
             clock = np.where((r["has_clock"][idx] == 1) & (r["clock_id"][idx] != 0), r["clock_id"][idx], default_clock)
             for clock_id in np.unique(clock).tolist():
@@ -742,8 +734,9 @@ class _Reader:
                 else:
                     ts[sub] = converted
             idx = idx[keep[idx]]
-            _count(self.stats, "unsupported_track_event_type", int((~known[idx]).sum()))
-            keep[idx[~known[idx]]] = False
+            unknown_type = idx[~known[idx]]
+            _count(self.stats, "unsupported_track_event_type", len(unknown_type))
+            keep[unknown_type] = False
             idx = idx[known[idx]]
             if seq.default_track is not None:
                 no_track = idx[r["has_track"][idx] == 0]

@@ -22,16 +22,22 @@ class QueryError(ValueError):
     """SQL that the backend rejected."""
 
 
+def require_trace_file(path: str | os.PathLike) -> Path:
+    """`path` as a Path; FileNotFoundError saying what is there instead when it is not a file."""
+    path = Path(path)
+    if not path.is_file():
+        what = "is a directory, not a trace file" if path.is_dir() else "no such trace file"
+        raise FileNotFoundError(f"{path}: {what}")
+    return path
+
+
 class Trace:
     """One trace file opened for SQL; results are pandas DataFrames."""
 
     def __init__(self, path: str | os.PathLike, backend: str = "auto", tp_bin: str | None = None):
         if backend not in BACKENDS:
             raise ValueError(f"backend={backend!r} is not valid; valid: {', '.join(BACKENDS)}")
-        self.path = Path(path)
-        if not self.path.is_file():
-            what = "is a directory, not a trace file" if self.path.is_dir() else "no such trace file"
-            raise FileNotFoundError(f"{self.path}: {what}")
+        self.path = require_trace_file(path)
         if backend == "auto":
             backend = "trace_processor" if find_binary(tp_bin) else "sqlite"
         self._impl = SqliteBackend(self.path) if backend == "sqlite" else TraceProcessorBackend(self.path, tp_bin)
