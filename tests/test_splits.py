@@ -49,7 +49,7 @@ CASES = {
 def _compile(module, inputs, budget):
     ep = torch.export.export(Wrapped(module).eval(), inputs)
     part = partition("test", ep.module(), budget)
-    run, run_timed, _ = generate(part, torch.device("cpu"), base=0, tick="T[{i}] = _now()")
+    run, run_timed, _ = generate(part, torch.device("cpu"), first_tick=0, tick="T[{i}] = _now()")
     return part, run, run_timed
 
 
@@ -99,3 +99,29 @@ def test_split_count_follows_working_set_over_budget():
         part, _, _ = _compile(module, (x,), budget=budget)
         assert part.commands[0].command_count == k  # ceil(working set / budget)
         assert sum(c.bytes for c in part.commands) == ws + (k - 1) * 10 * 100 * 4  # every chunk reads all of x
+
+
+class ViewThenLinear(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.m = torch.nn.Linear(96, 256)
+
+    def forward(self, x):
+        return (self.m(x.view(2, 37, 96)),)
+
+
+def test_a_value_read_only_before_a_split_op_is_freed_after_its_first_chunk():
+    """Codegen frees what the partition's liveness says: the input, read only by the view that runs
+    with chunk 0, is deleted there, not after the last chunk."""
+    module, x = ViewThenLinear().eval(), torch.randn(74, 96)
+    ep = torch.export.export(module, (x,))
+    part = partition("test", ep.module(), 4096)
+    run, _, source = generate(part, torch.device("cpu"), first_tick=0, tick="T[{i}] = _now()")
+    (g,) = part.groups
+    assert g.split is not None and g.split.k >= 2
+    assert part.liveness.frees[0] == ("x",)
+    assert [c.live_bytes for c in part.commands] == list(part.liveness.live_bytes)
+    plain = source.split("\n\n\n")[0].splitlines()
+    assert plain.index("    del x") < [i for i, line in enumerate(plain) if "out=linear_o" in line][1]
+    with torch.no_grad():
+        assert (run(x)[0] - module(x)[0]).abs().max().item() <= 1e-5
