@@ -1,6 +1,6 @@
 """Profiling overhead: profiled / unprofiled pipeline wall time, with torch.profiler beside it.
 
-The profiled variant runs inside an active `rbln_perfetto.profile()` (sinks attached, the capture
+The profiled variant runs inside an active `rbln_perfetto.profile()` (every call timed, the capture
 streaming to disk); its export happens once at the end and is measured by `bench.export_speed`.
 
     python -m bench.profiling_overhead [--scale medium] [--steps 1] [--repeats 7]

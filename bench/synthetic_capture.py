@@ -25,21 +25,19 @@ STEPS = 28
 
 def sd3_medium_pipeline():
     """PipelineInfo of SD3-medium (weights not needed: compiled on the meta device)."""
-    from pipeline.events import CommandSpec, DeviceInfo, PipelineInfo, ProgramInfo, TransferSpec
+    from pipeline.contract import CommandSpec, DeviceInfo, PipelineInfo, ProgramInfo, TransferSpec
 
     cache = RESULTS / "sd3-medium-programs.json"
     if cache.is_file():
         data = json.loads(cache.read_text())
     else:
-        from pipeline.compiler import _config_dir, compile_submodule, meta_models
-        from pipeline.config import SUBMODULES, RBLNConfig
+        from pipeline.compiler import compile_on_meta
+        from pipeline.config import RBLNConfig
 
         cfg = RBLNConfig.from_dict({"dtype": "float16", "text_encoder_3": {"device": 1}})
-        models = meta_models(_config_dir("sd3-medium"), torch_dtype(cfg.dtype))
-        configs = {name: m.config for name, m in models.items()}
         programs = []
-        for name in SUBMODULES:
-            _, part, _ = compile_submodule(name, models[name], cfg, configs)
+        for name, compiled in compile_on_meta("sd3-medium", cfg).items():
+            part = compiled.partition
             programs.append(asdict(ProgramInfo(name, cfg.submodules[name].device, "cpu", part.weight_bytes,
                                                tuple(part.input_transfers), tuple(part.commands),
                                                tuple(part.output_transfers))) | {"activation": part.peak_live_bytes})

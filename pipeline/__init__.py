@@ -1,30 +1,43 @@
-"""Stable Diffusion 3 with its submodules compiled to device commands and split across logical devices."""
+"""Stable Diffusion 3 with its submodules compiled to device commands and split across logical devices.
 
-from .library_logging import import_diffusers_quietly
+Imports are lazy (PEP 562): `import pipeline.contract` or `pipeline.profiling_hooks`, the torch-free
+modules a profiler uses, loads neither torch nor diffusers; naming any other export loads them.
+"""
 
-import_diffusers_quietly()
+from __future__ import annotations
 
-from .compiler import plan_memory  # noqa: E402
-from .config import SUBMODULES, ConfigError, RBLNConfig  # noqa: E402
-from .embedded_model import build_tiny_sd3  # noqa: E402
-from .events import CommandEvent, CommandSpec, Invocation, PipelineInfo, ProgramInfo, Sink, TransferSpec  # noqa: E402
-from .pipeline_sd3 import RBLNStableDiffusion3Pipeline  # noqa: E402
-from .placement import DeviceMemoryError, MemoryPlan  # noqa: E402
+import importlib
 
-__all__ = [
-    "SUBMODULES",
-    "CommandEvent",
-    "CommandSpec",
-    "ConfigError",
-    "DeviceMemoryError",
-    "Invocation",
-    "MemoryPlan",
-    "PipelineInfo",
-    "ProgramInfo",
-    "RBLNConfig",
-    "RBLNStableDiffusion3Pipeline",
-    "Sink",
-    "TransferSpec",
-    "build_tiny_sd3",
-    "plan_memory",
-]
+_EXPORTS = {
+    "SUBMODULES": "contract",
+    "CommandSpec": "contract",
+    "DeviceInfo": "contract",
+    "PipelineInfo": "contract",
+    "ProgramInfo": "contract",
+    "Profiler": "contract",
+    "Sink": "contract",
+    "TickLayout": "contract",
+    "TransferSpec": "contract",
+    "install_profiler": "profiling_hooks",
+    "ConfigError": "config",
+    "RBLNConfig": "config",
+    "DeviceMemoryError": "placement",
+    "MemoryPlan": "placement",
+    "build_tiny_sd3": "embedded_model",
+    "plan_memory": "compiler",
+    "RBLNStableDiffusion3Pipeline": "pipeline_sd3",
+}
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'pipeline' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{module}", __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__():
+    return sorted(set(globals()) | set(_EXPORTS))

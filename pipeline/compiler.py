@@ -9,47 +9,62 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
 
-from .config import SUBMODULES, RBLNConfig
-from .events import CommandSpec
-from .graph_capture import InputSpec, export_submodule, input_specs
+from .config import RBLNConfig
+from .contract import CommandSpec
+from .dtypes import dtype_name, torch_dtype
+from .graph_capture import InputSpec, export_submodule
 from .library_logging import quiet_loading
 from .partition import Partition, partition
 from .placement import MemoryPlan, memory_plan
+from .submodules import SUBMODULE_KINDS
 
 PLAN_VERSION = 1
 SHIPPED_CONFIGS = Path(__file__).parent / "model_configs"
-DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
-def compile_submodule(name: str, model: torch.nn.Module, cfg: RBLNConfig, configs: dict):
-    """Trace and partition one submodule. Returns (exported program, partition, input specs)."""
-    specs = input_specs(name, cfg, configs, DTYPES[cfg.dtype])
-    ep = export_submodule(name, model, specs)
-    return ep, partition(name, ep.module(), cfg.command_budget), specs
+@dataclass(frozen=True)
+class CompiledArtifact:
+    """One compiled submodule as saved and loaded: the traced graph, its command partition, its input
+    buffers and its model config (not yet bound to a device: that is `runtime.CompiledSubmodule`)."""
+
+    exported: torch.export.ExportedProgram
+    partition: Partition
+    specs: list[InputSpec]
+    config: object
 
 
-def save_compiled(directory: Path, ep, part: Partition, specs: list[InputSpec], config) -> None:
+def compile_submodule(name: str, model: torch.nn.Module, cfg: RBLNConfig, configs: dict) -> CompiledArtifact:
+    """Trace and partition one submodule."""
+    kind = SUBMODULE_KINDS[name]
+    specs = kind.input_specs(name, cfg, configs, torch_dtype(cfg.dtype))
+    ep = export_submodule(kind.adapter(model), specs)
+    return CompiledArtifact(ep, partition(name, ep.module(), cfg.command_budget), specs, configs[name])
+
+
+def save_compiled(directory: Path, compiled: CompiledArtifact) -> None:
     directory.mkdir(parents=True, exist_ok=True)
-    torch.export.save(ep, directory / "compiled.pt2")
+    torch.export.save(compiled.exported, directory / "compiled.pt2")
+    part = compiled.partition
     plan = {
         "version": PLAN_VERSION,
         "submodule": part.submodule,
         "command_budget": part.budget,
-        "inputs": [{"name": s.name, "shape": list(s.shape), "dtype": str(s.dtype).replace("torch.", "")} for s in specs],
+        "inputs": [{"name": s.name, "shape": list(s.shape), "dtype": dtype_name(s.dtype)} for s in compiled.specs],
         "commands": [asdict(c) for c in part.commands],
     }
     (directory / "plan.json").write_text(json.dumps(plan))
+    config = compiled.config
     config_dict = config.to_dict() if hasattr(config, "to_dict") else dict(config)
     (directory / "config.json").write_text(json.dumps(config_dict, indent=2, default=str))
 
 
-def load_compiled(directory: Path):
-    """Read a saved submodule back: (exported program, partition, input specs, config dict)."""
+def load_compiled(directory: Path) -> CompiledArtifact:
+    """Read a saved submodule back (never tracing the model again)."""
     plan = json.loads((directory / "plan.json").read_text())
     if plan.get("version") != PLAN_VERSION:
         raise ValueError(
@@ -59,15 +74,14 @@ def load_compiled(directory: Path):
     ep = torch.export.load(directory / "compiled.pt2")
     part = partition(plan["submodule"], ep.module(), plan["command_budget"])
     saved = [CommandSpec(**c) for c in plan["commands"]]
-    if part.commands != saved:
+    if list(part.commands) != saved:
         raise ValueError(
             f"{directory} does not reproduce its saved command plan ({len(saved)} commands saved, "
             f"{len(part.commands)} now); it was compiled by another version: compile again with export=True"
         )
-    specs = [InputSpec(i["name"], tuple(i["shape"]), DTYPES[i["dtype"]] if i["dtype"] in DTYPES else getattr(torch, i["dtype"]))
-             for i in plan["inputs"]]
-    config = json.loads((directory / "config.json").read_text())
-    return ep, part, specs, config
+    specs = [InputSpec(i["name"], tuple(i["shape"]), torch_dtype(i["dtype"])) for i in plan["inputs"]]
+    config = SUBMODULE_KINDS[plan["submodule"]].config_from_dict(json.loads((directory / "config.json").read_text()))
+    return CompiledArtifact(ep, part, specs, config)
 
 
 def _config_dir(config_dir_or_name: str | os.PathLike) -> Path:
@@ -86,32 +100,26 @@ def _config_dir(config_dir_or_name: str | os.PathLike) -> Path:
 
 def meta_models(config_dir: Path, dtype: torch.dtype) -> dict[str, torch.nn.Module]:
     """Instantiate every SD3 submodule from its config.json on the meta device: shapes, no weights."""
-    from diffusers import AutoencoderKL, SD3Transformer2DModel
-    from transformers import CLIPTextConfig, CLIPTextModelWithProjection, T5Config, T5EncoderModel
-
     with torch.device("meta"), quiet_loading():
-        models = {
-            "text_encoder": CLIPTextModelWithProjection(CLIPTextConfig.from_pretrained(config_dir / "text_encoder")),
-            "text_encoder_2": CLIPTextModelWithProjection(CLIPTextConfig.from_pretrained(config_dir / "text_encoder_2")),
-            "text_encoder_3": T5EncoderModel(T5Config.from_pretrained(config_dir / "text_encoder_3")),
-            "transformer": SD3Transformer2DModel.from_config(SD3Transformer2DModel.load_config(config_dir / "transformer")),
-            "vae": AutoencoderKL.from_config(AutoencoderKL.load_config(config_dir / "vae")),
-        }
+        models = {name: kind.meta_model(config_dir / name) for name, kind in SUBMODULE_KINDS.items()}
         return {name: m.to(dtype).eval() for name, m in models.items()}
+
+
+def compile_on_meta(config_dir_or_name: str | os.PathLike, cfg: RBLNConfig) -> dict[str, CompiledArtifact]:
+    """Compile every submodule from its config alone, on the meta device: the real programs' commands
+    and sizes, without reading (or having) any weights. `config_dir_or_name`: a diffusers SD3
+    directory, or a shipped config name such as "sd3-medium"."""
+    models = meta_models(_config_dir(config_dir_or_name), torch_dtype(cfg.dtype))
+    configs = {name: m.config for name, m in models.items()}
+    return {name: compile_submodule(name, models[name], cfg, configs) for name in SUBMODULE_KINDS}
 
 
 def plan_memory(config_dir_or_name: str | os.PathLike, rbln_config: dict | RBLNConfig | None = None) -> MemoryPlan:
     """Device memory plan for a placement, from model configs alone (no weights are read).
 
-    `config_dir_or_name`: a diffusers SD3 directory, or a shipped config name such as "sd3-medium".
-    Every submodule is instantiated on the meta device and compiled with the configured shapes,
+    Every submodule is compiled on the meta device with the configured shapes (`compile_on_meta`),
     so the weight and activation figures are those of the real compiled programs.
     """
     cfg = RBLNConfig.from_dict(rbln_config)
-    models = meta_models(_config_dir(config_dir_or_name), DTYPES[cfg.dtype])
-    configs = {name: m.config for name, m in models.items()}
-    usage = {}
-    for name in SUBMODULES:
-        _, part, _ = compile_submodule(name, models[name], cfg, configs)
-        usage[name] = (part.weight_bytes, part.peak_live_bytes)
-    return memory_plan(cfg, usage)
+    compiled = compile_on_meta(config_dir_or_name, cfg)
+    return memory_plan(cfg, {name: (c.partition.weight_bytes, c.partition.peak_live_bytes) for name, c in compiled.items()})

@@ -13,7 +13,8 @@ import re
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
-SUBMODULES = ("text_encoder", "text_encoder_2", "text_encoder_3", "transformer", "vae")
+from .contract import SUBMODULES
+
 SUBMODULE_KEYS = ("device", "activate_profiler")
 DTYPES = ("float32", "float16", "bfloat16")
 PIPELINE_KEYS = (

@@ -12,16 +12,20 @@ import os
 from pathlib import Path
 
 import torch
-from diffusers import (
+
+from .library_logging import import_diffusers_quietly, quiet_loading
+
+import_diffusers_quietly()
+
+from diffusers import (  # noqa: E402
     AutoencoderKL,
     FlowMatchEulerDiscreteScheduler,
     SD3Transformer2DModel,
     StableDiffusion3Pipeline,
 )
-from transformers import CLIPTextConfig, CLIPTextModelWithProjection, T5Config, T5EncoderModel
+from transformers import CLIPTextConfig, CLIPTextModelWithProjection, T5Config, T5EncoderModel  # noqa: E402
 
-from .library_logging import quiet_loading
-from .offline_tokenizers import build_clip_tokenizer, build_t5_tokenizer
+from .offline_tokenizers import build_clip_tokenizer, build_t5_tokenizer  # noqa: E402
 
 SCALES = {
     "tiny": {

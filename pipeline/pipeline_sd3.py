@@ -14,34 +14,31 @@ from __future__ import annotations
 import json
 import os
 import time
-from contextlib import contextmanager
 from pathlib import Path
 
 import torch
-from diffusers import StableDiffusion3Pipeline
-from diffusers.configuration_utils import FrozenDict
-from transformers import AutoTokenizer, CLIPTextConfig, T5Config
 
-from .compiler import DTYPES, compile_submodule, load_compiled, save_compiled
-from .config import SUBMODULES, ConfigError, RBLNConfig
-from .events import DeviceInfo, PipelineInfo, Sink
-from .graph_capture import image_size
-from .library_logging import quiet_loading
-from .placement import memory_plan, torch_devices
-from .runtime import RUNTIME_CLASSES, CompiledSubmodule
+from .library_logging import import_diffusers_quietly, quiet_loading
+
+import_diffusers_quietly()
+
+from diffusers import StableDiffusion3Pipeline  # noqa: E402
+from transformers import AutoTokenizer  # noqa: E402
+
+from .compiler import CompiledArtifact, compile_submodule, load_compiled, save_compiled  # noqa: E402
+from .config import SUBMODULES, ConfigError, RBLNConfig  # noqa: E402
+from .contract import DeviceInfo, PipelineInfo  # noqa: E402
+from .dtypes import torch_dtype  # noqa: E402
+from .graph_capture import image_size  # noqa: E402
+from .placement import memory_plan, torch_devices  # noqa: E402
+from .profiling_hooks import ActiveCall, active_call, profiled_call  # noqa: E402
+from .runtime import CompiledSubmodule  # noqa: E402
+from .submodules import SUBMODULE_KINDS  # noqa: E402
 
 RBLN_CONFIG_FILE = "rbln_config.json"
 TOKENIZERS = ("tokenizer", "tokenizer_2", "tokenizer_3")
 # Keys fixed when the graph is traced; a compiled artifact cannot change them.
 COMPILE_TIME_KEYS = ("img_height", "img_width", "batch_size", "guidance_scale", "max_seq_len", "command_budget", "dtype")
-
-
-def _model_config(name: str, config_dict: dict):
-    if name in ("text_encoder", "text_encoder_2"):
-        return CLIPTextConfig.from_dict(config_dict)
-    if name == "text_encoder_3":
-        return T5Config.from_dict(config_dict)
-    return FrozenDict(config_dict)
 
 
 def _local_model_dir(model_id: str | os.PathLike, what: str) -> Path:
@@ -73,15 +70,14 @@ class RBLNStableDiffusion3Pipeline(StableDiffusion3Pipeline):
         if not (model_dir / "model_index.json").is_file():
             raise ValueError(f"{model_dir} has no model_index.json: it is not a diffusers SD3 directory")
         with quiet_loading():
-            base = StableDiffusion3Pipeline.from_pretrained(model_dir, dtype=DTYPES[cfg.dtype], local_files_only=True)
+            base = StableDiffusion3Pipeline.from_pretrained(model_dir, dtype=torch_dtype(cfg.dtype), local_files_only=True)
         configs = {name: getattr(base, name).config for name in SUBMODULES}
         if cfg.img_height is None:  # record the model's default size, so the artifact states its shapes
             height, width = image_size(cfg, configs["transformer"], base.vae_scale_factor)
             cfg = cfg.with_overrides(img_height=height, img_width=width)
-        compiled = {name: compile_submodule(name, getattr(base, name), cfg, configs) for name in SUBMODULES}
-        parts = {name: (ep, part, specs, configs[name]) for name, (ep, part, specs) in compiled.items()}
+        artifacts = {name: compile_submodule(name, getattr(base, name), cfg, configs) for name in SUBMODULES}
         extras = {name: getattr(base, name) for name in (*TOKENIZERS, "scheduler")}
-        return cls._assemble(cfg, devices, parts, extras, str(model_dir))
+        return cls._assemble(cfg, devices, artifacts, extras, str(model_dir))
 
     @classmethod
     def _load(cls, directory: Path, rbln_config: dict | None):
@@ -96,34 +92,33 @@ class RBLNStableDiffusion3Pipeline(StableDiffusion3Pipeline):
         if rbln_config is not None:
             cfg = _runtime_overrides(cfg, rbln_config)
         devices = torch_devices(cfg)
-        parts = {}
-        for name in SUBMODULES:
-            ep, part, specs, config_dict = load_compiled(directory / name)
-            parts[name] = (ep, part, specs, _model_config(name, config_dict))
+        artifacts = {name: load_compiled(directory / name) for name in SUBMODULES}
         with quiet_loading():
             extras = {name: AutoTokenizer.from_pretrained(directory / name) for name in TOKENIZERS}
             from diffusers import FlowMatchEulerDiscreteScheduler
 
             extras["scheduler"] = FlowMatchEulerDiscreteScheduler.from_pretrained(directory / "scheduler")
-        return cls._assemble(cfg, devices, parts, extras, saved.get("model", str(directory)))
+        return cls._assemble(cfg, devices, artifacts, extras, saved.get("model", str(directory)))
 
     @classmethod
-    def _assemble(cls, cfg: RBLNConfig, devices: list[torch.device], parts: dict, extras: dict, model: str):
-        usage = {name: (part.weight_bytes, part.peak_live_bytes) for name, (_, part, _, _) in parts.items()}
+    def _assemble(cls, cfg: RBLNConfig, devices: list[torch.device], artifacts: dict[str, CompiledArtifact],
+                  extras: dict, model: str):
+        usage = {name: (a.partition.weight_bytes, a.partition.peak_live_bytes) for name, a in artifacts.items()}
         plan = memory_plan(cfg, usage)
         plan.check()  # before anything runs on a device
         modules = {}
-        for name, (ep, part, specs, config) in parts.items():
+        for name, artifact in artifacts.items():
             logical = cfg.submodules[name].device
-            compiled = CompiledSubmodule(part, specs, logical, devices[logical])
-            modules[name] = RUNTIME_CLASSES[name](compiled, config, DTYPES[cfg.dtype])
+            compiled = CompiledSubmodule(artifact.partition, artifact.specs, logical, devices[logical])
+            modules[name] = SUBMODULE_KINDS[name].runtime_class(compiled, artifact.config, torch_dtype(cfg.dtype))
         pipe = cls(**modules, **extras)
         pipe.rbln_config = cfg
         pipe.memory_plan = plan
         pipe._rbln_model = model
-        pipe._rbln_exported = {name: ep for name, (ep, _, _, _) in parts.items()}
+        pipe._rbln_artifacts = artifacts
         pipe._rbln_devices = devices
-        pipe._host_sink = None
+        pipe._pipeline_info = pipe._describe()
+        pipe._install_host_timers()
         return pipe
 
     def save_pretrained(self, save_directory: str | os.PathLike, **kwargs) -> None:
@@ -131,9 +126,7 @@ class RBLNStableDiffusion3Pipeline(StableDiffusion3Pipeline):
         out = Path(save_directory)
         out.mkdir(parents=True, exist_ok=True)
         for name in SUBMODULES:
-            module = getattr(self, name)
-            part = module.compiled.partition
-            save_compiled(out / name, self._rbln_exported[name], part, module.compiled.specs, module.config)
+            save_compiled(out / name, self._rbln_artifacts[name])
         for name in TOKENIZERS:
             getattr(self, name).save_pretrained(out / name)
         self.scheduler.save_pretrained(out / "scheduler")
@@ -143,6 +136,10 @@ class RBLNStableDiffusion3Pipeline(StableDiffusion3Pipeline):
     # ------------------------------------------------------------------ profiling
 
     def pipeline_info(self) -> PipelineInfo:
+        """What a profiler is told about this pipeline (built once, when it was assembled)."""
+        return self._pipeline_info
+
+    def _describe(self) -> PipelineInfo:
         return PipelineInfo(
             model=self._rbln_model,
             rbln_config=self.rbln_config.to_dict(),
@@ -152,96 +149,57 @@ class RBLNStableDiffusion3Pipeline(StableDiffusion3Pipeline):
             activate_profiler={name: self.rbln_config.submodules[name].activate_profiler for name in SUBMODULES},
         )
 
-    def _host(self, name: str, start_ns: int, detail: str = "") -> None:
-        sink = self._host_sink
-        if sink is not None:
-            sink.host(name, start_ns, time.monotonic_ns(), detail)
+    def _install_host_timers(self) -> None:
+        """Time the host work inside diffusers' own __call__ at its seams: wrapped once, here, and
+        reporting only inside a profiled call (`active_call()`); outside one a seam costs one lookup."""
+        for name in TOKENIZERS:
+            self.__dict__[name] = _TimedTokenizer(self.__dict__[name], name)
+        self.scheduler.step = _timed(self.scheduler.step, "scheduler_step", before=self._guidance_combine)
+        self.image_processor.postprocess = _timed(self.image_processor.postprocess, "postprocess")
+
+    def _guidance_combine(self, call: ActiveCall, start_ns: int) -> None:
+        """diffusers combines the CFG halves between the transformer call and the scheduler step."""
+        transformer_end = call.take_finished("transformer")
+        if self.do_classifier_free_guidance and transformer_end is not None:
+            call.sink.host("guidance_combine", transformer_end, start_ns)
 
     def prepare_latents(self, *args, **kwargs):
+        call = active_call()
+        if call is None:
+            return super().prepare_latents(*args, **kwargs)
         start = time.monotonic_ns()
         latents = super().prepare_latents(*args, **kwargs)
-        self._host("prepare_latents", start)
+        call.sink.host("prepare_latents", start, time.monotonic_ns())
         return latents
 
-    @contextmanager
-    def _host_hooks(self, sink: Sink):
-        """Time the host work inside diffusers' own __call__ at its seams, for this call only."""
-        self._host_sink = sink
-        saved = {name: self.__dict__[name] for name in TOKENIZERS}
-        scheduler, image_processor = self.scheduler, self.image_processor
-        transformer = self.transformer
-
-        def timed_tokenizer(name, tokenizer):
-            def call(*args, **kwargs):
-                start = time.monotonic_ns()
-                out = tokenizer(*args, **kwargs)
-                self._host("tokenize", start, name)
-                return out
-
-            return _Delegate(tokenizer, call)
-
-        step = scheduler.step
-
-        def timed_step(*args, **kwargs):
-            start = time.monotonic_ns()
-            # diffusers combines the CFG halves between the transformer call and the scheduler step.
-            if self.do_classifier_free_guidance and transformer.last_call_end_ns is not None:
-                sink.host("guidance_combine", transformer.last_call_end_ns, start)
-                transformer.last_call_end_ns = None
-            out = step(*args, **kwargs)
-            self._host("scheduler_step", start)
-            return out
-
-        postprocess = image_processor.postprocess
-
-        def timed_postprocess(*args, **kwargs):
-            start = time.monotonic_ns()
-            out = postprocess(*args, **kwargs)
-            self._host("postprocess", start)
-            return out
-
-        for name in TOKENIZERS:
-            self.__dict__[name] = timed_tokenizer(name, saved[name])
-        scheduler.step = timed_step
-        image_processor.postprocess = timed_postprocess
-        try:
-            yield
-        finally:
-            self.__dict__.update(saved)
-            del scheduler.step
-            del image_processor.postprocess
-            transformer.last_call_end_ns = None
-            self._host_sink = None
-
     def __call__(self, *args, **kwargs):
-        from rbln_perfetto.activation import begin_pipeline_call
-
-        call = begin_pipeline_call(self.pipeline_info())
-        if call is None:
+        with profiled_call(self._pipeline_info):
             return super().__call__(*args, **kwargs)
-        profiled = [getattr(self, name) for name in call.profiled]
-        for name in call.profiled:
-            module = getattr(self, name)
-            module.sink, module.program_id = call.sink, call.program_ids[name]
-        error: BaseException | None = None
-        try:
-            with self._host_hooks(call.sink):
-                return super().__call__(*args, **kwargs)
-        except BaseException as exc:
-            error = exc
-            raise
-        finally:
-            for module in profiled:
-                module.sink = None
-            call.end(error)
 
 
-class _Delegate:
-    """A tokenizer whose calls are timed; every other attribute is the tokenizer's own."""
+def _timed(fn, label: str, detail: str = "", before=None):
+    """`fn`, reported to the active call's sink as host work named `label`."""
 
-    def __init__(self, target, call):
-        self._target = target
-        self._call = call
+    def timed(*args, **kwargs):
+        call = active_call()
+        if call is None:
+            return fn(*args, **kwargs)
+        start = time.monotonic_ns()
+        if before is not None:
+            before(call, start)
+        out = fn(*args, **kwargs)
+        call.sink.host(label, start, time.monotonic_ns(), detail)
+        return out
+
+    return timed
+
+
+class _TimedTokenizer:
+    """A tokenizer whose calls are timed as `tokenize`; every other attribute is the tokenizer's own."""
+
+    def __init__(self, tokenizer, name: str):
+        self._target = tokenizer
+        self._call = _timed(tokenizer.__call__, "tokenize", name)
 
     def __call__(self, *args, **kwargs):
         return self._call(*args, **kwargs)

@@ -6,7 +6,9 @@
   `$RBLN_PROFILER_DIR/<run-id>/` (default `./rbln_profile/<run-id>/`).
 - `rbln_config[submodule]["activate_profiler"]` True/False overrides both for that submodule.
 
-A submodule that is not profiled gets no sink: it costs nothing and appears in no file.
+`Profiler` plugs all three into the pipeline's hook point (`pipeline.profiling_hooks`), which
+asks it at the start of every pipeline call. A submodule that is not profiled is not timed: it
+costs nothing and appears in no file.
 """
 
 from __future__ import annotations
@@ -17,10 +19,13 @@ import threading
 import time
 from pathlib import Path
 
+from pipeline.contract import PipelineInfo
+from pipeline.profiling_hooks import ENV_ENABLE, install_profiler
+
 from .capture import CAPTURE_FILE, CaptureWriter
+from .errors import OutputExistsError, ProfilerStateError, UsageError
 from .export import ExportResult, check_writable, export
 
-ENV_ENABLE = "RBLN_PROFILER"
 ENV_DIR = "RBLN_PROFILER_DIR"
 DEFAULT_DIR = "rbln_profile"
 _ON = ("1", "true", "yes", "on")
@@ -40,7 +45,7 @@ def env_enabled() -> bool:
         return True
     if value in _OFF:
         return False
-    raise ValueError(
+    raise UsageError(
         f"{ENV_ENABLE}={raw!r} is not valid; valid: {', '.join(_ON)} to enable, "
         f"{', '.join(v for v in _OFF if v)} or unset to disable"
     )
@@ -76,7 +81,7 @@ class Session:
         self.run_id = run_id
         self.capture_file = out_dir / CAPTURE_FILE
         if self.capture_file.exists():
-            raise FileExistsError(
+            raise OutputExistsError(
                 f"{self.capture_file} already exists; profile into an empty directory so that an earlier run is not overwritten"
             )
         self.writer = CaptureWriter(self.capture_file, run_id, _version())
@@ -93,14 +98,20 @@ class Session:
 
 
 class PipelineCall:
-    """What one pipeline call profiles, and where it goes."""
+    """What one pipeline call profiles, and where it goes: the `pipeline.contract.Sink` of that call."""
 
-    def __init__(self, session: Session, owns_session: bool, profiled: list[str], program_ids: dict[str, int]):
+    def __init__(self, session: Session, owns_session: bool, profiled: frozenset[str], program_ids: dict[str, int]):
         self.session = session
-        self.sink = session.writer
+        self.writer = session.writer
         self.owns_session = owns_session
         self.profiled = profiled
         self.program_ids = program_ids
+
+    def invocation(self, submodule: str, ticks) -> None:
+        self.writer.invocation(self.program_ids[submodule], ticks)
+
+    def host(self, name: str, start_ns: int, end_ns: int, detail: str = "") -> None:
+        self.writer.host(name, start_ns, end_ns, detail)
 
     def end(self, error: BaseException | None) -> None:
         if not self.owns_session:
@@ -116,21 +127,34 @@ class PipelineCall:
               f"written to {result.out_dir}", file=sys.stderr)
 
 
-def begin_pipeline_call(info) -> PipelineCall | None:
-    """Called by the pipeline at the start of each call; None when nothing is profiled."""
-    active = _active
-    default = active is not None or env_enabled()
-    profiled = [name for name, flag in info.activate_profiler.items() if (default if flag is None else flag)]
-    if not profiled and active is None:
-        return None
-    if active is not None:
-        session, owns = active.session, False
-    else:
-        run_id = new_run_id()
-        session, owns = Session(default_out_dir(run_id), run_id), True
-    pipeline_id = session.writer.pipeline(info, set(profiled))
-    program_ids = {p.submodule: session.writer.program(p, pipeline_id) for p in info.programs if p.submodule in profiled}
-    return PipelineCall(session, owns, profiled, program_ids)
+class Profiler:
+    """rbln-perfetto as the pipeline's profiler (`pipeline.contract.Profiler`): it takes a pipeline
+    call when a `profile()` block is active, when `RBLN_PROFILER` is on, or when the call's
+    rbln_config turns `activate_profiler` on for a submodule."""
+
+    def begin_call(self, info: PipelineInfo) -> PipelineCall | None:
+        active = _active
+        default = active is not None or env_enabled()
+        profiled = frozenset(name for name, flag in info.activate_profiler.items() if (default if flag is None else flag))
+        if not profiled and active is None:
+            return None
+        if active is not None:
+            session, owns = active.session, False
+        else:
+            run_id = new_run_id()
+            session, owns = Session(default_out_dir(run_id), run_id), True
+        pipeline_id = session.writer.pipeline(info, profiled)
+        program_ids = {p.submodule: session.writer.program(p, pipeline_id) for p in info.programs if p.submodule in profiled}
+        return PipelineCall(session, owns, profiled, program_ids)
+
+
+PROFILER = Profiler()
+
+
+def install() -> None:
+    """Make rbln-perfetto the pipeline's profiler (done on `import rbln_perfetto`; also the
+    `rbln_pipeline.profilers` entry point, which the pipeline loads when RBLN_PROFILER is set)."""
+    install_profiler(PROFILER)
 
 
 class profile:
@@ -150,7 +174,7 @@ class profile:
         global _active
         with _lock:
             if _active is not None:
-                raise RuntimeError(
+                raise ProfilerStateError(
                     f"rbln_perfetto.profile() is already active (writing to {_active.out_dir}); "
                     "profile() blocks cannot be nested: end the outer block first"
                 )
@@ -173,7 +197,7 @@ class profile:
     @property
     def result(self) -> ExportResult:
         if self.session is None or self.session.result is None:
-            raise RuntimeError("the profile() block has not ended yet: its traces are written when it exits")
+            raise ProfilerStateError("the profile() block has not ended yet: its traces are written when it exits")
         return self.session.result
 
     @property

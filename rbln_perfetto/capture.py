@@ -14,37 +14,22 @@ import socket
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from collections.abc import Set
 from typing import BinaryIO, Iterator
 
 from google.protobuf.message import DecodeError
 
+from pipeline.contract import PipelineInfo, ProgramInfo
+
 from . import rbln_capture_pb2 as pb
+from .errors import CaptureError
+from .proto_bytes import MAX_VARINT_BYTES, VarintError, read_varint, varint
 
 MAGIC = b"RBLNCAP1"
 FORMAT_VERSION = 1
 CAPTURE_FILE = "capture.rblncap"
 # A record longer than this is not one we wrote: the length prefix is corrupt.
 MAX_RECORD_BYTES = 1 << 30
-
-
-class CaptureError(ValueError):
-    """A capture file that cannot be read, with the byte offset where reading failed."""
-
-    def __init__(self, path, offset: int, reason: str):
-        self.path, self.offset, self.reason = str(path), offset, reason
-        super().__init__(f"{path}: {reason} at byte offset {offset}")
-
-
-def encode_varint(value: int) -> bytes:
-    out = bytearray()
-    while True:
-        byte = value & 0x7F
-        value >>= 7
-        if value:
-            out.append(byte | 0x80)
-        else:
-            out.append(byte)
-            return bytes(out)
 
 
 def clock_now() -> pb.Clock:
@@ -55,18 +40,19 @@ def clock_now() -> pb.Clock:
 
 
 class CaptureWriter:
-    """Appends records to a capture file. Implements `pipeline.events.Sink`."""
+    """Appends records to a capture file: a pipeline's placement and programs once, then every call."""
 
     def __init__(self, path: str | os.PathLike, run_id: str, tool_version: str = ""):
         self.path = Path(path)
         self._file: BinaryIO = open(self.path, "xb")
         self._file.write(MAGIC)
-        self._next_sequence = 0
+        self._next_sequence = 0  # also the number of invocations written
         self._calls: dict[str, int] = {}
-        self._programs: dict[int, tuple[int, str]] = {}  # id(ProgramInfo) -> (program id, submodule)
+        # Keyed by the PipelineInfo itself (hashed by identity, kept alive here, so never confused
+        # with a later one), then by (pipeline id, submodule).
+        self._pipelines: dict[PipelineInfo, int] = {}
+        self._programs: dict[tuple[int, str], int] = {}
         self._submodule_of: dict[int, str] = {}
-        self._pipelines: dict[int, int] = {}
-        self.invocations = 0
         self._write(pb.Record(header=pb.RunHeader(
             format_version=FORMAT_VERSION, run_id=run_id, clock=clock_now(), hostname=socket.gethostname(),
             pid=os.getpid(), tool_version=tool_version,
@@ -75,16 +61,15 @@ class CaptureWriter:
 
     def _write(self, record: pb.Record) -> None:
         data = record.SerializeToString()
-        self._file.write(encode_varint(len(data)))
+        self._file.write(varint(len(data)))
         self._file.write(data)
 
-    def pipeline(self, info, profiled: set[str]) -> int:
+    def pipeline(self, info: PipelineInfo, profiled: Set[str]) -> int:
         """Record a pipeline's placement once per capture; returns its id."""
-        key = id(info.programs[0]) if info.programs else 0
-        if key in self._pipelines:
-            return self._pipelines[key]
-        pipeline_id = len(self._pipelines)
-        self._pipelines[key] = pipeline_id
+        known = self._pipelines.get(info)
+        if known is not None:
+            return known
+        pipeline_id = self._pipelines[info] = len(self._pipelines)
         self._write(pb.Record(pipeline=pb.Pipeline(
             pipeline_id=pipeline_id,
             model=info.model,
@@ -99,12 +84,13 @@ class CaptureWriter:
         self._file.flush()
         return pipeline_id
 
-    def program(self, info, pipeline_id: int = 0) -> int:
-        known = self._programs.get(id(info))
+    def program(self, info: ProgramInfo, pipeline_id: int = 0) -> int:
+        """Record one compiled program of pipeline `pipeline_id` once per capture; returns its id."""
+        key = (pipeline_id, info.submodule)
+        known = self._programs.get(key)
         if known is not None:
-            return known[0]
-        program_id = len(self._programs)
-        self._programs[id(info)] = (program_id, info.submodule)
+            return known
+        program_id = self._programs[key] = len(self._programs)
         self._submodule_of[program_id] = info.submodule
 
         def transfer(t):
@@ -132,7 +118,6 @@ class CaptureWriter:
             start_ns=start, durations_ns=durations,
         )))
         self._next_sequence += 1
-        self.invocations += 1
         self._file.flush()
 
     def host(self, name: str, start_ns: int, end_ns: int, detail: str = "") -> None:
@@ -189,20 +174,16 @@ def iter_records(path: str | os.PathLike, *, strict: bool = False) -> Iterator[t
             raise CaptureError(path, 0, f"not an rbln-perfetto capture ({what})")
         offset = len(MAGIC)
         while True:
-            length, shift, nread = 0, 0, 0
-            while True:
-                b = f.read(1)
-                if not b:
-                    if nread == 0:
-                        return None
+            head = f.read(MAX_VARINT_BYTES)
+            if not head:
+                return None
+            try:
+                length, nread = read_varint(head)
+            except VarintError as exc:
+                if exc.cut_short:
                     return _truncated(path, offset, "length prefix cut short", strict)
-                nread += 1
-                length |= (b[0] & 0x7F) << shift
-                shift += 7
-                if not b[0] & 0x80:
-                    break
-                if nread >= 10:
-                    raise CaptureError(path, offset, "corrupt record length")
+                raise CaptureError(path, offset, "corrupt record length") from None
+            f.seek(offset + nread)
             if length > MAX_RECORD_BYTES:
                 raise CaptureError(path, offset, f"corrupt record length {length}")
             data = f.read(length)

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.events import CommandSpec, DeviceInfo, PipelineInfo, ProgramInfo, TransferSpec
+from pipeline.contract import CommandSpec, DeviceInfo, PipelineInfo, ProgramInfo, TransferSpec
 from rbln_perfetto.capture import CaptureWriter, iter_records, read_info
 
 

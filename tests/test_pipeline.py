@@ -9,7 +9,7 @@ import torch
 from conftest import run
 from diffusers import StableDiffusion3Pipeline
 
-from pipeline import RBLNStableDiffusion3Pipeline, build_tiny_sd3
+from pipeline import RBLNStableDiffusion3Pipeline, build_tiny_sd3, install_profiler
 from pipeline.library_logging import quiet_loading
 
 SPLIT_HEAVY = {"command_budget": "16KiB"}  # small enough that every submodule has split commands
@@ -51,34 +51,45 @@ def test_image_equals_diffusers_without_guidance(make_pipe, reference_images):
 class RecordingSink:
     """A real Sink: remembers which program each invocation ran."""
 
-    def __init__(self):
-        self.programs, self.calls, self.host_events = [], [], []
+    def __init__(self, info):
+        self.layouts = {p.submodule: p.tick_layout for p in info.programs}
+        self.profiled = frozenset(self.layouts)
+        self.calls, self.host_events, self.ended = [], [], []
 
-    def program(self, info):
-        self.programs.append(info)
-        return len(self.programs) - 1
-
-    def invocation(self, program_id, ticks):
-        info = self.programs[program_id]
-        assert len(ticks) == info.num_ticks and ticks == sorted(ticks)
-        self.calls.append(info.submodule)
+    def invocation(self, submodule, ticks):
+        assert len(ticks) == self.layouts[submodule].num_ticks and ticks == sorted(ticks)
+        self.calls.append(submodule)
 
     def host(self, name, start_ns, end_ns, detail=""):
         self.host_events.append(name)
 
+    def end(self, error):
+        self.ended.append(error)
 
-def _attach(pipe, sink):
-    for name in ("text_encoder", "text_encoder_2", "text_encoder_3", "transformer", "vae"):
-        module = getattr(pipe, name)
-        module.sink, module.program_id = sink, sink.program(module.compiled.info)
+
+class RecordingProfiler:
+    def __init__(self):
+        self.sinks = []
+
+    def begin_call(self, info):
+        self.sinks.append(RecordingSink(info))
+        return self.sinks[-1]
+
+
+@pytest.fixture
+def recording_profiler():
+    profiler = RecordingProfiler()
+    previous = install_profiler(profiler)
+    yield profiler
+    install_profiler(previous)
 
 
 @pytest.mark.parametrize("guidance,steps", [(7.0, 2), (7.0, 3), (1.0, 2)])
-def test_invocation_counts_seen_by_the_runtime(make_pipe, guidance, steps):
+def test_invocation_counts_seen_by_the_runtime(make_pipe, recording_profiler, guidance, steps):
     pipe = make_pipe({"guidance_scale": guidance})
-    sink = RecordingSink()
-    _attach(pipe, sink)
     run(pipe, steps=steps, guidance=guidance)
+    (sink,) = recording_profiler.sinks
+    assert sink.ended == [None]
     encodes = 2 if guidance > 1 else 1
     expected = ["text_encoder", "text_encoder_2", "text_encoder_3"] * encodes + ["transformer"] * steps + ["vae"]
     assert sink.calls == expected

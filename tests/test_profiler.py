@@ -6,10 +6,11 @@ from collections import Counter
 import pytest
 from conftest import run
 from trace_checks import NAME, check_trace, device_of, track_name
+from trace_objects import read_trace
 
 import rbln_perfetto
+from pipeline.profiling_hooks import active_call
 from rbln_perfetto.capture import read_info
-from rbln_perfetto.trace_reader import read_trace
 
 SPLIT = {"text_encoder_3": {"device": 1}, "command_budget": "64KiB"}
 ENCODERS = ["text_encoder", "text_encoder_2", "text_encoder_3"]
@@ -237,18 +238,25 @@ def test_activate_profiler_overrides_the_environment_both_ways(make_pipe, tmp_pa
     assert not any(s.name.startswith("transformer") for s in agg.slices)
 
 
-def test_unprofiled_submodules_get_no_sink(make_pipe, tmp_path):
+def test_unprofiled_submodules_are_not_timed(make_pipe, tmp_path, monkeypatch):
     pipe = make_pipe({}, text_encoder={"activate_profiler": False})
-    sinks = {}
+
+    def never(*args, **kwargs):
+        raise AssertionError("an unprofiled submodule ran its timed program")
+
+    monkeypatch.setattr(pipe.text_encoder.compiled, "run_timed", never)
+    seen = {}
 
     def on_step_end(p, step, t, kwargs):
-        sinks.update({n: getattr(p, n).sink for n in ENCODERS + ["transformer", "vae"]})
+        call = active_call()
+        seen.update({n: call.profiles(n) for n in ENCODERS + ["transformer", "vae"]})
         return {}
 
     with rbln_perfetto.profile(tmp_path):
         run(pipe, steps=1, callback_on_step_end=on_step_end)
-    assert sinks["text_encoder"] is None and sinks["transformer"] is not None
-    assert all(getattr(pipe, n).sink is None for n in ENCODERS + ["transformer", "vae"])  # detached afterwards
+    assert seen == {"text_encoder": False, "text_encoder_2": True, "text_encoder_3": True, "transformer": True,
+                    "vae": True}
+    assert active_call() is None  # the call is over
 
 
 @pytest.mark.skipif(not os.environ.get("RBLN_PERFETTO_TP_BIN"), reason="RBLN_PERFETTO_TP_BIN is not set")

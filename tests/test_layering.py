@@ -1,0 +1,140 @@
+"""The architecture, checked: imports run one way, the contract is torch-free, the profiler plugs in
+through the pipeline's hook point, modules stay small, and every deliberate error shares one base."""
+
+import ast
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from conftest import PROMPT
+
+import rbln_perfetto
+from rbln_perfetto import errors
+
+ROOT = Path(__file__).resolve().parent.parent
+# The only pipeline modules rbln_perfetto may import (torch-free), and the one module allowed more.
+CONTRACT_MODULES = {"pipeline.contract", "pipeline.profiling_hooks"}
+PIPELINE_RUNNER = ROOT / "rbln_perfetto" / "pipeline_run.py"
+MAX_LINES = 400
+
+
+def _sources(package: str) -> list[Path]:
+    return sorted(p for p in (ROOT / package).rglob("*.py") if not p.name.endswith("_pb2.py"))
+
+
+def _imported_modules(path: Path) -> set[str]:
+    """Absolute names of every module a source file imports (relative imports resolved)."""
+    package = ".".join(path.relative_to(ROOT).with_suffix("").parts[:-1])
+    out = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            out.update(a.name for a in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                parts = package.split(".")[: len(package.split(".")) - node.level + 1]
+                base = ".".join(parts + ([node.module] if node.module else []))
+            out.add(base)
+            out.update(f"{base}.{a.name}" for a in node.names)
+    return out
+
+
+def test_pipeline_never_imports_the_profiler():
+    for path in _sources("pipeline"):
+        assert not [m for m in _imported_modules(path) if m.split(".")[0] == "rbln_perfetto"], path
+
+
+def test_rbln_perfetto_imports_only_the_pipeline_contract():
+    def allowed(module: str) -> bool:
+        return module in CONTRACT_MODULES or module.rsplit(".", 1)[0] in CONTRACT_MODULES
+
+    for path in _sources("rbln_perfetto"):
+        if path == PIPELINE_RUNNER:
+            continue
+        imported = {m for m in _imported_modules(path) if m.split(".")[0] == "pipeline"}
+        assert all(allowed(m) for m in imported), f"{path.relative_to(ROOT)} imports {sorted(imported)}"
+
+
+def test_contract_modules_import_neither_torch_nor_diffusers():
+    code = ("import sys, pipeline.contract, pipeline.profiling_hooks, rbln_perfetto.cli; "
+            "heavy = sorted(m for m in ('torch', 'diffusers', 'transformers') if m in sys.modules); "
+            "assert not heavy, heavy")
+    subprocess.run([sys.executable, "-c", code], cwd=ROOT, check=True, timeout=120)
+
+
+def test_modules_are_small_and_say_their_job():
+    for package in ("pipeline", "rbln_perfetto"):
+        for path in _sources(package):
+            lines = path.read_text().count("\n")
+            assert lines <= MAX_LINES, f"{path.relative_to(ROOT)} has {lines} lines (at most {MAX_LINES})"
+            assert ast.get_docstring(ast.parse(path.read_text())), f"{path.relative_to(ROOT)} has no docstring"
+
+
+def _raised_names(path: Path):
+    """(line, class name) of every `raise X(...)`; for `raise make_error(...)`, the class that
+    function is annotated to return."""
+    tree = ast.parse(path.read_text())
+    returns = {f.name: ast.unparse(f.returns) for f in ast.walk(tree) if isinstance(f, ast.FunctionDef) and f.returns}
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Raise) and isinstance(node.exc, ast.Call):
+            name = ast.unparse(node.exc.func)
+            yield node.lineno, returns.get(name, name)
+
+
+def test_every_deliberate_error_derives_from_the_base_class():
+    # argparse turns ArgumentTypeError into its own one-line usage error.
+    allowed = {"argparse.ArgumentTypeError"}
+    for path in _sources("rbln_perfetto"):
+        for line, name in _raised_names(path):
+            if name in allowed:
+                continue
+            cls = getattr(errors, name, None) or getattr(rbln_perfetto, name, None)
+            assert isinstance(cls, type) and issubclass(cls, errors.RblnPerfettoError), \
+                f"{path.relative_to(ROOT)}:{line} raises {name}, not an RblnPerfettoError"
+    for name in rbln_perfetto.__all__:
+        obj = getattr(rbln_perfetto, name)
+        if isinstance(obj, type) and issubclass(obj, Exception):
+            assert issubclass(obj, errors.RblnPerfettoError), name
+
+
+def _run_pipeline_script(compiled: Path, env_profiler: str | None, out: Path) -> str:
+    """Run one pipeline call in a fresh process that never imports rbln_perfetto itself."""
+    script = f"""
+import sys, torch
+from pipeline import RBLNStableDiffusion3Pipeline
+pipe = RBLNStableDiffusion3Pipeline.from_pretrained({str(compiled)!r})
+pipe.set_progress_bar_config(disable=True)
+pipe({PROMPT!r}, num_inference_steps=1, output_type="np", generator=torch.Generator().manual_seed(0))
+print("rbln_perfetto loaded:", "rbln_perfetto" in sys.modules)
+"""
+    env = {"PATH": "/usr/bin:/bin", "RBLN_PROFILER_DIR": str(out), "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    if env_profiler is not None:
+        env["RBLN_PROFILER"] = env_profiler
+    proc = subprocess.run([sys.executable, "-c", script], cwd=ROOT, env=env, capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    return proc.stdout
+
+
+@pytest.mark.parametrize("env_profiler,profiled", [("1", True), (None, False)])
+def test_rbln_profiler_works_without_importing_rbln_perfetto(compiled_dirs, tmp_path, env_profiler, profiled):
+    stdout = _run_pipeline_script(compiled_dirs({}), env_profiler, tmp_path)
+    # With RBLN_PROFILER set the pipeline loads the entry point; unset, profiling costs no import at all.
+    assert f"rbln_perfetto loaded: {profiled}" in stdout
+    runs = list(tmp_path.iterdir()) if tmp_path.exists() else []
+    if not profiled:
+        assert runs == []
+        return
+    (run_dir,) = runs
+    assert (run_dir / "aggregate.pb").is_file()
+    assert len(list(run_dir.glob("0*.pb"))) == 8  # 6 text-encoder calls, 1 transformer step, 1 VAE
+
+
+def test_host_timers_are_installed_once(make_pipe, tmp_path):
+    pipe = make_pipe({})
+    seams = (pipe.tokenizer, pipe.scheduler.step, pipe.image_processor.postprocess)
+    with rbln_perfetto.profile(tmp_path / "a"):
+        pipe(PROMPT, num_inference_steps=1, output_type="np")
+    pipe(PROMPT, num_inference_steps=1, output_type="np")
+    assert (pipe.tokenizer, pipe.scheduler.step, pipe.image_processor.postprocess) == seams
