@@ -23,7 +23,7 @@ _LOAD = """
 import json, sys, time
 import pandas  # imported by any query anyway; not part of the load
 from rbln_perfetto.query import open_trace
-from rbln_perfetto.trace_reader import _SCANNER
+from rbln_perfetto.reader import scanner_available
 times = []
 for _ in range(int(sys.argv[2])):
     start = time.perf_counter()
@@ -34,7 +34,7 @@ for _ in range(int(sys.argv[2])):
         rss = peak_rss_mb()  # one load's peak: later loads may overlap a freed database
     tr.close()
 print(json.dumps({"seconds": min(times), "first": times[0], "slices": slices, "rss": rss,
-                  "scanner": _SCANNER is not None}))
+                  "scanner": scanner_available()}))
 """
 
 

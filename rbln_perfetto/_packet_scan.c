@@ -2,7 +2,7 @@
  *
  * scan(buffer) walks a serialized `Trace` (repeated TracePacket, field 1) once and returns one
  * fixed-size record per packet (layout: PacketRecord below, mirrored by a numpy dtype in
- * trace_reader.py). A packet is "simple" when it is a plain TrackEvent packet: only timestamp,
+ * reader/scanner.py). A packet is "simple" when it is a plain TrackEvent packet: only timestamp,
  * timestamp_clock_id, trusted_packet_sequence_id, sequence_flags and a track_event that holds only
  * type, track_uuid, name_iid, name, debug_annotations, counter_value, double_counter_value. Those are
  * decoded here; every other packet is left to the Python reader (simple = 0), which keeps the full

@@ -13,10 +13,10 @@ from perfetto.protos.perfetto.trace import perfetto_trace_pb2 as pt
 from hypothesis import strategies as st
 from synthetic import expected_slices, program, write_capture
 from trace_checks import check_scanner_agrees, check_trace
+from trace_objects import iter_packets
 
 import rbln_perfetto
 from rbln_perfetto.query import REPORTS, open_trace
-from rbln_perfetto.trace_reader import iter_packets
 
 EXAMPLES = int(os.environ.get("RBLN_PERFETTO_FUZZ_EXAMPLES", "25"))
 TEXT = st.text(st.characters(blacklist_categories=("Cs",)), min_size=1, max_size=12)
@@ -103,7 +103,8 @@ def test_random_captures_export_to_valid_traces_that_read_back(tmp_path_factory,
 def test_mangled_traces_read_the_same_on_both_reader_paths(tmp_path_factory, data):
     """Cut, flipped or spliced bytes: the C scanner path never crashes, and wherever both of the
     reader's paths accept a file they decode it to the same tables."""
-    from rbln_perfetto.trace_reader import TraceReadError, read_tables
+    from rbln_perfetto.errors import TraceReadError
+    from rbln_perfetto.reader import read_tables
 
     source = _small_trace(tmp_path_factory)
     raw = bytearray(source.read_bytes())
@@ -152,9 +153,9 @@ def test_reader_hash_table_finds_every_key_it_was_given(batches):
     """The reader's column-wise hash -> id table: lookups after any order of additions."""
     import numpy as np
 
-    from rbln_perfetto.trace_reader import _HashIds
+    from rbln_perfetto.reader.columns import HashIdTable
 
-    table, known = _HashIds(), {}
+    table, known = HashIdTable(), {}
     for batch in batches:
         hashes = np.unique(np.array(batch, dtype=np.uint64))
         ids, unknown = table.lookup(hashes)

@@ -21,7 +21,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ..trace_reader import TraceTables, read_tables
+from ..errors import QueryError
+from ..reader import TraceTables, read_tables
 
 SCHEMA = """
 CREATE TABLE __string(id INTEGER PRIMARY KEY, str TEXT);
@@ -187,13 +188,12 @@ class SqliteBackend:
         db.commit()
 
     def query(self, sql: str):
-        cursor = self.db.execute(sql)
+        try:
+            cursor = self.db.execute(sql)
+        except sqlite3.Error as exc:
+            raise QueryError(f"SQL error: {exc}") from None
         columns = [d[0] for d in cursor.description] if cursor.description else []
         return frame(cursor.fetchall(), columns)
-
-    @property
-    def slice_count(self) -> int:
-        return self.db.execute("SELECT count(*) FROM __slice").fetchone()[0]
 
     def close(self) -> None:
         self.db.close()

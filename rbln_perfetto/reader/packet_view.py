@@ -4,7 +4,8 @@ Perfetto's own messages decode every debug annotation into a Python object. The 
 same field numbers (read from the shipped Perfetto descriptors) but keeps `track_event`, its debug
 annotations and the rarer payloads as raw bytes: protobuf's C parser splits a trace into packets,
 and the reader decodes each distinct byte string once and reuses the result (an END event, a
-counter sample or a command's argument set repeats thousands of times in one trace).
+counter sample or a command's argument set repeats thousands of times in one trace). Also here:
+the TrackEvent types and sequence flags the reader tests, as Perfetto numbers them.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ def _number(msg, name: str) -> int:
     return msg.DESCRIPTOR.fields_by_name[name].number
 
 
-# (view field, Perfetto message, Perfetto field, view type, repeated)
+# (view field, Perfetto field, view type, repeated)
 _PACKET = [
     ("timestamp", "timestamp", _T.TYPE_UINT64, False),
     ("timestamp_clock_id", "timestamp_clock_id", _T.TYPE_UINT32, False),
@@ -74,3 +75,9 @@ KNOWN_PACKET_FIELDS = frozenset(f for _, f, _, _ in _PACKET) | {
     "previous_packet_dropped", "first_packet_on_sequence", "trusted_uid", "trusted_pid", "trace_config",
     "trace_stats", "trace_uuid", "system_info", "service_event", "synchronization_marker", "machine_id",
 }
+
+# TrackEvent types and TracePacket sequence flags.
+SLICE_BEGIN, SLICE_END, INSTANT, COUNTER = (pt.TrackEvent.TYPE_SLICE_BEGIN, pt.TrackEvent.TYPE_SLICE_END,
+                                            pt.TrackEvent.TYPE_INSTANT, pt.TrackEvent.TYPE_COUNTER)
+SEQ_STATE_CLEARED = pt.TracePacket.SEQ_INCREMENTAL_STATE_CLEARED
+SEQ_NEEDS_STATE = pt.TracePacket.SEQ_NEEDS_INCREMENTAL_STATE

@@ -1,0 +1,94 @@
+"""A run of plain TrackEvent packets, as the C scanner recorded them, decoded column-wise with numpy:
+clocks, names and argument sets resolved once per distinct value rather than once per packet."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from .clocks import BOOTTIME
+from .packet_view import COUNTER, INSTANT, SEQ_NEEDS_STATE, SLICE_BEGIN, SLICE_END, ViewEvent
+
+if TYPE_CHECKING:
+    from .decoding import PacketDecoder
+
+
+def _count(stats, key: str, n: int) -> None:
+    if n:
+        stats[key] += n
+
+
+def decode_simple_run(decoder: PacketDecoder, data: bytes, r: np.ndarray) -> None:
+    """Plain TrackEvent packets (no state changes among them; `r`: their scanner records into `data`),
+    appended to the decoder's event columns."""
+    n = len(r)
+    keep = np.ones(n, dtype=bool)
+    ts = np.zeros(n, dtype=np.int64)
+    track = r["track"].copy()
+    name_prefix = r["name_prefix"].copy()
+    name_id = np.zeros(n, dtype=np.int64)
+    argset = np.full(n, -1, dtype=np.int64)
+    seq_ids = r["seq_id"]
+    kind = r["type"].astype(np.int64)
+    known = (kind == SLICE_BEGIN) | (kind == SLICE_END) | (kind == INSTANT) | (kind == COUNTER)
+    stats = decoder.stats
+    for seq_id in np.unique(seq_ids).tolist():
+        idx = np.flatnonzero(seq_ids == seq_id)
+        seq = decoder.sequences[seq_id]
+        if not seq.valid:
+            needs_state = (r["flags"][idx] & SEQ_NEEDS_STATE) != 0
+            _count(stats, "tokenizer_skipped_packets", int(needs_state.sum()))
+            keep[idx[needs_state]] = False
+            idx = idx[~needs_state]
+        default_clock = seq.clock_id or BOOTTIME
+        clock = np.where((r["has_clock"][idx] == 1) & (r["clock_id"][idx] != 0), r["clock_id"][idx], default_clock)
+        for clock_id in np.unique(clock).tolist():
+            sub = idx[clock == clock_id]
+            converted = decoder.clocks.to_boottime_many(clock_id, seq_id, r["ts"][sub].astype(np.int64))
+            if converted is None:
+                stats["clock_sync_failure_undeferrable_packet_loss"] += len(sub)
+                keep[sub] = False
+            else:
+                ts[sub] = converted
+        idx = idx[keep[idx]]
+        unknown_type = idx[~known[idx]]
+        _count(stats, "unsupported_track_event_type", len(unknown_type))
+        keep[unknown_type] = False
+        idx = idx[known[idx]]
+        if seq.default_track is not None:
+            no_track = idx[r["has_track"][idx] == 0]
+            track[no_track] = seq.default_track
+        # Names: inline ones by hash (decoded once each), interned ones by iid.
+        inline = idx[r["name_off"][idx] >= 0]
+        if len(inline):
+            hashes, first, inverse = np.unique(r["name_hash"][inline], return_index=True, return_inverse=True)
+
+            def new_name(u):
+                row = inline[first[u]]
+                off, length = int(r["name_off"][row]), int(r["name_len"][row])
+                return decoder.intern(data[off:off + length].decode("utf-8", "replace"))
+
+            name_id[inline] = decoder.name_hashes.resolve(hashes, first, new_name)[inverse.reshape(-1)]
+        by_iid = idx[r["name_off"][idx] < 0]
+        if len(by_iid):
+            iids, inverse = np.unique(r["name_iid"][by_iid], return_inverse=True)
+            refs = np.array([decoder.name_ref(seq.names.get(i, "") if i else "") for i in iids.tolist()],
+                            dtype=np.int64).reshape(-1, 2)
+            name_prefix[by_iid] = refs[inverse.reshape(-1), 0]
+            name_id[by_iid] = refs[inverse.reshape(-1), 1]
+        with_args = idx[r["args_hash"][idx] != 0]
+        if len(with_args):
+            hashes, first, inverse = np.unique(r["args_hash"][with_args], return_index=True, return_inverse=True)
+            te_off, te_len = r["te_off"][with_args[first]].tolist(), r["te_len"][with_args[first]].tolist()
+
+            def new_args(u):
+                te = data[te_off[u]:te_off[u] + te_len[u]]
+                return decoder.arg_set((seq.generation, int(hashes[u])), seq,
+                                       lambda: tuple(ViewEvent.FromString(te).debug_annotations))
+
+            argset[with_args] = decoder.args_hashes[seq.generation].resolve(hashes, first, new_args)[inverse.reshape(-1)]
+    sel = np.flatnonzero(keep)
+    columns = {"ts": ts[sel], "type": kind[sel], "track": track[sel], "name_prefix": name_prefix[sel],
+               "name_id": name_id[sel], "cat_id": np.full(len(sel), -1, dtype=np.int64), "argset": argset[sel]}
+    decoder.columns.add_arrays(columns, r["counter"][sel][kind[sel] == COUNTER].astype(np.float64))
