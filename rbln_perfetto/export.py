@@ -8,7 +8,6 @@ Memory stays bounded by the programs' templates, whatever the number of invocati
 from __future__ import annotations
 
 import os
-import re
 import time
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
@@ -16,20 +15,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+from pipeline.contract import TickLayout
 
-from .capture import CaptureError, Truncation, iter_records, read_info
-from .invocation_stream import ANNOTATION_IID, Interner, ProgramTemplate, interned_entry
-from .proto_bytes import (
-    CLOCK_BOOTTIME,
-    SEQ_NEEDS_STATE,
-    SEQUENCE_ID,
-    SLICE_BEGIN,
-    SLICE_END,
-    F,
-    f_bytes,
-    f_varint,
-    width_for,
-)
+from .capture import Truncation, iter_records, read_info
+from .errors import CaptureError, ExportError
+from .host_events import host_event_packets
+from .interning import Interner
+from .naming import AGGREGATE_FILE_NAME, command_name_prefix, invocation_file_name
+from .program_template import ProgramTemplate
+from .proto_bytes import width_for
 from .summary import RunStats, Summary
 from .trace_file import (
     TraceFile,
@@ -40,22 +34,9 @@ from .trace_file import (
 )
 from .tracks import TrackIds
 
-AGGREGATE = "aggregate.pb"
 # Files the browser UI opens comfortably; beyond this, trace_processor's HTTP mode is the way.
 UI_LIMIT_BYTES = 1 << 30
 COMPRESSION_THREADS = 2
-
-
-_UNSAFE = re.compile(r"[^A-Za-z0-9._-]")
-
-
-def invocation_file_name(sequence_index: int, submodule: str, call_index: int) -> str:
-    """`ls` order is run order: 0006_transformer_0.pb. Characters a file name cannot hold become `_`."""
-    return f"{sequence_index:04d}_{_UNSAFE.sub('_', submodule)[:64]}_{call_index}.pb"
-
-
-class ExportError(OSError):
-    """The output cannot be written; nothing already written was changed."""
 
 
 def _failed(exc: OSError, path: Path) -> ExportError:
@@ -70,11 +51,15 @@ class ExportResult:
     aggregate_file: Path | None = None
     truncation: Truncation | None = None
     status: str = "ok"
-    command_slices: int = 0
     slices: int = 0
     bytes_written: int = 0
     seconds: float = 0.0
     stats: RunStats = field(default_factory=RunStats)
+
+    @property
+    def command_slices(self) -> int:
+        """Command slices written per copy of the trace (the invocations' commands, counted by `stats`)."""
+        return self.stats.commands
 
     def summary(self) -> Summary:
         return Summary(self.stats)
@@ -111,52 +96,27 @@ def check_writable(out_dir: Path) -> None:
         raise ExportError(f"output directory {out_dir} is not writable: {exc.strerror or exc}") from None
 
 
-class _Aggregate:
-    """The aggregate file's sequence: host events are encoded here, invocation streams appended."""
+class _AggregateFile:
+    """The aggregate file and its sequence's state: invocation streams are appended, host events encoded."""
 
     def __init__(self, path: Path, devices, boot_offset: int):
         self.file = TraceFile(path)
         self.file.write(preamble(devices, with_host=True))
         self.boot_offset = boot_offset
-        self.last_ts: int | None = None  # the incremental clock's value after the last packet
-        self.programs_seen: set[int] = set()
-        self.host_names: dict[str, int] = {}
+        self.clock: int | None = None  # the incremental clock's value after the last packet
+        self.programs_interned: set[int] = set()  # capture program ids whose static strings are interned
 
     def invocation(self, program_id: int, template: ProgramTemplate, compressed: bytes, end_ns: int) -> None:
-        if program_id not in self.programs_seen:
-            self.programs_seen.add(program_id)
+        if program_id not in self.programs_interned:
+            self.programs_interned.add(program_id)
             self.file.write(interned_packet(template.static_interned))
         self.file.write(compressed)
-        self.last_ts = end_ns
+        self.clock = end_ns
 
     def host(self, interner: Interner, tracks: TrackIds, name: str, start: int, end: int, detail: str) -> None:
-        interned = b""
-        if name not in interner.names:
-            interned += interned_entry(F.INTERNED_EVENT_NAMES, interner.name(name), name.encode(), F.INTERNED_NAME)
-        args = b""
-        if detail:
-            if detail not in interner.strings:
-                interned += interned_entry(F.INTERNED_STRINGS, interner.string(detail), detail.encode(), F.INTERNED_STRING)
-            body = f_varint(F.ANNOTATION_NAME_IID, ANNOTATION_IID["detail"]) + f_varint(
-                F.ANNOTATION_STRING_IID, interner.string(detail))
-            args = f_bytes(F.DEBUG_ANNOTATIONS, body)
-        track = tracks.host(0)
-        begin = f_varint(F.EVENT_TYPE, SLICE_BEGIN) + f_varint(F.TRACK_UUID, track) + f_varint(F.NAME_IID, interner.name(name)) + args
-        end_ev = f_varint(F.EVENT_TYPE, SLICE_END) + f_varint(F.TRACK_UUID, track)
-        if self.last_ts is not None and start >= self.last_ts:
-            stamps = [f_varint(F.TIMESTAMP, start - self.last_ts), f_varint(F.TIMESTAMP, end - start)]
-            self.last_ts = end
-        else:
-            # Before anything on the incremental clock, or out of order: absolute BOOTTIME stamps.
-            clock = f_varint(F.TIMESTAMP_CLOCK_ID, CLOCK_BOOTTIME)
-            stamps = [f_varint(F.TIMESTAMP, start + self.boot_offset) + clock,
-                      f_varint(F.TIMESTAMP, end + self.boot_offset) + clock]
-        out = b""
-        for stamp, event, extra in ((stamps[0], begin, interned), (stamps[1], end_ev, b"")):
-            body = (stamp + f_varint(F.SEQUENCE_ID, SEQUENCE_ID) + f_bytes(F.TRACK_EVENT, event)
-                    + (f_bytes(F.INTERNED_DATA, extra) if extra else b"") + f_varint(F.SEQUENCE_FLAGS, SEQ_NEEDS_STATE))
-            out += f_bytes(F.TRACE_PACKET, body)
-        self.file.write(out)
+        packets, self.clock = host_event_packets(interner, tracks.host(0), name, start, end, detail,
+                                                 clock=self.clock, boot_offset=self.boot_offset)
+        self.file.write(packets)
 
 
 def export(capture: str | os.PathLike, out_dir: str | os.PathLike | None = None, *, per_invocation: bool = True,
@@ -195,9 +155,9 @@ def export(capture: str | os.PathLike, out_dir: str | os.PathLike | None = None,
     tracks = TrackIds()
     templates: dict[tuple[int, int, int], ProgramTemplate] = {}
     try:
-        agg = _Aggregate(out / AGGREGATE, sorted(devices.values()), boot_offset) if aggregate else None
+        agg = _AggregateFile(out / AGGREGATE_FILE_NAME, sorted(devices.values()), boot_offset) if aggregate else None
     except OSError as exc:
-        raise _failed(exc, out / AGGREGATE) from exc
+        raise _failed(exc, out / AGGREGATE_FILE_NAME) from exc
     # Compression runs on worker threads (zlib releases the GIL) while this thread assembles the
     # next invocation; `pending` keeps every output in capture order.
     pool = ThreadPoolExecutor(max_workers=COMPRESSION_THREADS)
@@ -228,7 +188,7 @@ def export(capture: str | os.PathLike, out_dir: str | os.PathLike | None = None,
                     raise _failed(exc, path) from exc
                 raise
         if agg is not None:
-            agg.invocation(inv.program_id, template, compressed, int(ticks[-1]))
+            agg.invocation(inv.program_id, template, compressed, int(ticks[template.layout.end]))
 
     try:
         for offset, record in iter_records(capture):
@@ -242,7 +202,7 @@ def export(capture: str | os.PathLike, out_dir: str | os.PathLike | None = None,
                 inv = record.invocation
                 program = info.programs[inv.program_id]
                 durations = np.asarray(inv.durations_ns, dtype=np.int64)
-                if len(durations) + 1 != len(program.inputs) + len(program.commands) + len(program.outputs) + 1:
+                if len(durations) + 1 != TickLayout.of(program).num_ticks:
                     raise CaptureError(capture, offset, f"invocation {inv.sequence_index} has {len(durations) + 1} "
                                                         f"timestamps for a program of {len(program.commands)} commands")
                 if (durations < 0).any():
@@ -250,7 +210,7 @@ def export(capture: str | os.PathLike, out_dir: str | os.PathLike | None = None,
                 ticks = np.concatenate(([inv.start_ns], inv.start_ns + np.cumsum(durations)))
                 # Four bytes hold gaps up to 268 ms, so one template per program serves nearly every call.
                 width = max(4, width_for(int(durations.max(initial=0))))
-                key = (inv.program_id, width, len(str(inv.sequence_index)))
+                key = (inv.program_id, width, len(command_name_prefix(inv.sequence_index)))
                 template = templates.get(key)
                 if template is None:
                     template = templates[key] = ProgramTemplate(
@@ -261,8 +221,7 @@ def export(capture: str | os.PathLike, out_dir: str | os.PathLike | None = None,
                     ticks, inv.sequence_index, inv.call_index, name_iid, boot_offset)
                 future = pool.submit(compressed_packet, stream, compression_level)
                 pending.append(("invocation", (future, inv, program, template, ticks)))
-                result.stats.add_invocation(program, ticks)
-                result.command_slices += len(program.commands)
+                result.stats.add_invocation(inv.program_id, program, ticks)
                 result.slices += template.n_slices
             while len(pending) > COMPRESSION_THREADS + 1 or (pending and pending[0][0] == "host"):
                 write(pending.popleft())
@@ -278,7 +237,7 @@ def export(capture: str | os.PathLike, out_dir: str | os.PathLike | None = None,
     except OSError as exc:
         if agg is not None:
             agg.file.discard()
-        raise _failed(exc, out / AGGREGATE) from exc
+        raise _failed(exc, out / AGGREGATE_FILE_NAME) from exc
     except BaseException:
         if agg is not None:
             agg.file.discard()

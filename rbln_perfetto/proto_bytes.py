@@ -16,12 +16,14 @@ from functools import lru_cache
 import numpy as np
 from perfetto.protos.perfetto.trace import perfetto_trace_pb2 as pt
 
+from .errors import VarintError
+
 
 def _f(msg, name: str) -> int:
     return msg.DESCRIPTOR.fields_by_name[name].number
 
 
-class F:
+class FieldNumber:
     """Field numbers, read from the shipped Perfetto descriptors."""
 
     TRACE_PACKET = _f(pt.Trace, "packet")
@@ -36,6 +38,7 @@ class F:
     EVENT_TYPE = _f(pt.TrackEvent, "type")
     TRACK_UUID = _f(pt.TrackEvent, "track_uuid")
     NAME_IID = _f(pt.TrackEvent, "name_iid")
+    NAME = _f(pt.TrackEvent, "name")
     DEBUG_ANNOTATIONS = _f(pt.TrackEvent, "debug_annotations")
     FLOW_IDS = _f(pt.TrackEvent, "flow_ids")
     TERMINATING_FLOW_IDS = _f(pt.TrackEvent, "terminating_flow_ids")
@@ -83,6 +86,23 @@ def varint(value: int) -> bytes:
 
 
 _SMALL = [bytes([v]) for v in range(0x80)]
+MAX_VARINT_BYTES = 10
+
+
+def read_varint(data: bytes, pos: int = 0) -> tuple[int, int]:
+    """Decode the varint at `data[pos:]`: (value, position after it)."""
+    value = shift = 0
+    end = min(len(data), pos + MAX_VARINT_BYTES)
+    while pos < end:
+        b = data[pos]
+        pos += 1
+        value |= (b & 0x7F) << shift
+        if b < 0x80:
+            return value, pos
+        shift += 7
+    if shift // 7 >= MAX_VARINT_BYTES:
+        raise VarintError(f"a varint longer than {MAX_VARINT_BYTES} bytes", cut_short=False)
+    raise VarintError("a varint cut short", cut_short=True)
 
 
 @lru_cache(maxsize=None)

@@ -5,9 +5,13 @@ from __future__ import annotations
 from collections import defaultdict
 from dataclasses import dataclass, field
 
+from pipeline.contract import TickLayout
+
 
 @dataclass
-class _Sub:
+class SubmoduleTotals:
+    """One submodule's calls and their summed times (ns) in a run."""
+
     device: int = 0
     calls: int = 0
     commands: int = 0
@@ -20,34 +24,44 @@ class _Sub:
 @dataclass
 class RunStats:
     devices: dict = field(default_factory=dict)  # logical -> torch device
-    submodules: dict = field(default_factory=lambda: defaultdict(_Sub))
+    submodules: dict = field(default_factory=lambda: defaultdict(SubmoduleTotals))  # name -> SubmoduleTotals
     host_ns: dict = field(default_factory=lambda: defaultdict(int))
     start_ns: int | None = None
     end_ns: int | None = None
-    _split_counts: dict = field(default_factory=dict, repr=False)
+    # capture program id -> (its TickLayout, its number of split commands), worked out on its first call
+    _programs: dict = field(default_factory=dict, repr=False)
 
     def _span(self, start: int, end: int) -> None:
         self.start_ns = start if self.start_ns is None else min(self.start_ns, start)
         self.end_ns = end if self.end_ns is None else max(self.end_ns, end)
 
-    def add_invocation(self, program, ticks) -> None:
-        n_in, n_cmd = len(program.inputs), len(program.commands)
+    def add_invocation(self, program_id: int, program, ticks) -> None:
+        """One call of `program` (the capture's program `program_id`) with boundaries `ticks`."""
+        known = self._programs.get(program_id)
+        if known is None:
+            known = self._programs[program_id] = (TickLayout.of(program),
+                                                  sum(1 for c in program.commands if c.command_count > 1))
+        layout, splits = known
         s = self.submodules[program.submodule]
         s.device = program.device
         s.calls += 1
-        s.commands += n_cmd
-        splits = self._split_counts.get(id(program))
-        if splits is None:
-            splits = self._split_counts[id(program)] = sum(1 for c in program.commands if c.command_count > 1)
+        s.commands += layout.commands
         s.split_commands += splits
-        s.total_ns += int(ticks[-1] - ticks[0])
-        s.compute_ns += int(ticks[n_in + n_cmd] - ticks[n_in])
-        s.dma_ns += int(ticks[n_in] - ticks[0] + ticks[-1] - ticks[n_in + n_cmd])
-        self._span(int(ticks[0]), int(ticks[-1]))
+        first, compute_start, compute_end, last = (int(ticks[0]), int(ticks[layout.command(0)]),
+                                                   int(ticks[layout.output(0)]), int(ticks[layout.end]))
+        s.total_ns += last - first
+        s.compute_ns += compute_end - compute_start
+        s.dma_ns += compute_start - first + last - compute_end
+        self._span(first, last)
 
     def add_host(self, name: str, start: int, end: int) -> None:
         self.host_ns[name] += end - start
         self._span(start, end)
+
+    @property
+    def commands(self) -> int:
+        """Commands run by all the calls added."""
+        return sum(s.commands for s in self.submodules.values())
 
     @property
     def span_ns(self) -> int:

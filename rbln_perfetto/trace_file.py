@@ -12,13 +12,13 @@ from pathlib import Path
 
 from perfetto.protos.perfetto.trace import perfetto_trace_pb2 as pt
 
-from .invocation_stream import annotation_names_payload
+from .interning import annotation_names_payload
 from .proto_bytes import (
     CLOCK_INCREMENTAL,
     SEQ_CLEARED,
     SEQ_NEEDS_STATE,
     SEQUENCE_ID,
-    F,
+    FieldNumber,
     f_bytes,
     f_varint,
 )
@@ -37,7 +37,7 @@ except ImportError:  # pragma: no cover - zlib-ng is a declared dependency
 def compressed_packet(stream: bytes, level: int | None = None) -> bytes:
     """Framed packets wrapped in one `compressed_packets` packet (zlib, as Perfetto writes them)."""
     data = _zlib.compress(stream, DEFAULT_LEVEL if level is None else level)
-    return f_bytes(F.TRACE_PACKET, f_bytes(F.COMPRESSED_PACKETS, data))
+    return f_bytes(FieldNumber.TRACE_PACKET, f_bytes(FieldNumber.COMPRESSED_PACKETS, data))
 
 
 def preamble(devices, *, with_host: bool) -> bytes:
@@ -45,17 +45,17 @@ def preamble(devices, *, with_host: bool) -> bytes:
     clock, the debug annotation names, then the track descriptors."""
     defaults = pt.TracePacketDefaults(timestamp_clock_id=CLOCK_INCREMENTAL)
     body = (
-        f_varint(F.SEQUENCE_ID, SEQUENCE_ID)
-        + f_varint(F.SEQUENCE_FLAGS, SEQ_CLEARED)
+        f_varint(FieldNumber.SEQUENCE_ID, SEQUENCE_ID)
+        + f_varint(FieldNumber.SEQUENCE_FLAGS, SEQ_CLEARED)
         + f_bytes(pt.TracePacket.DESCRIPTOR.fields_by_name["trace_packet_defaults"].number, defaults.SerializeToString())
-        + f_bytes(F.INTERNED_DATA, annotation_names_payload())
+        + f_bytes(FieldNumber.INTERNED_DATA, annotation_names_payload())
     )
-    return f_bytes(F.TRACE_PACKET, body) + descriptor_packets(devices, with_host=with_host)
+    return f_bytes(FieldNumber.TRACE_PACKET, body) + descriptor_packets(devices, with_host=with_host)
 
 
 def interned_packet(payload: bytes) -> bytes:
-    return f_bytes(F.TRACE_PACKET, f_varint(F.SEQUENCE_ID, SEQUENCE_ID) + f_bytes(F.INTERNED_DATA, payload)
-                   + f_varint(F.SEQUENCE_FLAGS, SEQ_NEEDS_STATE))
+    return f_bytes(FieldNumber.TRACE_PACKET, f_varint(FieldNumber.SEQUENCE_ID, SEQUENCE_ID) + f_bytes(FieldNumber.INTERNED_DATA, payload)
+                   + f_varint(FieldNumber.SEQUENCE_FLAGS, SEQ_NEEDS_STATE))
 
 
 _TEMPORARY = re.compile(r"^\.(.+\.pb)\.(\d+)\.tmp$")

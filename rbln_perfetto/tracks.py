@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from perfetto.protos.perfetto.trace import perfetto_trace_pb2 as pt
 
-from .proto_bytes import SEQUENCE_ID, F, f_bytes
+from .proto_bytes import SEQUENCE_ID, FieldNumber, f_bytes
 
 CHILDREN = ("Workload", "Host", "Compute", "DMA", "Memory")
 
@@ -71,5 +71,5 @@ def descriptor_packets(devices, *, with_host: bool) -> bytes:
     packets = []
     for desc in out:
         p = pt.TracePacket(trusted_packet_sequence_id=SEQUENCE_ID, track_descriptor=desc)
-        packets.append(f_bytes(F.TRACE_PACKET, p.SerializeToString()))
+        packets.append(f_bytes(FieldNumber.TRACE_PACKET, p.SerializeToString()))
     return b"".join(packets)

@@ -1,13 +1,14 @@
 """Invariants every rbln-perfetto trace must satisfy, checked on traces parsed with the perfetto protos."""
 
-import re
 from collections import defaultdict
 
+import pytest
 from perfetto.protos.perfetto.trace import perfetto_trace_pb2 as pt
 
-from rbln_perfetto.trace_reader import iter_packets, read_trace
+from rbln_perfetto.naming import COMMAND_SLICE_NAME
+from trace_objects import iter_packets, read_trace
 
-NAME = re.compile(r"^(\d+)_(.+)_(\d+)$")
+NAME = COMMAND_SLICE_NAME  # groups: sequence_index, layer, command_index
 
 
 def raw_events_per_track(path):
@@ -79,10 +80,10 @@ def check_scanner_agrees(path):
     """The reader's C scanner path and its pure-Python path decode `path` to the same tables."""
     import numpy as np
 
-    from rbln_perfetto.trace_reader import _SCANNER, read_tables
+    from rbln_perfetto.reader import read_tables, scanner_available
 
-    if _SCANNER is None:
-        return
+    if not scanner_available():
+        pytest.skip("the C packet scanner is not built (or RBLN_PERFETTO_PURE_PYTHON=1): nothing to compare")
     fast, pure = read_tables(path), read_tables(path, scanner=None)
     for column in ("slice_ts", "slice_dur", "slice_track", "slice_depth", "slice_parent", "slice_arg_set",
                    "counter_ts", "counter_track", "counter_value"):

@@ -4,9 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-# The layer of a command slice is the middle of its name `{sequence_index}_{layer}_{command_index}`.
-_LAYER = ("substr(s.name, instr(s.name, '_') + 1, length(s.name) - instr(s.name, '_') "
-          "- length(cast(extract_arg(s.arg_set_id, 'debug.command_index') AS text)) - 1)")
+from ..naming import LAYER_SQL
 
 
 @dataclass(frozen=True)
@@ -41,7 +39,7 @@ FROM busy, span
 ORDER BY device, CASE category WHEN 'Workload' THEN 0 WHEN 'Host' THEN 1 WHEN 'Compute' THEN 2 ELSE 3 END
 """),
     "top_layers": Report("top layers by total command time", f"""
-SELECT {_LAYER} AS layer,
+SELECT {LAYER_SQL} AS layer,
        extract_arg(s.arg_set_id, 'debug.submodule') AS submodule,
        extract_arg(s.arg_set_id, 'debug.op') AS op,
        count(*) AS commands,

@@ -1,0 +1,124 @@
+"""The names the exporter gives slices and files, and how to read them back: one home for each format.
+
+    command slice      `{sequence_index}_{layer}_{command_index}`   e.g. `6_blocks.0.attn.to_q_1`
+    split op's parent  `{layer}`                                     (its children are command slices)
+    Workload slice     `{submodule} #{call_index}`                   e.g. `transformer #3`
+    DMA slices         `dma {tensor} host -> device {d}`, `dma {tensor} device {d} -> host`
+    invocation file    `{sequence_index:04d}_{submodule}_{call_index}.pb`   e.g. `0006_transformer_0.pb`
+    aggregate file     `aggregate.pb`
+
+A layer may hold `_`, digits and any other character, so a command slice name is read from both
+ends: the sequence index is everything before the first `_`, the command index everything after
+the last. `LAYER_SQL` does the same in SQL, where there is no "last `_`": it counts the command
+index's digits from the slice's `command_index` arg instead.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import NamedTuple
+
+AGGREGATE_FILE_NAME = "aggregate.pb"
+
+
+class CommandName(NamedTuple):
+    """The parts of a command slice's name."""
+
+    sequence_index: int
+    layer: str
+    command_index: int
+
+
+def command_name_prefix(sequence_index: int) -> str:
+    """The part of a command slice's name before its layer: the sequence index, in decimal.
+
+    The program template leaves a slot of `len(command_name_prefix(i))` bytes for it.
+    """
+    return str(sequence_index)
+
+
+def command_name_suffix(layer: str, command_index: int) -> str:
+    """The part of a command slice's name after the sequence index: `_{layer}_{command_index}`.
+
+    Static per command, so the program template writes it once, after the sequence index slot.
+    """
+    return f"_{layer}_{command_index}"
+
+
+def command_slice_name(sequence_index: int, layer: str, command_index: int) -> str:
+    """`{sequence_index}_{layer}_{command_index}`: prefix and suffix together."""
+    return command_name_prefix(sequence_index) + command_name_suffix(layer, command_index)
+
+
+# Groups: sequence_index, layer, command_index. `.+` is greedy, so the layer runs to the last `_`.
+COMMAND_SLICE_NAME = re.compile(r"^([0-9]+)_(.+)_([0-9]+)\Z", re.DOTALL)
+
+
+def parse_command_slice_name(name: str, command_index: int | None = None) -> CommandName | None:
+    """The parts of a command slice name; None for a name of another shape.
+
+    `command_index`, where known (the slice's `command_index` arg), must be what ends the name, as
+    `LAYER_SQL` relies on; either way the digits after the last `_` are the command index.
+    """
+    m = COMMAND_SLICE_NAME.match(name)
+    if m is None or (command_index is not None and m.group(3) != str(command_index)):
+        return None
+    return CommandName(int(m.group(1)), m.group(2), int(m.group(3)))
+
+
+def split_op_slice_name(layer: str) -> str:
+    """The parent slice of a split op's commands is named after their layer."""
+    return layer
+
+
+def workload_slice_name(submodule: str, call_index: int) -> str:
+    """`transformer #3`: the Workload slice of one call of a submodule."""
+    return f"{submodule} #{call_index}"
+
+
+def parse_workload_slice_name(name: str) -> tuple[str, int] | None:
+    """(submodule, call_index) of a Workload slice name; None for a name of another shape."""
+    submodule, sep, index = name.rpartition(" #")
+    if not (sep and index.isascii() and index.isdigit()):
+        return None
+    return submodule, int(index)
+
+
+def dma_to_device_slice_name(tensor: str, device: int) -> str:
+    """The DMA slice of an input copied to the device."""
+    return f"dma {tensor} host -> device {device}"
+
+
+def dma_to_host_slice_name(tensor: str, device: int) -> str:
+    """The DMA slice of an output copied back to the host."""
+    return f"dma {tensor} device {device} -> host"
+
+
+_UNSAFE = re.compile(r"[^A-Za-z0-9._-]")
+_INVOCATION_FILE = re.compile(r"^([0-9]{4,})_([A-Za-z0-9._-]*)_([0-9]+)\.pb\Z")
+MAX_SUBMODULE_CHARS = 64  # of the submodule's name in a file name
+
+
+def invocation_file_name(sequence_index: int, submodule: str, call_index: int) -> str:
+    """`ls` order is run order: 0006_transformer_0.pb. Characters a file name cannot hold become `_`."""
+    return f"{sequence_index:04d}_{_UNSAFE.sub('_', submodule)[:MAX_SUBMODULE_CHARS]}_{call_index}.pb"
+
+
+def parse_invocation_file_name(name: str) -> tuple[int, str, int] | None:
+    """(sequence_index, submodule as the file name holds it, call_index); None for another name."""
+    m = _INVOCATION_FILE.match(name)
+    if m is None:
+        return None
+    return int(m.group(1)), m.group(2), int(m.group(3))
+
+
+def layer_sql(name: str = "s.name", command_index: str = "extract_arg(s.arg_set_id, 'debug.command_index')") -> str:
+    """SQL that recovers the layer of a command slice from its name (`name`, an SQL expression) and
+    its command index (`command_index`, an SQL expression): what lies between the first `_` and the
+    `_{command_index}` suffix. Plain SQLite functions only, so it runs on both query backends."""
+    return (f"substr({name}, instr({name}, '_') + 1, length({name}) - instr({name}, '_') "
+            f"- length(cast({command_index} AS text)) - 1)")
+
+
+# The layer of a slice `s` of the Compute track, as the canned reports select it.
+LAYER_SQL = layer_sql()
