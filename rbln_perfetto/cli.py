@@ -10,18 +10,16 @@ import json
 import sys
 from pathlib import Path
 
-from .capture import CaptureError
-from .export import UI_LIMIT_BYTES, ExportError, ExportResult, check_creatable, export
+from .errors import RblnPerfettoError, TraceProcessorError, UsageError
+from .export import UI_LIMIT_BYTES, ExportResult, export
+from .query import BACKENDS
 
 PROMPT = "a photo of a cat holding a sign that says hello world"
 DEFAULT_SPLIT = {"text_encoder_3": {"device": 1}}
 
 
-class UsageError(ValueError):
-    """A bad command-line argument."""
-
-
 def _rbln_config(text: str | None) -> dict:
+    """`--config`: JSON text or a JSON file; None gives the default split."""
     if text is None:
         return json.loads(json.dumps(DEFAULT_SPLIT))
     path = Path(text)
@@ -37,6 +35,7 @@ def _rbln_config(text: str | None) -> dict:
 
 
 def _merge_flag(config: dict, key: str, value, flag: str) -> None:
+    """A flag that sets an rbln_config key must not contradict the config."""
     if value is None:
         return
     if key in config and config[key] != value:
@@ -64,11 +63,7 @@ def _print_result(result: ExportResult) -> None:
 
 
 def cmd_run(args) -> int:
-    from pipeline.compile_cache import embedded_model, load_or_compile
-    from pipeline.config import RBLNConfig
-    from pipeline.placement import torch_devices
-
-    from .activation import default_out_dir, profile
+    from .pipeline_run import profile_pipeline
 
     config = _rbln_config(args.config)
     if args.steps < 1:
@@ -78,29 +73,19 @@ def cmd_run(args) -> int:
     _merge_flag(config, "img_height", args.height, "--height")
     _merge_flag(config, "img_width", args.width, "--width")
     _merge_flag(config, "guidance_scale", args.guidance, "--guidance")
-    torch_devices(RBLNConfig.from_dict(config))  # a bad config fails here, before anything is built or written
-    check_creatable(Path(args.out) if args.out else default_out_dir("run"))
-    if args.model is not None and not (Path(args.model) / "model_index.json").is_file():
-        raise UsageError(f"--model {args.model} is not a diffusers SD3 directory (no model_index.json)")
-    model = args.model or embedded_model(args.scale)
-    pipe = load_or_compile(model, config)
-    pipe.set_progress_bar_config(disable=True)
-    import torch
-
-    with profile(args.out) as prof:
-        image = pipe(args.prompt, num_inference_steps=args.steps, height=args.height, width=args.width,
-                     guidance_scale=pipe.rbln_config.guidance_scale,
-                     generator=torch.Generator().manual_seed(args.seed)).images[0]
-    image_path = prof.out_dir / "image.png"
-    image.save(image_path)
-    print(f"rbln-perfetto: profiled {prof.result.command_slices} commands in {len(prof.invocation_files)} submodule "
-          f"invocations of {model} ({args.steps} steps); image saved to {image_path}")
-    _print_result(prof.result)
+    run = profile_pipeline(config, steps=args.steps, height=args.height, width=args.width, model=args.model,
+                           scale=args.scale, prompt=args.prompt, seed=args.seed, out=args.out)
+    print(f"rbln-perfetto: profiled {run.result.command_slices} commands in {len(run.result.invocation_files)} "
+          f"submodule invocations of {run.model} ({args.steps} steps); image saved to {run.image_path}")
+    _print_result(run.result)
     return 0
 
 
 def cmd_export(args) -> int:
-    result = export(args.capture, args.out or Path(args.capture).parent)
+    if not (args.per_invocation or args.aggregate):
+        raise UsageError("--no-per-invocation and --no-aggregate together leave nothing to write; drop one")
+    result = export(args.capture, args.out or Path(args.capture).parent, per_invocation=args.per_invocation,
+                    aggregate=args.aggregate, compression_level=args.compression_level)
     _print_result(result)
     return 0
 
@@ -159,7 +144,7 @@ def cmd_serve(args) -> int:
     require_trace_file(args.trace)
     binary = find_binary(args.tp_bin, download=True)
     if binary is None:
-        raise RuntimeError(no_binary_message())
+        raise TraceProcessorError(no_binary_message())
     print(f"serving {args.trace} on http://127.0.0.1:{args.port}: open https://ui.perfetto.dev and choose "
           "'Use local trace processor' (Ctrl-C stops)", flush=True)
     return subprocess.call([binary, "--httpd", "--http-port", str(args.port), args.trace])
@@ -168,9 +153,15 @@ def cmd_serve(args) -> int:
 def _trace_args(p, backend: bool = True) -> None:
     p.add_argument("trace", help="a Perfetto trace (.pb)")
     if backend:
-        p.add_argument("--backend", choices=("auto", "sqlite", "trace_processor"), default="auto",
+        p.add_argument("--backend", choices=BACKENDS, default="auto",
                        help="auto: trace_processor when a binary is configured, else the embedded sqlite")
     p.add_argument("--tp-bin", help="a trace_processor binary (default: $RBLN_PERFETTO_TP_BIN)")
+
+
+def _compression_level(text: str) -> int:
+    if not text.isdigit() or not 0 <= int(text) <= 9:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a zlib level; valid: 0..9")
+    return int(text)
 
 
 class _Parser(argparse.ArgumentParser):
@@ -201,6 +192,12 @@ def build_parser() -> argparse.ArgumentParser:
     exp = sub.add_parser("export", help="export a capture to Perfetto traces")
     exp.add_argument("capture", help="a capture.rblncap file")
     exp.add_argument("-o", "--out", help="output directory (default: beside the capture)")
+    exp.add_argument("--no-per-invocation", dest="per_invocation", action="store_false",
+                     help="write only aggregate.pb, not one file per submodule invocation")
+    exp.add_argument("--no-aggregate", dest="aggregate", action="store_false",
+                     help="write only the per-invocation files, not aggregate.pb")
+    exp.add_argument("--compression-level", type=_compression_level, metavar="0-9",
+                     help="zlib level of the compressed packets (default: the codec's default, about 15 B per command)")
     exp.set_defaults(func=cmd_export)
 
     summ = sub.add_parser("summary", help="print every report of a trace")
@@ -237,7 +234,8 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"rbln-perfetto {args.command}: interrupted", file=sys.stderr)
         return 130
-    except (ValueError, OSError, RuntimeError, CaptureError, ExportError) as exc:
+    # The pipeline's own errors (ConfigError, DeviceMemoryError) are ValueErrors; torch's are RuntimeErrors.
+    except (RblnPerfettoError, ValueError, OSError, RuntimeError) as exc:
         if args.debug:
             raise
         message = " ".join(str(exc).split())

@@ -8,6 +8,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from .errors import PlotError
+
 _INVOCATIONS = """
 SELECT p.name AS device, s.ts, s.dur, extract_arg(s.arg_set_id, 'debug.submodule') AS submodule
 FROM slice s JOIN track t ON s.track_id = t.id JOIN track p ON t.parent_id = p.id
@@ -31,7 +33,7 @@ def plot_timeline(trace, out: str | os.PathLike, *, width_in: float = 12.0, dpi:
     host = trace.query(_HOST)
     util = trace.report("devices")
     if inv.empty:
-        raise ValueError(f"{trace.path} has no Workload slices to plot (is it an rbln-perfetto trace?)")
+        raise PlotError(f"{trace.path} has no Workload slices to plot (is it an rbln-perfetto trace?)")
     start = min(inv.ts.min(), host.ts.min() if not host.empty else inv.ts.min())
     devices = sorted(set(inv.device) | set(util.device), key=lambda d: (len(d), d))
     submodules = list(dict.fromkeys(inv.submodule))

@@ -33,3 +33,27 @@ def test_run_reuses_the_compiled_pipeline(tmp_path, capsys, monkeypatch):
 def test_debug_shows_the_traceback():
     with pytest.raises(ValueError):
         main(["--debug", "run", "--config", "{not json"])
+
+
+def test_export_flags_reach_the_export_options(tmp_path, capsys):
+    from golden_export import CAPTURE
+
+    assert main(["export", str(CAPTURE), "-o", str(tmp_path / "agg"), "--no-per-invocation",
+                 "--compression-level", "1"]) == 0
+    assert sorted(p.name for p in (tmp_path / "agg").glob("*.pb")) == ["aggregate.pb"]
+    assert main(["export", str(CAPTURE), "-o", str(tmp_path / "per"), "--no-aggregate"]) == 0
+    per = sorted(p.name for p in (tmp_path / "per").glob("*.pb"))
+    assert len(per) == 8 and "aggregate.pb" not in per
+    assert main(["export", str(CAPTURE), "-o", str(tmp_path / "level9"), "--no-per-invocation",
+                 "--compression-level", "9"]) == 0
+    # A different zlib level gives a different (valid) file: the flag reached the compressor.
+    assert (tmp_path / "agg" / "aggregate.pb").read_bytes() != (tmp_path / "level9" / "aggregate.pb").read_bytes()
+    for path in [tmp_path / "agg" / "aggregate.pb", tmp_path / "level9" / "aggregate.pb"]:
+        check_trace(path)
+    capsys.readouterr()
+    with pytest.raises(SystemExit):
+        main(["export", str(CAPTURE), "--compression-level", "12"])
+    assert "'12' is not a zlib level; valid: 0..9" in capsys.readouterr().err
+    assert main(["export", str(CAPTURE), "-o", str(tmp_path / "none"), "--no-per-invocation", "--no-aggregate"]) == 2
+    assert "leave nothing to write" in capsys.readouterr().err
+    assert not (tmp_path / "none").exists()

@@ -8,9 +8,9 @@
 from __future__ import annotations
 
 import os
-import sqlite3
 from pathlib import Path
 
+from ..errors import QueryError, TraceNotFoundError, UsageError
 from .reports import REPORTS, Report
 from .sqlite_backend import SqliteBackend
 from .tp_backend import TP_BIN_ENV, TraceProcessorBackend, find_binary
@@ -18,16 +18,12 @@ from .tp_backend import TP_BIN_ENV, TraceProcessorBackend, find_binary
 BACKENDS = ("auto", "sqlite", "trace_processor")
 
 
-class QueryError(ValueError):
-    """SQL that the backend rejected."""
-
-
 def require_trace_file(path: str | os.PathLike) -> Path:
     """`path` as a Path; FileNotFoundError saying what is there instead when it is not a file."""
     path = Path(path)
     if not path.is_file():
         what = "is a directory, not a trace file" if path.is_dir() else "no such trace file"
-        raise FileNotFoundError(f"{path}: {what}")
+        raise TraceNotFoundError(f"{path}: {what}")
     return path
 
 
@@ -36,7 +32,7 @@ class Trace:
 
     def __init__(self, path: str | os.PathLike, backend: str = "auto", tp_bin: str | None = None):
         if backend not in BACKENDS:
-            raise ValueError(f"backend={backend!r} is not valid; valid: {', '.join(BACKENDS)}")
+            raise UsageError(f"backend={backend!r} is not valid; valid: {', '.join(BACKENDS)}")
         self.path = require_trace_file(path)
         if backend == "auto":
             backend = "trace_processor" if find_binary(tp_bin) else "sqlite"
@@ -44,18 +40,12 @@ class Trace:
         self.backend = backend
 
     def query(self, sql: str):
-        try:
-            return self._impl.query(sql)
-        except sqlite3.Error as exc:
-            raise QueryError(f"SQL error: {exc}") from None
-        except Exception as exc:
-            if type(exc).__name__ == "TraceProcessorException":
-                raise QueryError(f"SQL error: {' '.join(str(exc).split())}") from None
-            raise
+        """Run `sql`; a DataFrame of the rows. `QueryError` when the backend rejects it."""
+        return self._impl.query(sql)
 
     def report(self, name: str):
         if name not in REPORTS:
-            raise ValueError(f"report {name!r} is not known; valid: {', '.join(REPORTS)}")
+            raise UsageError(f"report {name!r} is not known; valid: {', '.join(REPORTS)}")
         return self.query(REPORTS[name].sql)
 
     def reports(self) -> dict:
@@ -75,4 +65,4 @@ def open_trace(path: str | os.PathLike, backend: str = "auto", tp_bin: str | Non
     return Trace(path, backend, tp_bin)
 
 
-__all__ = ["BACKENDS", "REPORTS", "TP_BIN_ENV", "QueryError", "Report", "Trace", "open_trace"]
+__all__ = ["BACKENDS", "REPORTS", "TP_BIN_ENV", "QueryError", "Report", "Trace", "open_trace", "require_trace_file"]

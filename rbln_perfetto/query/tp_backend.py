@@ -13,6 +13,8 @@ import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 
+from ..errors import QueryError, TraceProcessorBinaryError, TraceProcessorError
+
 TP_BIN_ENV = "RBLN_PERFETTO_TP_BIN"
 
 
@@ -20,18 +22,31 @@ def configured_binary(tp_bin: str | None = None) -> str | None:
     path = tp_bin or os.environ.get(TP_BIN_ENV)
     if path and not (Path(path).is_file() and os.access(path, os.X_OK)):
         source = "tp_bin" if tp_bin else TP_BIN_ENV
-        raise FileNotFoundError(f"{source}={path!r} is not an executable trace_processor binary")
+        raise TraceProcessorBinaryError(f"{source}={path!r} is not an executable trace_processor binary")
     return path
 
 
-def _prebuilt_entry():
-    from perfetto.prebuilts.manifests.trace_processor_shell import (
-        TRACE_PROCESSOR_SHELL_MANIFEST,
-    )
+def _prebuilt_manifest() -> list[dict]:
+    from perfetto.prebuilts.manifests.trace_processor_shell import TRACE_PROCESSOR_SHELL_MANIFEST
 
+    return TRACE_PROCESSOR_SHELL_MANIFEST
+
+
+def _prebuilt_entry() -> dict | None:
     plat, machine = sys.platform.lower(), platform.machine().lower()
-    return next((e for e in TRACE_PROCESSOR_SHELL_MANIFEST
+    return next((e for e in _prebuilt_manifest()
                  if e.get("platform") == plat and machine in e.get("machine", []) and e.get("url")), None)
+
+
+def prebuilt_cache_path() -> Path | None:
+    """Where the `perfetto` package keeps its downloaded trace_processor for this machine (None: it has
+    no prebuilt for it). Mirrors `perfetto.prebuilts.perfetto_prebuilts.download_or_get_cached`, so
+    a cached binary is found without calling the package's download; a test checks the two agree."""
+    entry = _prebuilt_entry()
+    if entry is None:
+        return None
+    root, ext = os.path.splitext(entry["file_name"])
+    return Path.home() / ".local" / "share" / "perfetto" / "prebuilts" / f"{root}-{entry['sha256'][:16]}{ext}"
 
 
 def find_binary(tp_bin: str | None = None, *, download: bool = False) -> str | None:
@@ -40,24 +55,19 @@ def find_binary(tp_bin: str | None = None, *, download: bool = False) -> str | N
     path = configured_binary(tp_bin)
     if path:
         return path
-    entry = _prebuilt_entry()
-    if entry is None:
+    cached = prebuilt_cache_path()
+    if cached is None:
         return None
-    root, ext = os.path.splitext(entry["file_name"])
-    cached = Path.home() / ".local" / "share" / "perfetto" / "prebuilts" / f"{root}-{entry['sha256'][:16]}{ext}"
     if cached.is_file():
         return str(cached)
     if not download:
         return None
-    from perfetto.prebuilts.manifests.trace_processor_shell import (
-        TRACE_PROCESSOR_SHELL_MANIFEST,
-    )
     from perfetto.prebuilts.perfetto_prebuilts import get_perfetto_prebuilt
 
     global last_download_error
     with _stderr_captured() as captured:
         try:
-            return get_perfetto_prebuilt(TRACE_PROCESSOR_SHELL_MANIFEST)
+            return get_perfetto_prebuilt(_prebuilt_manifest())
         except Exception as exc:  # no network, no curl, checksum mismatch: there is no binary
             lines = [line.strip() for line in captured().splitlines() if line.strip()]
             last_download_error = lines[-1] if lines else f"{type(exc).__name__}: {exc}"
@@ -100,17 +110,22 @@ class TraceProcessorBackend:
         self.path = Path(path)
         binary = find_binary(tp_bin, download=True)
         if binary is None:
-            raise RuntimeError(f"{no_binary_message()}; or use the embedded backend (backend='sqlite')")
+            raise TraceProcessorError(f"{no_binary_message()}; or use the embedded backend (backend='sqlite')")
         try:
             self.tp = TraceProcessor(trace=str(self.path), config=TraceProcessorConfig(bin_path=binary))
         except Exception as exc:  # the package raises several kinds when it cannot start or download
-            raise RuntimeError(
+            raise TraceProcessorError(
                 f"trace_processor could not start ({type(exc).__name__}: {exc}); set {TP_BIN_ENV} to a "
                 "trace_processor binary, or use the embedded backend (backend='sqlite')"
             ) from None
 
     def query(self, sql: str):
-        return self.tp.query(sql).as_pandas_dataframe()
+        from perfetto.trace_processor import TraceProcessorException
+
+        try:
+            return self.tp.query(sql).as_pandas_dataframe()
+        except TraceProcessorException as exc:
+            raise QueryError(f"SQL error: {' '.join(str(exc).split())}") from None
 
     def close(self) -> None:
         self.tp.close()
