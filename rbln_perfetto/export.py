@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+
 from pipeline.contract import TickLayout
 
 from .capture import Truncation, iter_records, read_info

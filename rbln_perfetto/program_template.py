@@ -24,6 +24,7 @@ Packets per invocation, in time order (ticks as `pipeline.contract.TickLayout` l
 from __future__ import annotations
 
 import numpy as np
+
 from pipeline.contract import TickLayout
 
 from .interning import (
