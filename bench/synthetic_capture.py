@@ -60,12 +60,6 @@ def sd3_medium_pipeline():
     )
 
 
-def torch_dtype(name: str):
-    import torch
-
-    return getattr(torch, name)
-
-
 def _durations(program, rng) -> np.ndarray:
     """Gaps between the program's boundaries: input DMAs, commands, output DMAs."""
     flops = np.array([c.flops for c in program.commands], dtype=np.float64)

@@ -15,6 +15,7 @@
 from __future__ import annotations
 
 import dataclasses
+from types import MappingProxyType
 from dataclasses import dataclass
 from typing import Callable, Mapping, Sequence
 
@@ -83,8 +84,8 @@ def partition(submodule: str, gm: torch.fx.GraphModule, budget: int) -> Partitio
         graph=gm.graph,
         inputs=inputs,
         outputs=outputs,
-        constants=constants,
-        aliases=aliases,
+        constants=MappingProxyType(constants),
+        aliases=MappingProxyType(aliases),
         groups=groups,
         liveness=liveness,
         budget=budget,

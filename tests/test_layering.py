@@ -117,18 +117,23 @@ print("rbln_perfetto loaded:", "rbln_perfetto" in sys.modules)
     return proc.stdout
 
 
-@pytest.mark.parametrize("env_profiler,profiled", [("1", True), (None, False)])
-def test_rbln_profiler_works_without_importing_rbln_perfetto(compiled_dirs, tmp_path, env_profiler, profiled):
-    stdout = _run_pipeline_script(compiled_dirs({}), env_profiler, tmp_path)
-    # With RBLN_PROFILER set the pipeline loads the entry point; unset, profiling costs no import at all.
-    assert f"rbln_perfetto loaded: {profiled}" in stdout
+@pytest.mark.parametrize("env_profiler,rbln_config,files", [
+    ("1", {}, 8),  # 6 text-encoder calls, 1 transformer step, 1 VAE
+    (None, {"vae": {"activate_profiler": True}}, 1),  # activate_profiler: True alone profiles its submodule
+    (None, {}, 0),
+    ("0", {}, 0),
+])
+def test_rbln_profiler_works_without_importing_rbln_perfetto(compiled_dirs, tmp_path, env_profiler, rbln_config, files):
+    stdout = _run_pipeline_script(compiled_dirs(rbln_config), env_profiler, tmp_path)
+    # Asked for, the pipeline loads the entry point; not asked for, profiling costs no import at all.
+    assert f"rbln_perfetto loaded: {bool(files)}" in stdout
     runs = list(tmp_path.iterdir()) if tmp_path.exists() else []
-    if not profiled:
+    if not files:
         assert runs == []
         return
     (run_dir,) = runs
     assert (run_dir / "aggregate.pb").is_file()
-    assert len(list(run_dir.glob("0*.pb"))) == 8  # 6 text-encoder calls, 1 transformer step, 1 VAE
+    assert len(list(run_dir.glob("0*.pb"))) == files
 
 
 def test_host_timers_are_installed_once(make_pipe, tmp_path):

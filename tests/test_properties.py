@@ -18,6 +18,7 @@ from trace_objects import iter_packets
 import rbln_perfetto
 from rbln_perfetto.errors import QueryError
 from rbln_perfetto.query import REPORTS, open_trace
+from rbln_perfetto.reader import scanner_available
 
 EXAMPLES = int(os.environ.get("RBLN_PERFETTO_FUZZ_EXAMPLES", "25"))
 TEXT = st.text(st.characters(blacklist_categories=("Cs",)), min_size=1, max_size=12)
@@ -76,7 +77,8 @@ def test_random_captures_export_to_valid_traces_that_read_back(tmp_path_factory,
     assert len(result.invocation_files) == len(calls)
     for path in result.invocation_files + [result.aggregate_file]:
         check_trace(path)
-    check_scanner_agrees(result.aggregate_file)
+    if scanner_available():  # a skip here would skip every example's other checks too
+        check_scanner_agrees(result.aggregate_file)
     want = Counter(expected_slices(capture))
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # nothing in our own traces may be left unread
@@ -136,7 +138,7 @@ def test_mangled_traces_read_the_same_on_both_reader_paths(tmp_path_factory, dat
             outcomes.append(read_tables(path, scanner=scanner))
         except TraceReadError:
             outcomes.append(None)
-    if all(o is not None for o in outcomes):
+    if all(o is not None for o in outcomes) and scanner_available():
         check_scanner_agrees(path)
 
 

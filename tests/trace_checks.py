@@ -1,14 +1,15 @@
 """Invariants every rbln-perfetto trace must satisfy, checked on traces parsed with the perfetto protos."""
 
+import re
 from collections import defaultdict
 
 import pytest
 from perfetto.protos.perfetto.trace import perfetto_trace_pb2 as pt
 
-from rbln_perfetto.naming import COMMAND_SLICE_NAME
 from trace_objects import iter_packets, read_trace
 
-NAME = COMMAND_SLICE_NAME  # groups: sequence_index, layer, command_index
+# The README's command-slice name format, written out here as an oracle independent of rbln_perfetto.naming.
+NAME = re.compile(r"^([0-9]+)_(.+)_([0-9]+)\Z", re.DOTALL)  # groups: sequence_index, layer, command_index
 
 
 def raw_events_per_track(path):

@@ -14,13 +14,13 @@ from google.protobuf.message import DecodeError
 from perfetto.protos.perfetto.trace import perfetto_trace_pb2 as pt
 
 from ..errors import TraceReadError
-from ..proto_bytes import FieldNumber, tag, varint
+from ..proto_bytes import (COUNTER, INSTANT, SEQ_CLEARED, SEQ_NEEDS_STATE, SLICE_BEGIN, SLICE_END, FieldNumber, tag,
+                           varint)
 from .clocks import BOOTTIME, ClockConverter
 from .columns import EventColumns, HashIdTable
 from .debug_args import arg_value_ids, as_text
 from .diagnosis import describe_non_trace
-from .packet_view import (COUNTER, INSTANT, KNOWN_PACKET_FIELDS, SEQ_NEEDS_STATE, SEQ_STATE_CLEARED, SLICE_BEGIN,
-                          SLICE_END, ViewEvent, ViewPacket, ViewTrace)
+from .packet_view import KNOWN_PACKET_FIELDS, ViewEvent, ViewPacket, ViewTrace
 from .scanned_runs import decode_simple_run
 from .scanner import BundlePrefetcher, inflate_bundle, scan_packets
 from .tables import TraceTables, Track
@@ -156,7 +156,7 @@ class PacketDecoder:
                 self.read_packet(p)
             return
         self.top_level_packets += len(records) if top_level else 0
-        simple = (records["simple"] == 1) & ((records["flags"] & SEQ_STATE_CLEARED) == 0)
+        simple = (records["simple"] == 1) & ((records["flags"] & SEQ_CLEARED) == 0)
         prefetcher = BundlePrefetcher(data, records, np.flatnonzero(~simple), self.scanner) if top_level else None
         try:
             # Runs of simple packets go column-wise; every other packet (and short runs) one at a time.
@@ -194,7 +194,7 @@ class PacketDecoder:
         seq_id = p.trusted_packet_sequence_id
         seq = self.sequences[seq_id]
         flags = p.sequence_flags
-        if flags & SEQ_STATE_CLEARED or p.incremental_state_cleared:
+        if flags & SEQ_CLEARED or p.incremental_state_cleared:
             self.generation += 1
             self.sequences[seq_id] = seq = SequenceState(True, self.generation)
         if p.trace_packet_defaults:

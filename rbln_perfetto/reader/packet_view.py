@@ -76,8 +76,3 @@ KNOWN_PACKET_FIELDS = frozenset(f for _, f, _, _ in _PACKET) | {
     "trace_stats", "trace_uuid", "system_info", "service_event", "synchronization_marker", "machine_id",
 }
 
-# TrackEvent types and TracePacket sequence flags.
-SLICE_BEGIN, SLICE_END, INSTANT, COUNTER = (pt.TrackEvent.TYPE_SLICE_BEGIN, pt.TrackEvent.TYPE_SLICE_END,
-                                            pt.TrackEvent.TYPE_INSTANT, pt.TrackEvent.TYPE_COUNTER)
-SEQ_STATE_CLEARED = pt.TracePacket.SEQ_INCREMENTAL_STATE_CLEARED
-SEQ_NEEDS_STATE = pt.TracePacket.SEQ_NEEDS_INCREMENTAL_STATE

@@ -8,7 +8,8 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from .clocks import BOOTTIME
-from .packet_view import COUNTER, INSTANT, SEQ_NEEDS_STATE, SLICE_BEGIN, SLICE_END, ViewEvent
+from ..proto_bytes import COUNTER, INSTANT, SEQ_NEEDS_STATE, SLICE_BEGIN, SLICE_END
+from .packet_view import ViewEvent
 
 if TYPE_CHECKING:
     from .decoding import PacketDecoder

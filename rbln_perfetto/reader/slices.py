@@ -8,7 +8,7 @@ from collections import defaultdict
 
 import numpy as np
 
-from .packet_view import COUNTER, INSTANT, SLICE_BEGIN, SLICE_END
+from ..proto_bytes import COUNTER, INSTANT, SLICE_BEGIN, SLICE_END
 from .tables import TraceTables, Track
 
 

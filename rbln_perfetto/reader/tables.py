@@ -60,6 +60,8 @@ class TraceTables:
             d = self._arg_dicts[arg_set_id] = dict(values[v] for v in self.arg_set_values[arg_set_id])
         return d
 
+    # Whole columns as Python lists: slow, for inspection and for comparing the reader's two paths
+    # (tests/trace_checks.py); the SQL loader reads the arrays above instead.
     @property
     def arg_sets(self) -> list[dict]:
         return [self.arg_set(i) for i in range(len(self.arg_set_values))]
