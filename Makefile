@@ -9,9 +9,9 @@ setup:
 test:
 	$(PY) -m pytest -q
 
-# The property tests with many examples (CI runs 25 of each).
+# The property tests with many examples (CI runs 25 of each, and 300 traces against trace_processor).
 fuzz:
-	RBLN_PERFETTO_FUZZ_EXAMPLES=2000 $(PY) -m pytest -q tests/test_properties.py
+	RBLN_PERFETTO_FUZZ_EXAMPLES=2000 $(PY) -m pytest -q tests/test_properties.py tests/test_differential_tp.py
 
 # Every benchmark, one table, JSON under bench/results/.
 bench:

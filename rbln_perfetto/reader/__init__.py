@@ -10,6 +10,8 @@ with identical argument sets shared, as trace_processor does.
 
 What it does not understand (other payloads, zstd bundles, unknown event types) is counted in
 `stats`, with trace_processor's stat names where one exists, never mis-read.
+Slices that begin and never end keep dur = -1, as in trace_processor, and are counted in `stats` as
+`unfinished_slices` (a row of ours: trace_processor v58.2 has no stat for them).
 
 Speed: the optional C scanner (`scanner`) records plain TrackEvent packets, which are decoded a
 run at a time with numpy (`scanned_runs`); other packets are split by protobuf's C parser through a
@@ -17,8 +19,8 @@ bytes view (`packet_view`) and decoded one at a time (`decoding`); each distinct
 string and argument set is decoded once; slices are built with numpy (`slices`).
 
 Modules: `tables` (what a read trace holds), `decoding` (packets -> event columns), `scanned_runs`,
-`columns`, `debug_args`, `clocks`, `scanner`, `packet_view`, `slices`, `diagnosis` (what bytes that
-are not a trace are).
+`columns`, `debug_args`, `clocks`, `scanner`, `packet_view`, `slices`, `track_names`, `diagnosis` (what is wrong
+with a file as a trace: the messages both query backends give).
 """
 
 from __future__ import annotations
@@ -27,14 +29,16 @@ import os
 import re
 from pathlib import Path
 
+import numpy as np
 from google.protobuf.message import DecodeError
 
 from ..errors import TraceReadError
 from .decoding import PacketDecoder
-from .diagnosis import describe_non_trace
+from .diagnosis import EMPTY, UNFINISHED_SLICES, describe_non_trace
 from .scanner import SCANNER, scanner_available
 from .slices import build_slices
 from .tables import TraceTables, Track
+from .track_names import first_event_names, name_tracks
 
 __all__ = ["TraceReadError", "TraceTables", "Track", "read_tables", "scanner_available"]
 
@@ -45,7 +49,7 @@ def read_tables(path: str | os.PathLike, *, scanner="auto") -> TraceTables:
     tables = TraceTables()
     data = path.read_bytes()
     if not data:
-        raise TraceReadError(f"{path}: empty file, not a Perfetto trace")
+        raise TraceReadError(f"{path}: {EMPTY}")
     decoder = PacketDecoder(path, tables, SCANNER if scanner == "auto" else scanner)
     try:
         decoder.read_buffer(data, top_level=True)
@@ -54,14 +58,21 @@ def read_tables(path: str | os.PathLike, *, scanner="auto") -> TraceTables:
         raise TraceReadError(f"{path}: a corrupt {what.group(1) if what else 'packet'} in it, not a well-formed "
                              "Perfetto trace") from None
     if not decoder.top_level_packets:
-        raise TraceReadError(f"{path}: {describe_non_trace(data)}: no trace packets in it")
+        raise TraceReadError(f"{path}: {describe_non_trace(data)}")  # (framing that holds no packet)
     del data
+    decoder.clocks.count_refusals()
     columns = decoder.columns
     if columns.count == 0 and not tables.tracks and any(k.startswith("unsupported_packet_field:") for k in tables.stats):
         found = ", ".join(f"{k.split(':', 1)[1]} x{v}" for k, v in tables.stats.items() if k.startswith("unsupported"))
         raise TraceReadError(f"{path}: holds no TrackEvent data this reader understands (found {found}); "
                              "read it with the trace_processor backend")
-    build_slices(tables, columns.column("ts"), columns.column("type"), columns.column("track"),
-                 columns.column("name_prefix"), columns.column("name_id"), columns.column("cat_id"),
+    declared = set(tables.tracks)  # (tracks with a descriptor; build_slices adds the others)
+    ts, track, name_prefix, name_id = (columns.column(k) for k in ("ts", "track", "name_prefix", "name_id"))
+    first_names = first_event_names(tables, ts, track, name_prefix, name_id)
+    build_slices(tables, ts, columns.column("type"), track, name_prefix, name_id, columns.column("cat_id"),
                  columns.column("argset"), columns.counters(), decoder.flow_events)
+    name_tracks(tables, declared, first_names)
+    unfinished = int(np.count_nonzero(tables.slice_dur == -1))
+    if unfinished:  # trace_processor shows them as dur = -1 only; the stats row and the warning are ours
+        tables.stats[UNFINISHED_SLICES] = unfinished
     return tables

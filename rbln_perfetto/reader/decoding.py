@@ -20,7 +20,7 @@ from .clocks import BOOTTIME, ClockConverter
 from .columns import EventColumns, HashIdTable
 from .debug_args import arg_value_ids, as_text
 from .diagnosis import describe_non_trace
-from .packet_view import KNOWN_PACKET_FIELDS, ViewEvent, ViewPacket, ViewTrace
+from .packet_view import END_WITH_FIELDS, KNOWN_PACKET_FIELDS, ViewEvent, ViewPacket, ViewTrace
 from .scanned_runs import decode_simple_run
 from .scanner import BundlePrefetcher, inflate_bundle, scan_packets
 from .tables import TraceTables, Track
@@ -29,16 +29,19 @@ _PACKET_FIELD_NAMES = {f.number: f.name for f in pt.TracePacket.DESCRIPTOR.field
 # A name with a decimal prefix: the prefix is stored as a number, the rest interned (see TraceTables).
 _DECIMAL_PREFIXED = re.compile(r"(0|[1-9]\d{0,17})(\D.*)?\Z", re.S | re.ASCII)
 _ANNOTATION_TAG = tag(FieldNumber.DEBUG_ANNOTATIONS, 2)
+_MERGE_NONE = pt.TrackDescriptor.SIBLING_MERGE_BEHAVIOR_NONE
+_EVENT_FIELD_NAMES = {f.number: f.name for f in pt.TrackEvent.DESCRIPTOR.fields}
 
 
 class SequenceState:
     """One packet sequence's incremental state: its interning tables and packet defaults."""
 
     __slots__ = ("names", "annotation_names", "strings", "categories", "clock_id", "default_track", "valid",
-                 "generation")
+                 "generation", "counter_values")
 
     def __init__(self, valid=False, generation=0):
         self.names, self.annotation_names, self.strings, self.categories = {}, {}, {}, {}
+        self.counter_values: dict[int, float] = {}  # incremental counter track -> its value so far
         self.clock_id = 0
         self.default_track = None
         self.valid = valid
@@ -63,14 +66,26 @@ def _count_unsupported_fields(packet, stats) -> None:
             stats[f"unsupported_packet_field:{name}"] += 1
 
 
-def _add_track_descriptor(tables: TraceTables, d: pt.TrackDescriptor) -> None:
-    t = tables.tracks.setdefault(d.uuid, Track(d.uuid))
-    t.name = as_text(d.name or d.static_name) or t.name
-    t.parent_uuid = d.parent_uuid if d.HasField("parent_uuid") else None
-    t.description = d.description
-    if d.HasField("counter"):
-        t.is_counter = True
-        t.unit = pt.CounterDescriptor.Unit.Name(d.counter.unit) if d.counter.unit else ""
+def _reserve_track(tables: TraceTables, d: pt.TrackDescriptor, stats) -> None:
+    """A track descriptor, as trace_processor reserves it: the first one sent for a uuid holds; a later one
+    for the same uuid with another parent or kind is an error and ignored; a later name replaces none,
+    or any name on a SIBLING_MERGE_BEHAVIOR_NONE track."""
+    name = as_text(d.name if d.HasField("name") else d.static_name) or None  # ("" is no name there too)
+    parent = d.parent_uuid or None
+    t = tables.tracks.get(d.uuid)
+    if t is None:
+        t = tables.tracks[d.uuid] = Track(d.uuid, name, parent, d.description, d.HasField("counter"),
+                                          mergeable=d.sibling_merge_behavior != _MERGE_NONE)
+        if d.HasField("counter"):
+            t.unit = pt.CounterDescriptor.Unit.Name(d.counter.unit) if d.counter.unit else ""
+            t.counter_multiplier = d.counter.unit_multiplier if d.counter.unit_multiplier > 0 else 1
+            t.counter_incremental = d.counter.is_incremental
+        return
+    if (t.parent_uuid, t.is_counter, t.mergeable) != (parent, d.HasField("counter"), d.sibling_merge_behavior != _MERGE_NONE):
+        stats["track_descriptor_conflicting_reservation"] += 1
+        return
+    if name is not None and (t.name is None or d.sibling_merge_behavior == _MERGE_NONE):
+        t.name = name
 
 
 class PacketDecoder:
@@ -98,13 +113,17 @@ class PacketDecoder:
 
     # ---------------------------------------------------------------- strings
     def intern(self, s: str) -> int:
+        s = as_text(s)  # (a C string in trace_processor: up to its first NUL)
         i = self.string_ids.get(s)
         if i is None:
             i = self.string_ids[s] = len(self.tables.strings)
             self.tables.strings.append(s)
         return i
 
-    def name_ref(self, name: str) -> tuple[int, int]:
+    def name_ref(self, name: str | None) -> tuple[int, int]:
+        """(decimal prefix or -1, string id) of a name; (-1, -1) for an event without one."""
+        if name is None:
+            return -1, -1
         ref = self.name_refs.get(name)
         if ref is None:
             m = _DECIMAL_PREFIXED.match(name)
@@ -126,7 +145,7 @@ class PacketDecoder:
         if argset is None:
             argset = self.arg_set_ids[key] = len(self.tables.arg_set_values)
             memo = self.annotation_memo.setdefault(seq.generation, {})
-            ids = arg_value_ids(raw() if callable(raw) else raw, seq, memo, self.value_id)
+            ids = arg_value_ids(raw() if callable(raw) else raw, seq, memo, self.value_id, self.stats)
             keys = {self.tables.arg_values[v][0] for v in ids}
             if len(keys) < len(ids):  # a key given twice: the last value wins, in the first one's place
                 by_key = {}
@@ -143,6 +162,21 @@ class PacketDecoder:
             vid = self.value_ids[k] = len(self.tables.arg_values)
             self.tables.arg_values.append((key, value))
         return vid
+
+    def counter_value(self, seq: SequenceState, track: int | None, value: float) -> float | None:
+        """A counter event's value as trace_processor stores it (times the track's unit multiplier, summed
+        on the sequence for an incremental track); None, counted, when it has no counter track to go to."""
+        if track is None:
+            self.stats["track_event_counter_missing_track_uuid"] += 1
+            return None
+        t = self.tables.tracks.get(track)
+        if t is None or not t.is_counter:
+            self.stats["track_event_counter_invalid_track_uuid"] += 1
+            return None
+        value *= t.counter_multiplier
+        if t.counter_incremental:
+            value = seq.counter_values[track] = seq.counter_values.get(track, 0.0) + value
+        return value
 
     # ---------------------------------------------------------------- buffers
     def read_buffer(self, data: bytes, top_level: bool, records: np.ndarray | None = None) -> None:
@@ -209,7 +243,7 @@ class PacketDecoder:
                 interned = pt.InternedData.FromString(p.interned_data)
                 seq.names.update((e.iid, as_text(e.name)) for e in interned.event_names)
                 seq.annotation_names.update((e.iid, as_text(e.name)) for e in interned.debug_annotation_names)
-                seq.strings.update((e.iid, e.str.decode("utf-8", "replace")) for e in interned.debug_annotation_string_values)
+                seq.strings.update((e.iid, as_text(e.str)) for e in interned.debug_annotation_string_values)
                 seq.categories.update((e.iid, as_text(e.name)) for e in interned.event_categories)
         if p.clock_snapshot:
             self.clocks.add(pt.ClockSnapshot.FromString(p.clock_snapshot), seq_id)
@@ -217,7 +251,7 @@ class PacketDecoder:
         te = p.track_event
         if not te:
             if p.track_descriptor:
-                _add_track_descriptor(tables, pt.TrackDescriptor.FromString(p.track_descriptor))
+                _reserve_track(tables, pt.TrackDescriptor.FromString(p.track_descriptor), stats)
             elif not (p.interned_data or p.trace_packet_defaults or flags):
                 _count_unsupported_fields(p, stats)
             return
@@ -228,27 +262,41 @@ class PacketDecoder:
         if ts is None:
             stats["clock_sync_failure_undeferrable_packet_loss"] += 1
             return
+        if ts < 0:
+            stats["track_event_invalid_timestamp"] += 1
+            return
         ev = self.event_cache.get(te)
         if ev is None:
             e = ViewEvent.FromString(te)
+            unread = tuple(f"unsupported_track_event_field:{_EVENT_FIELD_NAMES.get(f.field_number, f.field_number)}"
+                           for f in unknown_fields.UnknownFieldSet(e))
             flows = tuple(e.flow_ids) + tuple(e.flow_ids_old)
             ends = tuple(e.terminating_flow_ids) + tuple(e.terminating_flow_ids_old)
             value = e.double_counter_value if e.HasField("double_counter_value") else float(e.counter_value)
             ev = (e.type, e.track_uuid if e.HasField("track_uuid") else None, e.name if e.HasField("name") else None,
                   e.name_iid, tuple(e.debug_annotations), tuple(e.category_iids), tuple(e.categories),
-                  flows, ends, value)
+                  flows, ends, value, unread)
             if len(self.event_cache) < 1 << 16:
                 self.event_cache[te] = ev
-        kind, track, name, name_iid, raw_args, cat_iids, cats, flows, ends, value = ev
+        kind, track, name, name_iid, raw_args, cat_iids, cats, flows, ends, value, unread = ev
+        for what in unread:  # what it would not read: said, and the rest of the event read
+            stats[what] += 1
+        if kind == SLICE_END and (cat_iids or cats or raw_args or flows or ends):
+            stats[END_WITH_FIELDS] += 1  # (see packet_view)
         if track is None:
-            track = seq.default_track if seq.default_track is not None else 0
+            track = seq.default_track
         if kind == COUNTER:
+            value = self.counter_value(seq, track, value)
+            if value is None:
+                return
             self.columns.counter_pending.append(value)
         elif kind not in (SLICE_BEGIN, SLICE_END, INSTANT):
             stats["unsupported_track_event_type"] += 1
             return
+        if track is None:
+            track = 0
         if name is None:
-            name = seq.names.get(name_iid, "") if name_iid else ""
+            name = seq.names.get(name_iid) if name_iid else None
         name = as_text(name)
         argset = self.arg_set(self.args_key(seq, raw_args), seq, raw_args) if raw_args else -1
         if flows or ends:

@@ -9,7 +9,7 @@ import numpy as np
 
 from .clocks import BOOTTIME
 from ..proto_bytes import COUNTER, INSTANT, SEQ_NEEDS_STATE, SLICE_BEGIN, SLICE_END
-from .packet_view import ViewEvent
+from .packet_view import END_WITH_FIELDS, ViewEvent
 
 if TYPE_CHECKING:
     from .decoding import PacketDecoder
@@ -32,6 +32,7 @@ def decode_simple_run(decoder: PacketDecoder, data: bytes, r: np.ndarray) -> Non
     argset = np.full(n, -1, dtype=np.int64)
     seq_ids = r["seq_id"]
     kind = r["type"].astype(np.int64)
+    counter = r["counter"].astype(np.float64)  # (a copy: values are scaled and summed in place)
     known = (kind == SLICE_BEGIN) | (kind == SLICE_END) | (kind == INSTANT) | (kind == COUNTER)
     stats = decoder.stats
     for seq_id in np.unique(seq_ids).tolist():
@@ -52,14 +53,24 @@ def decode_simple_run(decoder: PacketDecoder, data: bytes, r: np.ndarray) -> Non
                 keep[sub] = False
             else:
                 ts[sub] = converted
+                invalid = sub[converted < 0]  # past int64 (see clocks)
+                _count(stats, "track_event_invalid_timestamp", len(invalid))
+                keep[invalid] = False
         idx = idx[keep[idx]]
         unknown_type = idx[~known[idx]]
         _count(stats, "unsupported_track_event_type", len(unknown_type))
         keep[unknown_type] = False
         idx = idx[known[idx]]
+        ends = idx[kind[idx] == SLICE_END]
+        _count(stats, END_WITH_FIELDS, int(np.count_nonzero(r["args_hash"][ends] != 0)))
         if seq.default_track is not None:
             no_track = idx[r["has_track"][idx] == 0]
             track[no_track] = seq.default_track
+        counters = idx[kind[idx] == COUNTER]
+        if len(counters):
+            dropped = _counter_values(decoder, seq, counters, track, r["has_track"], counter)
+            keep[dropped] = False
+            idx = idx[keep[idx]]
         # Names: inline ones by hash (decoded once each), interned ones by iid.
         inline = idx[r["name_off"][idx] >= 0]
         if len(inline):
@@ -74,7 +85,7 @@ def decode_simple_run(decoder: PacketDecoder, data: bytes, r: np.ndarray) -> Non
         by_iid = idx[r["name_off"][idx] < 0]
         if len(by_iid):
             iids, inverse = np.unique(r["name_iid"][by_iid], return_inverse=True)
-            refs = np.array([decoder.name_ref(seq.names.get(i, "") if i else "") for i in iids.tolist()],
+            refs = np.array([decoder.name_ref(seq.names.get(i) if i else None) for i in iids.tolist()],
                             dtype=np.int64).reshape(-1, 2)
             name_prefix[by_iid] = refs[inverse.reshape(-1), 0]
             name_id[by_iid] = refs[inverse.reshape(-1), 1]
@@ -92,4 +103,28 @@ def decode_simple_run(decoder: PacketDecoder, data: bytes, r: np.ndarray) -> Non
     sel = np.flatnonzero(keep)
     columns = {"ts": ts[sel], "type": kind[sel], "track": track[sel], "name_prefix": name_prefix[sel],
                "name_id": name_id[sel], "cat_id": np.full(len(sel), -1, dtype=np.int64), "argset": argset[sel]}
-    decoder.columns.add_arrays(columns, r["counter"][sel][kind[sel] == COUNTER].astype(np.float64))
+    decoder.columns.add_arrays(columns, counter[sel][kind[sel] == COUNTER])
+
+
+def _counter_values(decoder: PacketDecoder, seq, rows: np.ndarray, track: np.ndarray, has_track: np.ndarray,
+                    counter: np.ndarray) -> np.ndarray:
+    """`PacketDecoder.counter_value` for the counter events `rows` of one sequence, in place in `counter`;
+    the rows dropped (no counter track to go to), counted as the decoder counts them."""
+    stats, tracks = decoder.stats, decoder.tables.tracks
+    missing = rows[(has_track[rows] == 0)] if seq.default_track is None else rows[:0]
+    _count(stats, "track_event_counter_missing_track_uuid", len(missing))
+    rows = rows[(has_track[rows] == 1)] if seq.default_track is None else rows
+    dropped = [missing]
+    for uuid in np.unique(track[rows]).tolist():
+        on = rows[track[rows] == uuid]
+        t = tracks.get(uuid)
+        if t is None or not t.is_counter:
+            _count(stats, "track_event_counter_invalid_track_uuid", len(on))
+            dropped.append(on)
+            continue
+        values = counter[on] * t.counter_multiplier
+        if t.counter_incremental:  # (cumsum adds one after another, as trace_processor does)
+            values = np.cumsum(np.r_[seq.counter_values.get(uuid, 0.0), values])[1:]
+            seq.counter_values[uuid] = float(values[-1])
+        counter[on] = values
+    return np.concatenate(dropped)

@@ -18,7 +18,7 @@ def _assign_track_id(tables: TraceTables, uuid: int) -> None:
     while uuid is not None:
         t = tables.tracks.get(uuid)
         if t is None:
-            t = tables.tracks[uuid] = Track(uuid, name="Default Track" if uuid == 0 else "")
+            t = tables.tracks[uuid] = Track(uuid, name="Default Track" if uuid == 0 else None)
         if t.id is not None:
             break
         if uuid in seen:
@@ -29,6 +29,7 @@ def _assign_track_id(tables: TraceTables, uuid: int) -> None:
         chain.append(t)
         uuid = t.parent_uuid
     for t in reversed(chain):
+        t.first_used_as_parent = t is not chain[0]  # (trace_processor then names it without an event name)
         t.id = len(tables.used_tracks)
         tables.used_tracks.append(t.uuid)
 
@@ -81,7 +82,8 @@ def build_slices(tables: TraceTables, ts, kinds, tracks, name_prefix, name_id, c
     tables.slice_track = tracks[ev[opens]]
     tables.slice_depth = depth_before[opens].astype(np.int64)
     # A SLICE_BEGIN is closed by the next SLICE_END of its track at the same level (ordered by track, level, time).
-    dur = np.where(k[opens] == INSTANT, 0, -1).astype(np.int64)
+    tables.slice_instant = k[opens] == INSTANT
+    dur = np.where(tables.slice_instant, 0, -1).astype(np.int64)
     level = np.where(k == SLICE_END, depth_after, depth_before)
     pairable = np.flatnonzero(k != INSTANT)
     if len(pairable):
@@ -154,6 +156,7 @@ def _build_with_stacks(tables, ev, k, trk, ts, labels, flow_events) -> None:
     events = np.asarray(rows["event"], dtype=np.int64)
     tables.slice_ts = np.asarray(rows["ts"], dtype=np.int64)
     tables.slice_dur = np.asarray(rows["dur"], dtype=np.int64)
+    tables.slice_instant = k[slice_of_event >= 0] == INSTANT
     tables.slice_track = np.asarray(rows["track"], dtype=np.uint64)
     tables.slice_depth = np.asarray(rows["depth"], dtype=np.int64)
     tables.slice_parent = np.asarray(rows["parent"], dtype=np.int64)

@@ -10,13 +10,26 @@ import numpy as np
 
 @dataclass
 class Track:
+    """A track descriptor as trace_processor reserves it (the first one sent for a uuid; see decoding)."""
+
     uuid: int
-    name: str = ""
+    name: str | None = None  # None: unnamed (a used track then takes its first event's name)
     parent_uuid: int | None = None
     description: str = ""
     is_counter: bool = False
     unit: str = ""
     id: int | None = None  # assigned when first used, as trace_processor does
+    mergeable: bool = True  # False: SIBLING_MERGE_BEHAVIOR_NONE (its own track, renamed by every descriptor)
+    counter_multiplier: int = 1
+    counter_incremental: bool = False
+    first_used_as_parent: bool = False  # given an id for a child's event before any event of its own
+
+    @property
+    def type(self) -> str:
+        """trace_processor's `track.type` for a global TrackEvent track of this kind."""
+        if self.is_counter:
+            return "global_counter_track_event"
+        return "global_merged_track_event" if self.mergeable else "global_track_event"
 
 
 @dataclass
@@ -27,11 +40,13 @@ class TraceTables:
     used_tracks: list[int] = field(default_factory=list)  # uuids in track-id order
     slice_ts: np.ndarray = None
     slice_dur: np.ndarray = None
+    slice_instant: np.ndarray = None  # bool: made by a TYPE_INSTANT event (not a BEGIN/END pair)
     slice_track: np.ndarray = None  # track uuid
     slice_depth: np.ndarray = None
     slice_parent: np.ndarray = None  # slice id, -1 for none
     slice_arg_set: np.ndarray = None  # -1 for none
-    # A name is strings[name_id] after the decimal name_prefix (-1: none), as the SQL backend stores it.
+    # A name is strings[name_id] after the decimal name_prefix (-1: none), as the SQL backend stores it;
+    # name_id -1: the event has no name (NULL).
     slice_name_prefix: np.ndarray = None
     slice_name_id: np.ndarray = None
     slice_category_id: np.ndarray = None  # into strings, -1 for none
@@ -69,7 +84,8 @@ class TraceTables:
     @property
     def slice_name(self) -> list[str]:
         s = self.strings
-        return [s[i] if p < 0 else f"{p}{s[i]}" for p, i in zip(self.slice_name_prefix.tolist(), self.slice_name_id.tolist())]
+        return [None if i < 0 else s[i] if p < 0 else f"{p}{s[i]}"
+                for p, i in zip(self.slice_name_prefix.tolist(), self.slice_name_id.tolist())]
 
     @property
     def slice_category(self) -> list[str | None]:

@@ -1,0 +1,74 @@
+"""The names used tracks show, as trace_processor gives them, and what it would lay out otherwise.
+
+A track without a name in its descriptor (or with no descriptor) takes the name of its first event
+(none for an END), unless a child's event used it first (then it has none).
+trace_processor merges sibling slice tracks that share a parent and a name into one track (the default
+`SIBLING_MERGE_BEHAVIOR_BY_TRACK_NAME`, placing each slice on whichever merged track is free); the
+embedded reader keeps them apart, so it counts them (`unsupported_merged_sibling_tracks`) and the
+backend warns, rather than answer with other track ids. The same for instants at one time on one track
+(trace_processor nests each under the one before)."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+
+import numpy as np
+
+from .tables import TraceTables
+
+MERGED_SIBLINGS = "unsupported_merged_sibling_tracks"
+PARENT_WITHOUT_DESCRIPTOR = "unsupported_track_parent_without_descriptor"
+# trace_processor keeps an instant open until a later time, so an instant at the same time on the same
+# track nests under it; the embedded reader puts both at one depth.
+STACKED_INSTANTS = "unsupported_instants_at_one_time_on_one_track"
+
+
+def first_event_names(tables: TraceTables, ts, tracks, name_prefix, name_id) -> dict:
+    """{uuid: (prefix, string id)} of the first event (in processing order) on each track that may need a
+    name: declared without one, or never declared. Called before the slices are built."""
+    named = {u for u, t in tables.tracks.items() if t.name is not None or t.is_counter}
+    candidates = np.setdiff1d(np.unique(tracks), np.asarray(sorted(named), dtype=np.uint64)) if len(tracks) else []
+    if not len(candidates):
+        return {}
+    rows = np.flatnonzero(np.isin(tracks, candidates))
+    rows = rows[np.argsort(ts[rows], kind="stable")]
+    uuids, first = np.unique(tracks[rows], return_index=True)
+    return {u: (int(name_prefix[r]), int(name_id[r])) for u, r in zip(uuids.tolist(), rows[first].tolist())}
+
+
+def name_tracks(tables: TraceTables, declared: set, first_names: dict) -> None:
+    """Name the unnamed used slice tracks after their first event (`first_event_names`); count sibling tracks
+    that trace_processor would merge into one, and tracks whose parent has no descriptor (`declared`: the
+    uuids that have one)."""
+    strings = tables.strings
+    for uuid, (prefix, i) in first_names.items():
+        t = tables.tracks.get(uuid)
+        if t is not None and t.name is None and not t.first_used_as_parent:
+            t.name = None if i < 0 else strings[i] if prefix < 0 else f"{prefix}{strings[i]}"
+    siblings: dict = defaultdict(int)
+    for uuid in tables.used_tracks:
+        t = tables.tracks[uuid]
+        if t.mergeable and not t.is_counter:
+            siblings[(t.parent_uuid, t.name)] += 1
+    merged = sum(n - 1 for n in siblings.values())
+    if merged:
+        tables.stats[MERGED_SIBLINGS] += merged
+    orphans = sum(1 for u in tables.used_tracks
+                  if tables.tracks[u].parent_uuid is not None and tables.tracks[u].parent_uuid not in declared)
+    if orphans:  # trace_processor drops their events until the parent track exists, if ever
+        tables.stats[PARENT_WITHOUT_DESCRIPTOR] += orphans
+    stacked = _stacked_instants(tables)
+    if stacked:
+        tables.stats[STACKED_INSTANTS] += stacked
+
+
+def _stacked_instants(tables: TraceTables) -> int:
+    """INSTANT events right after an INSTANT on their track, at its time and depth (a BEGIN/END pair of
+    no duration is closed at once in trace_processor too, so zero-length slices of pairs do not count)."""
+    if tables.slice_count < 2 or tables.slice_instant is None:
+        return 0
+    by_track = np.argsort(tables.slice_track, kind="stable")  # (ids in processing order within a track)
+    track, ts = tables.slice_track[by_track], tables.slice_ts[by_track]
+    instant, depth = tables.slice_instant[by_track], tables.slice_depth[by_track]
+    same = (track[1:] == track[:-1]) & (ts[1:] == ts[:-1]) & (depth[1:] == depth[:-1])
+    return int(np.count_nonzero(same & instant[1:] & instant[:-1]))
