@@ -1,0 +1,23 @@
+"""Answers to the questions people profile for, from the traces alone, as DataFrames:
+
+    diff(base, cand)        what changed, per layer / submodule / op / device
+    idle(trace)             where each device waits, and what the run was doing instead
+    critical_path(trace)    the chain of work that sets the end-to-end time (`write_overlay` shows it in the UI)
+    variance(trace)         how repeated calls vary, and the outlier calls
+    check(cand, ...)        rules over a run's metrics for CI (`summary_spec_text`: the same as a trace-summary spec)
+
+Each is SQL (plus a little pandas) through the query backends, so both give identical rows. A
+trace argument is a trace file, a run directory (its aggregate.pb) or an open `Trace`.
+"""
+
+from .check import CheckResult, check, metrics
+from .critical_path import critical_path
+from .diff import diff, plot_diff
+from .idle import idle
+from .overlay import write_overlay
+from .stands_out import stands_out
+from .summary_spec import summary_spec_text, write_summary_spec
+from .variance import variance
+
+__all__ = ["CheckResult", "check", "critical_path", "diff", "idle", "metrics", "plot_diff", "stands_out",
+           "summary_spec_text", "variance", "write_overlay", "write_summary_spec"]

@@ -1,0 +1,184 @@
+"""The analysis commands of `rbln-perfetto`: `diff`, `report`, `check` (registered by cli.py).
+
+    rbln-perfetto diff BASE CAND [--by layer|submodule|op|device] [--top N] [--plot out.png]
+    rbln-perfetto report idle|critical-path|variance|<canned report> TRACE [--csv | --json]
+    rbln-perfetto check CAND [--baseline BASE] [--max-regression 5%] [--max "transformer.mean_ms<=120"]
+
+BASE, CAND and TRACE are trace files or run directories (their aggregate.pb).
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from .analysis import check, critical_path, diff, idle, plot_diff, variance, write_overlay, write_summary_spec
+from .analysis.check import DEFAULT_REGRESSION_METRICS
+from .analysis.diff import BY as DIFF_BY
+from .analysis.idle import CAUSES, DEFAULT_MIN_GAP_MS
+from .analysis.sources import trace_path
+from .analysis.variance import RULE
+from .errors import UsageError
+from .naming import AGGREGATE_FILE_NAME
+from .query import BACKENDS, REPORTS
+
+ANALYSES = {
+    "idle": "idle time per device, each gap attributed to what the run did instead (" + ", ".join(CAUSES) + ")",
+    "critical-path": "the chain of host work, invocations, commands and DMAs that sets the run's span",
+    "variance": "per submodule / layer across repeated calls: mean, std, min, max, first vs rest, outliers",
+}
+
+
+def _print_table(df, args, empty: str = "(no rows)") -> None:
+    import pandas as pd
+
+    if getattr(args, "csv", False):
+        df.to_csv(sys.stdout, index=False)
+    elif getattr(args, "json", False):
+        print(df.to_json(orient="records"))
+    else:
+        with pd.option_context("display.width", 220, "display.max_columns", 30, "display.max_rows", 1000,
+                               "display.max_colwidth", 70, "display.float_format", "{:.3f}".format):
+            print(df.to_string(index=False) if not df.empty else empty)
+
+
+def _top(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise UsageError(f"--top {text!r} must be a whole number >= 1")
+    return int(text)
+
+
+def _run_name(source: str) -> str:
+    """A short name for a run in a title: its directory for an aggregate trace, else the file name."""
+    path = trace_path(source)
+    return path.parent.name if path.name == AGGREGATE_FILE_NAME else path.name
+
+
+def cmd_diff(args) -> int:
+    table = diff(args.base, args.cand, by=args.by, top=_top(args.top) if args.top else None,
+                 backend=args.backend, tp_bin=args.tp_bin)
+    _print_table(table, args)
+    if args.plot:
+        plot_diff(table, args.plot, by=args.by, top=min(len(table), 20) or 1,
+                  title=f"{_run_name(args.cand)} vs {_run_name(args.base)}: largest changes per {args.by}")
+        print(f"bar chart written to {args.plot}", file=sys.stderr if (args.csv or args.json) else sys.stdout)
+    return 0
+
+
+def cmd_report(args) -> int:
+    from .cli import _open
+
+    name = args.name
+    if name not in REPORTS and name not in ANALYSES:
+        raise UsageError(f"report {name!r} is not known; valid: {', '.join([*REPORTS, *ANALYSES])}")
+    if args.overlay and name != "critical-path":
+        raise UsageError("--overlay goes with `report critical-path` only")
+    args.trace = str(trace_path(args.trace))
+    if args.overlay and Path(args.overlay).resolve() == Path(args.trace).resolve():
+        raise UsageError(f"--overlay {args.overlay} is the trace itself; the overlay is a copy: give another path")
+    top = _top(args.top) if args.top else None
+    with _open(args) as tr:
+        if name in REPORTS:
+            table = tr.report(name)
+            table = table if top is None else table.head(top)
+        elif name == "idle":
+            table = idle(tr, min_gap_ms=args.min_gap, gaps=args.gaps)
+            table = table if top is None else table.head(top)
+        elif name == "variance":
+            table = variance(tr, by=args.by or "submodule", outliers=args.outliers)
+            table = table if top is None else table.head(top)
+        else:
+            table = critical_path(tr, by=args.by or "segment", top=top)
+            if args.overlay:
+                segments = table if (args.by or "segment") == "segment" and top is None else None
+                write_overlay(tr, args.overlay, segments=segments)
+    _print_table(table, args)
+    if name == "variance" and args.outliers and not (args.csv or args.json):
+        print(f"\noutlier: {RULE}")
+    if args.overlay:
+        print(f"trace with a 'Critical path' track written to {args.overlay}",
+              file=sys.stderr if (args.csv or args.json) else sys.stdout)
+    return 0
+
+
+def cmd_check(args) -> int:
+    if args.write_summary_spec:
+        path = write_summary_spec(args.write_summary_spec)
+        print(f"trace-summary spec written to {path}: trace_processor_shell --summary --summary-spec {path} "
+              "--summary-metrics-v2 all TRACE")
+        if args.cand is None:
+            return 0
+    if args.cand is None:
+        raise UsageError("give the candidate run: rbln-perfetto check CAND [--baseline BASE] ...")
+    regression = tuple(g.strip() for g in args.regression_metrics.split(",") if g.strip())
+    result = check(args.cand, baseline=args.baseline, max_regression=args.max_regression, rules=args.max,
+                   regression_metrics=regression, backend=args.backend, tp_bin=args.tp_bin)
+    if args.metrics:
+        _print_table(result.metrics, args)
+    for line in result.violations:
+        print(f"FAIL {line}")
+    if result.rules == 0 and not args.metrics:
+        print("check: no rules given (--max, or --baseline with --max-regression); --metrics lists the metrics")
+    elif not args.violations_only:
+        print(f"check: {len(result.violations)} of {result.rules} rules broken" if result.violations
+              else f"check: ok, {result.rules} rules hold")
+    return 1 if result.violations else 0
+
+
+def _backend_args(p) -> None:
+    p.add_argument("--backend", choices=BACKENDS, default="auto",
+                   help="auto: trace_processor when a binary is configured, else the embedded sqlite")
+    p.add_argument("--tp-bin", help="a trace_processor binary (default: $RBLN_PERFETTO_TP_BIN)")
+
+
+def _format_args(p) -> None:
+    fmt = p.add_mutually_exclusive_group()
+    fmt.add_argument("--csv", action="store_true", help="print CSV")
+    fmt.add_argument("--json", action="store_true", help="print JSON records")
+
+
+def add_analysis_commands(sub) -> None:
+    """Add `diff`, `report` and `check` to the `rbln-perfetto` subcommands `sub`."""
+    d = sub.add_parser("diff", help="what changed between two runs, per layer, submodule, op or device")
+    d.add_argument("base", help="the baseline: a trace file or a run directory")
+    d.add_argument("cand", help="the candidate: a trace file or a run directory")
+    d.add_argument("--by", choices=DIFF_BY, default="layer", help="rows per layer (default), submodule, op or device")
+    d.add_argument("--top", help="only the N largest changes")
+    d.add_argument("--plot", metavar="OUT.png", help="also draw the largest changes as a bar chart")
+    _format_args(d)
+    _backend_args(d)
+    d.set_defaults(func=cmd_diff)
+
+    r = sub.add_parser("report", help="one report of a trace as a table: " + ", ".join([*ANALYSES, *REPORTS]),
+                       description="; ".join(f"{k}: {v}" for k, v in ANALYSES.items()))
+    r.add_argument("name", metavar="REPORT", help=f"one of: {', '.join([*ANALYSES, *REPORTS])}")
+    r.add_argument("trace", help="a trace file or a run directory")
+    r.add_argument("--by", help="critical-path: segment (default), element or layer; variance: submodule "
+                                "(default) or layer")
+    r.add_argument("--top", help="only the first N rows (critical-path: the N with the most time on the path)")
+    r.add_argument("--min-gap", type=float, default=DEFAULT_MIN_GAP_MS, metavar="MS",
+                   help=f"idle: the smallest gap between two commands of one invocation that counts (default "
+                        f"{DEFAULT_MIN_GAP_MS} ms); gaps between invocations always count")
+    r.add_argument("--gaps", action="store_true", help="idle: one row per gap instead of per device")
+    r.add_argument("--outliers", action="store_true", help=f"variance: one row per outlier call ({RULE})")
+    r.add_argument("--overlay", metavar="OUT.pb", help="critical-path: also write a copy of the trace with a "
+                                                      "'Critical path' track")
+    _format_args(r)
+    _backend_args(r)
+    r.set_defaults(func=cmd_report)
+
+    c = sub.add_parser("check", help="exit non-zero when a run breaks a rule (for CI)")
+    c.add_argument("cand", nargs="?", help="the run to check: a trace file or a run directory")
+    c.add_argument("--baseline", metavar="BASE", help="a baseline run to compare with")
+    c.add_argument("--max-regression", metavar="PCT", help="with --baseline: the most a metric may grow, e.g. 5%%")
+    c.add_argument("--regression-metrics", default=",".join(DEFAULT_REGRESSION_METRICS), metavar="GLOBS",
+                   help=f"which metrics --max-regression applies to (default {','.join(DEFAULT_REGRESSION_METRICS)})")
+    c.add_argument("--max", action="append", default=[], metavar="RULE",
+                   help='a rule like "transformer.mean_ms<=120" (repeatable; also <, >=, >, ==)')
+    c.add_argument("--metrics", action="store_true", help="print every metric (and the baseline's) first")
+    c.add_argument("--violations-only", action="store_true", help="print only the broken rules")
+    c.add_argument("--write-summary-spec", metavar="OUT.textproto",
+                   help="write the metrics as a Perfetto TraceSummarySpec for trace_processor --summary")
+    _format_args(c)
+    _backend_args(c)
+    c.set_defaults(func=cmd_check)
