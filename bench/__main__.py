@@ -24,16 +24,19 @@ RESULTS = Path(__file__).parent / "results"
 
 
 def _suites(quick: bool):
-    from bench import export_speed, pipeline_vs_diffusers, profiling_overhead, sqlite_load, streaming
+    from bench import analysis_reports, export_speed, pipeline_vs_diffusers, profiling_overhead, sqlite_load, streaming
 
     repeats = 3 if quick else 7
     sizes = (200_000, 600_000) if quick else (1_000_000, 3_000_000, 10_000_000)
     return [
         ("pipeline vs diffusers", lambda: pipeline_vs_diffusers.run(("tiny",) if quick else ("tiny", "medium"), repeats)),
         ("profiling overhead", lambda: profiling_overhead.run("medium", 1, repeats)),
+        ("profiling 2 of 28 steps", lambda: profiling_overhead.run_selected_steps("medium", 28, "20:22",
+                                                                                  2 if quick else 3)),
         ("export", lambda: export_speed.run("medium", 1, 4 if quick else 28, 3 if quick else 5)),
         ("sqlite load", lambda: sqlite_load.run(1, 200_000 if quick else 1_000_000, 3)),
         ("streaming", lambda: streaming.run(sizes)),
+        ("analysis reports", lambda: analysis_reports.run(200_000 if quick else 1_000_000, repeats=1 if quick else 3)),
     ]
 
 

@@ -13,7 +13,7 @@ the exporter and the trace readers use it without them.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Protocol, Sequence
+from typing import Callable, Protocol, Sequence
 
 # diffusers' SD3 submodule names, in the order the pipeline first calls them.
 SUBMODULES = ("text_encoder", "text_encoder_2", "text_encoder_3", "transformer", "vae")
@@ -97,11 +97,32 @@ class ProgramInfo:
         return TickLayout.of(self)
 
 
+# How the runtime takes a call's timestamps, by the kind of torch device it runs on.
+HOST_CLOCK_TIMING = "host CLOCK_MONOTONIC read around each command and each copy (the host waits for each)"
+CUDA_EVENT_TIMING = ("CUDA events recorded on the device's stream around each command and each copy, "
+                     "resolved after the call onto host CLOCK_MONOTONIC through an anchor taken at its start")
+
+
+def timing_method(torch_device: str) -> str:
+    """How durations are taken on `torch_device` ("cpu", "cuda:1", ...): the runtime decides by this."""
+    return CUDA_EVENT_TIMING if torch_device.split(":")[0] == "cuda" else HOST_CLOCK_TIMING
+
+
 @dataclass(frozen=True)
 class DeviceInfo:
     logical: int
     torch_device: str
     capacity_bytes: int
+
+
+@dataclass(frozen=True)
+class RuntimeInfo:
+    """What a run's numbers depend on beyond the config: the torch build and its intra-op thread
+    count when a profiled call starts, and a digest of the weights the compiled programs read."""
+
+    torch_version: str
+    intra_op_threads: int
+    weights_digest: str
 
 
 @dataclass(frozen=True, eq=False)
@@ -118,15 +139,29 @@ class PipelineInfo:
     programs: tuple[ProgramInfo, ...]  # every compiled submodule, profiled or not
     activation_bytes: dict  # submodule -> peak activation bytes reserved on its device
     activate_profiler: dict  # submodule -> True / False / None (follow the profiler's default)
+    # Asked when a profiled call starts (the thread count may have changed since the pipeline was built).
+    runtime: Callable[[], RuntimeInfo] | None = None
 
 
 class Sink(Protocol):
-    """Receives what one profiled pipeline call does; returned by `Profiler.begin_call`."""
+    """Receives what one profiled pipeline call does; returned by `Profiler.begin_call`.
+
+    Optional, for a sink that chooses call by call (`pipeline.profiling_hooks.ActiveCall` looks for
+    it): `starts(submodule, step) -> bool` is asked as each submodule call starts (`step`: its denoising
+    step within the pipeline call for the step submodule, else None) and replaces `profiled` and
+    `unprofiled`; after it, the bool attribute `records_host` says whether host work is timed now.
+    """
 
     profiled: frozenset[str]  # the submodules whose invocations it records
 
-    def invocation(self, submodule: str, ticks: Sequence[int]) -> None:
-        """One call of `submodule` finished; `ticks` (monotonic ns) are laid out by `TickLayout`."""
+    def invocation(self, submodule: str, ticks: Sequence[int], memory_allocated: Sequence[int] = ()) -> None:
+        """One call of `submodule` finished; `ticks` (monotonic ns) are laid out by `TickLayout`.
+        On a CUDA device `memory_allocated` holds the device's allocated bytes at the call's first and
+        last tick, as measured (`torch.cuda.memory_allocated`); elsewhere it is not passed."""
+
+    def unprofiled(self, submodule: str) -> None:
+        """A call of `submodule`, which this sink does not record, starts: it still takes its place in
+        the run's order of submodule calls, so numbers do not depend on what is profiled."""
 
     def host(self, name: str, start_ns: int, end_ns: int, detail: str = "") -> None:
         """Host work (tokenization, scheduler step, ...), attributed to root device 0."""

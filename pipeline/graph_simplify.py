@@ -56,6 +56,10 @@ def simplify_and_fold(gm: torch.fx.GraphModule) -> SimplifiedGraph:
     constants: dict[Node, torch.Tensor] = {}
     aliases: dict[Node, Node] = {}
     canonical = _Canonical()
+    # (op, its inputs' values, its other arguments) -> the folded value: a computation that the graph
+    # repeats (every T5 layer re-derives the position bias) is folded once. Values are unknown on the
+    # meta device, so this is what lets a plan made there share them as the real compile does.
+    folded: dict[tuple, object] = {}
 
     def resolve(n):
         return resolve_alias(aliases, n)
@@ -77,15 +81,22 @@ def simplify_and_fold(gm: torch.fx.GraphModule) -> SimplifiedGraph:
             continue
         deps = [resolve(d) for d in tensor_nodes((n.args, n.kwargs))]
         if all(d in constants for d in deps) and _foldable(n):
+            key = _fold_key(n, lambda a: id(constants[resolve(a)]))
+            if key in folded:
+                constants[n] = folded[key]
+                continue
             with torch.no_grad():
                 value = n.target(*map_nodes(n.args, lambda a: constants[resolve(a)]),
                                  **map_nodes(n.kwargs, lambda a: constants[resolve(a)]))
             if isinstance(value, torch.Tensor):
-                constants[n] = canonical.get(value)
+                value = canonical.get(value)
+            elif not (isinstance(value, (list, tuple)) and all(isinstance(v, torch.Tensor) for v in value)):
+                live.append(n)
                 continue
-            if isinstance(value, (list, tuple)) and all(isinstance(v, torch.Tensor) for v in value):
-                constants[n] = value
-                continue
+            constants[n] = value
+            if key is not None:
+                folded[key] = value
+            continue
         live.append(n)
     return SimplifiedGraph(live, aliases, constants)
 
@@ -102,6 +113,27 @@ def _is_noop(n: Node) -> bool:
             return src.is_contiguous()
         return src.dtype == out.dtype and src.device == out.device and not n.kwargs.get("copy", False)
     return False
+
+
+def _fold_key(n: Node, value_id) -> tuple | None:
+    """What a foldable node computes: its op and arguments, each input node replaced by `value_id(node)`;
+    None when an argument cannot be compared that way (the node is then folded on its own)."""
+
+    def freeze(a):
+        if isinstance(a, Node):
+            return ("value", value_id(a))
+        if isinstance(a, (list, tuple)):
+            return tuple(map(freeze, a))
+        if isinstance(a, dict):
+            return tuple(sorted((k, freeze(v)) for k, v in a.items()))
+        return (type(a), a)  # 1 and 1.0 and True stay distinct arguments
+
+    key = (n.target, freeze(n.args), freeze(n.kwargs))
+    try:
+        hash(key)
+    except TypeError:
+        return None
+    return key
 
 
 def _foldable(n: Node) -> bool:

@@ -11,6 +11,7 @@ command programs on their logical devices. Usage mirrors optimum-rbln:
 
 from __future__ import annotations
 
+import inspect
 import json
 import os
 import time
@@ -25,18 +26,20 @@ import_diffusers_quietly()
 from diffusers import StableDiffusion3Pipeline  # noqa: E402
 from transformers import AutoTokenizer  # noqa: E402
 
-from .compiler import CompiledArtifact, compile_submodule, load_compiled, save_compiled  # noqa: E402
+from .compiler import CompiledArtifact, compile_submodule, load_compiled, plan_memory, save_compiled  # noqa: E402
 from .config import SUBMODULES, ConfigError, RBLNConfig  # noqa: E402
 from .contract import DeviceInfo, PipelineInfo  # noqa: E402
 from .dtypes import torch_dtype  # noqa: E402
 from .graph_capture import image_size  # noqa: E402
 from .placement import memory_plan, torch_devices  # noqa: E402
-from .profiling_hooks import ActiveCall, active_call, profiled_call  # noqa: E402
-from .runtime import CompiledSubmodule  # noqa: E402
+from .profiling_hooks import ActiveCall, host_recording_call, profiled_call  # noqa: E402
+from .runtime import CompiledSubmodule, RuntimeProbe  # noqa: E402
 from .submodules import SUBMODULE_KINDS  # noqa: E402
 
 RBLN_CONFIG_FILE = "rbln_config.json"
 TOKENIZERS = ("tokenizer", "tokenizer_2", "tokenizer_3")
+# Called once per denoising step: its calls within a pipeline call are the step numbers (diffusers' loop index).
+STEP_SUBMODULE = "transformer"
 # Keys fixed when the graph is traced; a compiled artifact cannot change them.
 COMPILE_TIME_KEYS = ("img_height", "img_width", "batch_size", "guidance_scale", "max_seq_len", "command_budget", "dtype")
 
@@ -69,6 +72,9 @@ class RBLNStableDiffusion3Pipeline(StableDiffusion3Pipeline):
         devices = torch_devices(cfg)
         if not (model_dir / "model_index.json").is_file():
             raise ValueError(f"{model_dir} has no model_index.json: it is not a diffusers SD3 directory")
+        # A placement that overflows a device fails before any weight is read or compiled: the plan
+        # comes from the same programs compiled from the configs alone, on the meta device.
+        plan_memory(model_dir, cfg).check()
         with quiet_loading():
             base = StableDiffusion3Pipeline.from_pretrained(model_dir, dtype=torch_dtype(cfg.dtype), local_files_only=True)
         configs = {name: getattr(base, name).config for name in SUBMODULES}
@@ -147,15 +153,31 @@ class RBLNStableDiffusion3Pipeline(StableDiffusion3Pipeline):
             programs=tuple(getattr(self, name).compiled.info for name in SUBMODULES),
             activation_bytes={s.submodule: s.activation_bytes for s in self.memory_plan.submodules},
             activate_profiler={name: self.rbln_config.submodules[name].activate_profiler for name in SUBMODULES},
+            runtime=RuntimeProbe([getattr(self, name).compiled for name in SUBMODULES]),
         )
 
     def _install_host_timers(self) -> None:
         """Time the host work inside diffusers' own __call__ at its seams: wrapped once, here, and
-        reporting only inside a profiled call (`active_call()`); outside one a seam costs one lookup."""
-        for name in TOKENIZERS:
-            self.__dict__[name] = _TimedTokenizer(self.__dict__[name], name)
-        self.scheduler.step = _timed(self.scheduler.step, "scheduler_step", before=self._guidance_combine)
+        reporting only inside a profiled call that records host work now (`host_recording_call()`);
+        outside one a seam costs one lookup.
+        A tokenizer or scheduler assigned later (`pipe.scheduler = ...from_config(...)`) is wrapped
+        when assigned (`__setattr__`)."""
+        for name in (*TOKENIZERS, "scheduler"):
+            self._time_component(name)
         self.image_processor.postprocess = _timed(self.image_processor.postprocess, "postprocess")
+        self._host_timers = True
+
+    def _time_component(self, name: str) -> None:
+        value = self.__dict__.get(name)
+        if name in TOKENIZERS and value is not None and not isinstance(value, _TimedTokenizer):
+            self.__dict__[name] = _TimedTokenizer(value, name)  # not through diffusers' config bookkeeping
+        elif name == "scheduler" and value is not None and not getattr(value.step, "_rbln_timed", False):
+            value.step = _timed(value.step, "scheduler_step", before=self._guidance_combine)
+
+    def __setattr__(self, name, value):
+        super().__setattr__(name, value)
+        if name in (*TOKENIZERS, "scheduler") and self.__dict__.get("_host_timers"):
+            self._time_component(name)
 
     def _guidance_combine(self, call: ActiveCall, start_ns: int) -> None:
         """diffusers combines the CFG halves between the transformer call and the scheduler step."""
@@ -164,7 +186,7 @@ class RBLNStableDiffusion3Pipeline(StableDiffusion3Pipeline):
             call.sink.host("guidance_combine", transformer_end, start_ns)
 
     def prepare_latents(self, *args, **kwargs):
-        call = active_call()
+        call = host_recording_call()
         if call is None:
             return super().prepare_latents(*args, **kwargs)
         start = time.monotonic_ns()
@@ -173,15 +195,53 @@ class RBLNStableDiffusion3Pipeline(StableDiffusion3Pipeline):
         return latents
 
     def __call__(self, *args, **kwargs):
-        with profiled_call(self._pipeline_info):
+        self._check_guidance(_requested_guidance_scale(args, kwargs))  # before anything runs or is recorded
+        with profiled_call(self._pipeline_info, STEP_SUBMODULE):
             return super().__call__(*args, **kwargs)
+
+    def _check_guidance(self, guidance_scale) -> None:
+        """diffusers guides (doubling the transformer's batch) exactly when guidance_scale > 1, and the
+        transformer's batch was fixed when it was compiled: a call that does not match it fails here,
+        as optimum-rbln's does, rather than after the text encoders ran."""
+        if isinstance(guidance_scale, bool) or not isinstance(guidance_scale, (int, float)):
+            return  # not a number: diffusers' own checks name it
+        compiled = self.rbln_config
+        if (guidance_scale > 1) == compiled.do_classifier_free_guidance:
+            return
+        batch = self.transformer.compiled.specs[0].shape[0]
+        if compiled.do_classifier_free_guidance:
+            raise ConfigError(
+                f"guidance_scale={guidance_scale!r} does not fit the compiled transformer: it was compiled with "
+                f"guidance_scale={compiled.guidance_scale!r}, for classifier-free guidance (batch {batch}), which "
+                "diffusers runs only when guidance_scale > 1; call with guidance_scale > 1, or compile with "
+                "rbln_config['guidance_scale'] <= 1"
+            )
+        raise ConfigError(
+            f"guidance_scale={guidance_scale!r} asks for classifier-free guidance (guidance_scale > 1 doubles the "
+            f"transformer batch), but the transformer was compiled with guidance_scale={compiled.guidance_scale!r}, "
+            f"without it (batch {batch}); call with guidance_scale <= 1, or compile with "
+            "rbln_config['guidance_scale'] > 1"
+        )
+
+
+_CALL_SIGNATURE = inspect.signature(StableDiffusion3Pipeline.__call__)
+
+
+def _requested_guidance_scale(args: tuple, kwargs: dict):
+    """The guidance_scale a pipeline call asks for, positional, keyword or diffusers' default;
+    None when the arguments do not bind (diffusers then names the bad one itself)."""
+    try:
+        bound = _CALL_SIGNATURE.bind(None, *args, **kwargs)
+    except TypeError:
+        return None
+    return bound.arguments.get("guidance_scale", _CALL_SIGNATURE.parameters["guidance_scale"].default)
 
 
 def _timed(fn, label: str, detail: str = "", before=None):
     """`fn`, reported to the active call's sink as host work named `label`."""
 
     def timed(*args, **kwargs):
-        call = active_call()
+        call = host_recording_call()
         if call is None:
             return fn(*args, **kwargs)
         start = time.monotonic_ns()
@@ -191,11 +251,13 @@ def _timed(fn, label: str, detail: str = "", before=None):
         call.sink.host(label, start, time.monotonic_ns(), detail)
         return out
 
+    timed._rbln_timed = True
     return timed
 
 
 class _TimedTokenizer:
-    """A tokenizer whose calls are timed as `tokenize`; every other attribute is the tokenizer's own."""
+    """A tokenizer whose calls are timed as `tokenize`; every other attribute is the tokenizer's own,
+    and it passes `isinstance` checks for the tokenizer's class."""
 
     def __init__(self, tokenizer, name: str):
         self._target = tokenizer
@@ -205,7 +267,20 @@ class _TimedTokenizer:
         return self._call(*args, **kwargs)
 
     def __getattr__(self, name):
+        if name.startswith("__") or name in ("_target", "_call"):  # copy/pickle probe before __init__
+            raise AttributeError(name)
         return getattr(self._target, name)
+
+    @property
+    def __class__(self):
+        return type(self._target)
+
+    def __reduce__(self):  # pickles (and deep-copies) as the tokenizer itself
+        return (_identity, (self._target,))
+
+
+def _identity(value):
+    return value
 
 
 def _runtime_overrides(cfg: RBLNConfig, rbln_config: dict) -> RBLNConfig:

@@ -8,7 +8,9 @@ intermediate tensors (inputs included) while any one command runs.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
+from itertools import combinations, product
 
 import torch
 
@@ -34,10 +36,23 @@ def torch_devices(cfg: RBLNConfig) -> list[torch.device]:
     return out
 
 
-def _fmt(nbytes: int) -> str:
+def _unit(nbytes: int) -> tuple[int, str, int]:
+    """(unit, its name, decimals) that sizes are shown in."""
     if nbytes >= 2**28:
-        return f"{nbytes / 2**30:.2f} GiB"
-    return f"{nbytes / 2**20:.1f} MiB" if nbytes >= 2**20 else f"{nbytes / 2**10:.1f} KiB"
+        return 2**30, "GiB", 2
+    return (2**20, "MiB", 1) if nbytes >= 2**20 else (2**10, "KiB", 1)
+
+
+def _fmt(nbytes: int) -> str:
+    unit, name, decimals = _unit(nbytes)
+    return f"{nbytes / unit:.{decimals}f} {name}"
+
+
+def _fmt_at_least(nbytes: int) -> str:
+    """A size as shown, rounded up, so that a capacity of that size does hold `nbytes`."""
+    unit, name, decimals = _unit(nbytes)
+    scale = 10**decimals
+    return f"{math.ceil(nbytes * scale / unit) / scale:.{decimals}f} {name}"
 
 
 @dataclass(frozen=True)
@@ -61,6 +76,9 @@ class MemoryPlan:
     submodules: tuple[SubmoduleMemory, ...]
     capacities: tuple[int, ...]  # bytes, per logical device
     dtype: str
+    # The rbln_config keys given as one entry per logical device ('devices', 'device_memory'):
+    # a new logical device needs an entry in each.
+    per_device_keys: tuple[str, ...] = ()
 
     def used(self, device: int) -> int:
         return sum(s.total_bytes for s in self.submodules if s.device == device)
@@ -81,14 +99,68 @@ class MemoryPlan:
         )
         return f"device {device}: {_fmt(self.used(device))} of {_fmt(self.capacities[device])}: {parts or 'nothing placed'}"
 
+    def fitting_moves(self) -> dict[str, int] | None:
+        """The fewest submodule moves that make the plan fit, as {submodule: logical device}: each to a
+        device other than its own, an existing one or a new one (numbered on from the last, with the
+        largest capacity). Among as many moves, fewer new devices and then the most even use win.
+        {} when the plan fits; None when no placement can (a submodule alone exceeds every device)."""
+        if self.fits:
+            return {}
+        n = len(self.capacities)
+        new_capacity = max(self.capacities)
+        if any(s.total_bytes > new_capacity for s in self.submodules):
+            return None
+        for count in range(1, len(self.submodules) + 1):
+            best: tuple[tuple[int, float], dict[str, int]] | None = None
+            for moved in combinations(self.submodules, count):
+                for targets in product(*[[d for d in range(n + count) if d != s.device] for s in moved]):
+                    new = sorted({t for t in targets if t >= n})
+                    if new != list(range(n, n + len(new))):  # new devices are numbered in order, no gaps
+                        continue
+                    used = [self.used(d) for d in range(n)] + [0] * len(new)
+                    for s, t in zip(moved, targets):
+                        used[s.device] -= s.total_bytes
+                        used[t] += s.total_bytes
+                    capacities = [*self.capacities, *[new_capacity] * len(new)]
+                    if any(u > c for u, c in zip(used, capacities)):
+                        continue
+                    score = (len(new), max(u / c for u, c in zip(used, capacities)))
+                    if best is None or score < best[0]:
+                        best = (score, {s.submodule: t for s, t in zip(moved, targets)})
+            if best is not None:
+                return best[1]
+        return None
+
+    def advice(self) -> str:
+        """What would make an overflowing plan fit: a move of submodules (never to where they already
+        are), and the capacity that would hold the placement as it is."""
+        n = len(self.capacities)
+        moves = self.fitting_moves()
+        if moves:
+            tip = "set " + " and ".join(f"rbln_config[{name!r}]['device'] = {d}" for name, d in moves.items())
+            placed = {s.submodule: s.device for s in self.submodules} | moves
+            # Without rbln_config['devices'], the highest device in use sets how many logical devices there are.
+            n_after = max(1 + max(placed.values()), n if "devices" in self.per_device_keys else 0)
+            new = sorted({d for d in moves.values() if d >= n})
+            if self.per_device_keys and n_after != n:
+                lists = " and ".join(f"rbln_config[{key!r}]" for key in self.per_device_keys)
+                tip += f" (then give {lists} {n_after} {'entry' if n_after == 1 else 'entries'}, one per logical device)"
+            elif new:
+                tip += f" (new logical device {', '.join(map(str, new))})"
+        else:
+            largest = max(self.submodules, key=lambda s: s.total_bytes)
+            tip = f"no placement fits these capacities ({largest.submodule} alone needs {_fmt(largest.total_bytes)})"
+        if "device_memory" in self.per_device_keys:
+            raise_to = " and ".join(f"rbln_config['device_memory'][{d}] to at least {_fmt_at_least(self.used(d))}"
+                                    for d in self.overflowing)
+        else:
+            raise_to = f"rbln_config['device_memory'] to at least {_fmt_at_least(max(map(self.used, self.overflowing)))}"
+        return f"{tip}; or raise {raise_to}"
+
     def check(self) -> None:
         if not self.fits:
             lines = [f"{self.describe(d)} exceeds its capacity" for d in self.overflowing]
-            raise DeviceMemoryError(
-                "; ".join(lines)
-                + ". Move a submodule to another logical device (e.g. rbln_config['text_encoder_3']['device'] = 1) "
-                "or raise rbln_config['device_memory']."
-            )
+            raise DeviceMemoryError("; ".join(lines) + f". To fit: {self.advice()}.")
 
     def __str__(self) -> str:
         rows = [f"memory plan ({self.dtype}; weights + peak activations per submodule):"]
@@ -102,4 +174,6 @@ def memory_plan(cfg: RBLNConfig, usage: dict[str, tuple[int, int]]) -> MemoryPla
         SubmoduleMemory(name, cfg.submodules[name].device, weights, activations)
         for name, (weights, activations) in usage.items()
     )
-    return MemoryPlan(subs, tuple(cfg.capacity(d) for d in range(cfg.num_logical_devices)), cfg.dtype)
+    per_device_keys = tuple(key for key, listed in (("devices", cfg.devices is not None),
+                                                    ("device_memory", isinstance(cfg.device_memory, tuple))) if listed)
+    return MemoryPlan(subs, tuple(cfg.capacity(d) for d in range(cfg.num_logical_devices)), cfg.dtype, per_device_keys)

@@ -4,11 +4,15 @@ A profiler (see `pipeline.contract.Profiler`) installs itself with `install_prof
 pipeline call then runs inside `profiled_call`, which asks the profiler for a `Sink` and makes it
 the active call for the runtime modules and host timers of this thread or task
 (`active_call()`); with no profiler, or a profiler that declines the call, `active_call()` is None
-and profiling costs one context-variable read per seam.
+and profiling costs one context-variable read per seam. A sink may also choose call by call
+(`Sink.starts`, told the denoising step of each step-submodule call): a call it declines runs
+untimed, as outside a profiled call, and host seams read `records_host` before timing anything.
 
-`RBLN_PROFILER` works without importing a profiler: when that variable is set and no profiler is
-installed, the first pipeline call loads the profilers that installed distributions declare under
+`RBLN_PROFILER` works without importing a profiler: when that variable is on (or an rbln_config
+sets `activate_profiler: True` for a submodule) and no profiler is installed, the first such pipeline
+call loads the profilers that installed distributions declare under
 the entry-point group `rbln_pipeline.profilers` (rbln-perfetto declares `rbln_perfetto.activation:install`).
+Every pipeline call checks the variable first: a value that is neither on nor off is a `ConfigError`.
 Torch-free, like `pipeline.contract`.
 """
 
@@ -22,10 +26,13 @@ from contextlib import contextmanager
 from contextvars import ContextVar
 from typing import Iterator, Sequence
 
+from .config import ConfigError
 from .contract import PipelineInfo, Profiler, Sink
 
 ENTRY_POINT_GROUP = "rbln_pipeline.profilers"
 ENV_ENABLE = "RBLN_PROFILER"
+ENV_ON = ("1", "true", "yes", "on")
+ENV_OFF = ("0", "false", "no", "off", "")
 
 _lock = threading.Lock()
 _profiler: Profiler | None = None
@@ -39,9 +46,28 @@ def install_profiler(profiler: Profiler | None) -> Profiler | None:
     return previous
 
 
-def installed_profiler() -> Profiler | None:
-    """The installed profiler; with none and `RBLN_PROFILER` set, the entry-point profilers are loaded first."""
-    if _profiler is None and os.environ.get(ENV_ENABLE, "").strip():
+def env_profiler_enabled() -> bool:
+    """`RBLN_PROFILER` as a switch (unset is off); any other value than on or off is a `ConfigError`."""
+    raw = os.environ.get(ENV_ENABLE)
+    if raw is None:
+        return False
+    value = raw.strip().lower()
+    if value in ENV_ON:
+        return True
+    if value in ENV_OFF:
+        return False
+    raise ConfigError(
+        f"{ENV_ENABLE}={raw!r} is not valid; valid: {', '.join(ENV_ON)} to enable, "
+        f"{', '.join(v for v in ENV_OFF if v)} or unset to disable"
+    )
+
+
+def installed_profiler(info: PipelineInfo | None = None) -> Profiler | None:
+    """The installed profiler, once `RBLN_PROFILER` is checked; with none installed and `RBLN_PROFILER`
+    on (or `info`'s rbln_config forcing `activate_profiler: True` somewhere), the entry-point profilers
+    are loaded first."""
+    wanted = env_profiler_enabled() or (info is not None and True in info.activate_profiler.values())
+    if wanted and _profiler is None:
         _load_entry_points()
     return _profiler
 
@@ -51,31 +77,61 @@ def _load_entry_points() -> None:
     with _lock:
         if _entry_points_loaded:
             return
-        _entry_points_loaded = True
         from importlib.metadata import entry_points
 
         found = entry_points(group=ENTRY_POINT_GROUP)
         for ep in found:
             ep.load()()  # each entry point is an install() that calls install_profiler
+        _entry_points_loaded = True  # only once they loaded: a failure is raised again, never silenced
     if not found:
-        warnings.warn(f"{ENV_ENABLE} is set but no profiler is installed (no entry point in group "
+        warnings.warn(f"profiling was asked for ({ENV_ENABLE} or activate_profiler: True) but no profiler is "
+                      f"installed (no entry point in group "
                       f"{ENTRY_POINT_GROUP!r}): install rbln-perfetto, or import rbln_perfetto", stacklevel=3)
 
 
 class ActiveCall:
-    """One profiled pipeline call: its sink, and when each submodule's last invocation ended."""
+    """One profiled pipeline call: its sink, the denoising step it is at, whether host work is recorded
+    now, and when each submodule's last invocation ended.
 
-    __slots__ = ("sink", "_finished_ns")
+    `step_submodule` (the transformer, for SD3) is called once per denoising step: its calls are
+    numbered from 0 within the pipeline call, and a sink that selects (`starts`) is told the number.
+    """
 
-    def __init__(self, sink: Sink):
+    __slots__ = ("sink", "step_submodule", "steps_started", "records_host", "_finished_ns", "_selects")
+
+    def __init__(self, sink: Sink, step_submodule: str | None = None):
         self.sink = sink
+        self.step_submodule = step_submodule
+        self.steps_started = 0
+        self._selects = hasattr(sink, "starts")  # optional: a sink that chooses call by call
+        self.records_host = getattr(sink, "records_host", True)
         self._finished_ns: dict[str, int] = {}
 
     def profiles(self, submodule: str) -> bool:
         return submodule in self.sink.profiled
 
-    def invocation(self, submodule: str, ticks: Sequence[int]) -> None:
-        self.sink.invocation(submodule, ticks)
+    def invocation_starts(self, submodule: str) -> bool:
+        """A call of `submodule` starts: True when it is to be timed (and reported by `invocation`). One
+        that is not is still reported (`Sink.unprofiled`, or `starts` returning False), so that every
+        call keeps its place in the run."""
+        if self._selects:
+            step = None
+            if submodule == self.step_submodule:
+                step = self.steps_started
+                self.steps_started += 1
+            timed = self.sink.starts(submodule, step)
+            self.records_host = self.sink.records_host
+            return timed
+        if submodule in self.sink.profiled:
+            return True
+        self.sink.unprofiled(submodule)
+        return False
+
+    def invocation(self, submodule: str, ticks: Sequence[int], memory_allocated: Sequence[int] = ()) -> None:
+        if memory_allocated:  # CUDA only: a sink that measures nothing need not take the argument
+            self.sink.invocation(submodule, ticks, memory_allocated)
+        else:
+            self.sink.invocation(submodule, ticks)
         self._finished_ns[submodule] = time.monotonic_ns()
 
     def take_finished(self, submodule: str) -> int | None:
@@ -91,15 +147,22 @@ def active_call() -> ActiveCall | None:
     return _active.get()
 
 
+def host_recording_call() -> ActiveCall | None:
+    """The active call if it records host work now (not inside a stretch its sink does not trace)."""
+    call = _active.get()
+    return call if call is not None and call.records_host else None
+
+
 @contextmanager
-def profiled_call(info: PipelineInfo) -> Iterator[ActiveCall | None]:
-    """Run one pipeline call under the installed profiler (if it takes the call)."""
-    profiler = installed_profiler()
+def profiled_call(info: PipelineInfo, step_submodule: str | None = None) -> Iterator[ActiveCall | None]:
+    """Run one pipeline call under the installed profiler (if it takes the call); `step_submodule`: the
+    submodule called once per denoising step, whose calls a selecting sink is told the step number of."""
+    profiler = installed_profiler(info)
     sink = profiler.begin_call(info) if profiler is not None else None
     if sink is None:
         yield None
         return
-    call = ActiveCall(sink)
+    call = ActiveCall(sink, step_submodule)
     token = _active.set(call)
     error: BaseException | None = None
     try:

@@ -7,18 +7,23 @@ outputs back (DMA device->host). The copies are real even when both sides are th
 Outside a profiled call (see `pipeline.profiling_hooks`) a call costs one context-variable read more
 than the bare program. Inside one, one timestamp is taken at every DMA/command boundary: the host clock on CPU devices; on CUDA a
 `torch.cuda.Event` per boundary, resolved after the call onto the host clock through an anchor
-taken at the start of the call (no synchronisation between commands).
+taken at the start of the call (no synchronisation between commands), and the device's allocated
+bytes (`torch.cuda.memory_allocated`) measured at the call's start and end.
+
+`RuntimeProbe` answers `PipelineInfo.runtime`: the torch build, its intra-op threads, and a
+digest of the weights the programs read.
 """
 
 from __future__ import annotations
 
+import hashlib
 import time
-from typing import Callable
+from typing import Callable, Sequence
 
 import torch
 
 from .codegen import generate
-from .contract import ProgramInfo
+from .contract import CUDA_EVENT_TIMING, ProgramInfo, RuntimeInfo, timing_method
 from .dtypes import dtype_name
 from .graph_capture import InputSpec
 from .partition import Partition
@@ -35,7 +40,7 @@ class CompiledSubmodule:
         self.specs = specs
         self.device = device
         self.torch_device = torch_device
-        self.is_cuda = torch_device.type == "cuda"
+        self.is_cuda = timing_method(str(torch_device)) == CUDA_EVENT_TIMING
         self.info = ProgramInfo(
             submodule=part.submodule,
             device=device,
@@ -60,8 +65,9 @@ class CompiledSubmodule:
                     "img_height/img_width, batch_size, guidance_scale and max_seq_len matching the call."
                 )
 
-    def __call__(self, inputs: tuple[torch.Tensor, ...], on_ticks: Callable[[list[int]], None] | None = None) -> tuple:
-        """Run one call; with `on_ticks`, time it and pass its timestamps (laid out by `TickLayout`)."""
+    def __call__(self, inputs: tuple[torch.Tensor, ...], on_ticks: Callable[..., None] | None = None) -> tuple:
+        """Run one call; with `on_ticks`, time it and pass its timestamps (laid out by `TickLayout`),
+        and on CUDA the device's allocated bytes at its start and end: `on_ticks(ticks, (start, end))`."""
         dev = self.torch_device
         if on_ticks is None:
             outs = self.run(*[x.to(dev, copy=True) for x in inputs])
@@ -85,7 +91,7 @@ class CompiledSubmodule:
         on_ticks(ticks)
         return tuple(host_out)
 
-    def _call_cuda(self, inputs, on_ticks: Callable[[list[int]], None]) -> tuple:
+    def _call_cuda(self, inputs, on_ticks: Callable[..., None]) -> tuple:
         dev = self.torch_device
         layout = self.layout
         if self._events is None:
@@ -94,6 +100,7 @@ class CompiledSubmodule:
         with torch.cuda.device(dev):
             stream = torch.cuda.current_stream(dev)
             stream.synchronize()  # the anchor: host clock and stream agree here
+            allocated_at_start = torch.cuda.memory_allocated(dev)
             anchor_ns = time.monotonic_ns()
             events[0].record(stream)
             dev_in = []
@@ -107,8 +114,51 @@ class CompiledSubmodule:
                 host_out.append(o.to(HOST, copy=True))
                 events[layout.output(j) + 1].record(stream)
             events[-1].synchronize()
-        on_ticks([anchor_ns + round(events[0].elapsed_time(e) * 1e6) for e in events])
+            outs = o = None  # the call's device buffers are gone at its end, as the plan frees them
+            allocated_at_end = torch.cuda.memory_allocated(dev)
+        on_ticks([anchor_ns + round(events[0].elapsed_time(e) * 1e6) for e in events],
+                 (allocated_at_start, allocated_at_end))
         return tuple(host_out)
+
+
+def _tensors(value):
+    """The tensors in a constant: a tensor, or a (nested) tuple or list of them."""
+    if isinstance(value, torch.Tensor):
+        yield value
+    elif isinstance(value, (tuple, list)):
+        for v in value:
+            yield from _tensors(v)
+
+
+def weights_digest(parts: Sequence[Partition]) -> str:
+    """SHA-256 of the constants (weights and the values folded from them) the programs read, in
+    program and graph order: dtype, shape and bytes of each. Meta tensors (no data) give "meta"."""
+    h = hashlib.sha256()
+    for part in parts:
+        h.update(part.submodule.encode() + b"\0")
+        for value in part.constants.values():
+            for t in _tensors(value):
+                if t.device.type == "meta":
+                    return "meta"
+                h.update(f"{t.dtype}{tuple(t.shape)}".encode())
+                flat = t.detach().to(HOST).contiguous().reshape(-1)
+                h.update(flat.view(torch.uint8).numpy() if flat.numel() else b"")
+    return "sha256:" + h.hexdigest()
+
+
+class RuntimeProbe:
+    """`PipelineInfo.runtime` of a pipeline of compiled submodules: torch's version and intra-op
+    thread count when asked, and the digest of their weights (computed on the first ask, then kept)."""
+
+    def __init__(self, compiled: Sequence[CompiledSubmodule]):
+        self._parts = tuple(c.partition for c in compiled)
+        self._digest: str | None = None
+
+    def __call__(self) -> RuntimeInfo:
+        if self._digest is None:
+            self._digest = weights_digest(self._parts)
+        return RuntimeInfo(torch_version=torch.__version__, intra_op_threads=torch.get_num_threads(),
+                           weights_digest=self._digest)
 
 
 class RBLNRuntimeModule(torch.nn.Module):
@@ -143,6 +193,6 @@ class RBLNRuntimeModule(torch.nn.Module):
         self.compiled.check_inputs(inputs)
         call = active_call()
         submodule = self.compiled.info.submodule
-        if call is None or not call.profiles(submodule):
+        if call is None or not call.invocation_starts(submodule):
             return self.compiled(inputs)
-        return self.compiled(inputs, lambda ticks: call.invocation(submodule, ticks))
+        return self.compiled(inputs, lambda ticks, memory=(): call.invocation(submodule, ticks, memory))

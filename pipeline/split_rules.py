@@ -6,6 +6,11 @@ it: a linear along its output features, a conv2d along its output channels or ou
 (whichever re-reads less), attention along its heads, a group norm along its groups. The k
 commands share the layer name and differ by command_index.
 
+The budget is a target, not a guarantee: k is capped at the length of the split dimension (an
+attention of 2 heads gives at most 2 commands, whatever the budget asks), and the bytes every
+chunk needs whole (a linear's input, a row-split conv's filters) are in each chunk. A command whose
+working set still exceeds the budget is exported with `bytes_over_budget`, as is an op no rule splits.
+
 A rule owns everything op-specific: whether a node can be split, along which dimension and how
 long it is, which bytes every chunk needs whole and which divide, the shapes and working set of
 chunk i, and the code that computes chunk i. To make another op splittable, write one

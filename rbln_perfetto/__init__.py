@@ -7,12 +7,14 @@ then profiles only inside `profile()`, with `RBLN_PROFILER` on, or where an rbln
 
 from .activation import install as _install
 from .activation import profile
+from .analysis import CheckResult, check, critical_path, diff, idle, variance, write_overlay
 from .capture import read_info
 from .errors import (
     CaptureError,
     ExportError,
     OutputExistsError,
     PlotError,
+    PortUnavailableError,
     ProfilerStateError,
     QueryError,
     RblnPerfettoError,
@@ -24,6 +26,7 @@ from .errors import (
 )
 from .export import ExportResult, export
 from .query import REPORTS, Trace, open_trace
+from .ranges import range  # noqa: A004 - rbln_perfetto.range, like nvtx.range
 from .summary import Summary
 
 _install()
@@ -31,10 +34,12 @@ _install()
 __all__ = [
     "REPORTS",
     "CaptureError",
+    "CheckResult",
     "ExportError",
     "ExportResult",
     "OutputExistsError",
     "PlotError",
+    "PortUnavailableError",
     "ProfilerStateError",
     "QueryError",
     "RblnPerfettoError",
@@ -45,8 +50,15 @@ __all__ = [
     "TraceProcessorError",
     "TraceReadError",
     "UsageError",
+    "check",
+    "critical_path",
+    "diff",
     "export",
+    "idle",
     "open_trace",
     "profile",
+    "range",
     "read_info",
+    "variance",
+    "write_overlay",
 ]

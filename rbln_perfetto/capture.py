@@ -19,10 +19,11 @@ from typing import BinaryIO, Iterator
 
 from google.protobuf.message import DecodeError
 
-from pipeline.contract import PipelineInfo, ProgramInfo
+from pipeline.contract import PipelineInfo, ProgramInfo, timing_method
 
 from . import rbln_capture_pb2 as pb
 from .errors import CaptureError
+from .provenance import host_info
 from .proto_bytes import MAX_VARINT_BYTES, VarintError, read_varint, varint
 
 MAGIC = b"RBLNCAP1"
@@ -39,6 +40,15 @@ def clock_now() -> pb.Clock:
     return pb.Clock(monotonic_ns=mono, boottime_ns=boot, realtime_ns=time.time_ns())
 
 
+def _runtime_record(info: PipelineInfo) -> pb.RuntimeInfo | None:
+    """The pipeline's torch runtime as it is now (None when the pipeline does not say)."""
+    if info.runtime is None:
+        return None
+    r = info.runtime()
+    return pb.RuntimeInfo(torch_version=r.torch_version, intra_op_threads=r.intra_op_threads,
+                          weights_digest=r.weights_digest)
+
+
 class CaptureWriter:
     """Appends records to a capture file: a pipeline's placement and programs once, then every call."""
 
@@ -46,7 +56,7 @@ class CaptureWriter:
         self.path = Path(path)
         self._file: BinaryIO = open(self.path, "xb")
         self._file.write(MAGIC)
-        self._next_sequence = 0  # also the number of invocations written
+        self._next_sequence = 0  # submodule calls so far, profiled or not (see `skip`)
         self._calls: dict[str, int] = {}
         # Keyed by the PipelineInfo itself (hashed by identity, kept alive here, so never confused
         # with a later one), then by (pipeline id, submodule).
@@ -55,14 +65,15 @@ class CaptureWriter:
         self._submodule_of: dict[int, str] = {}
         self._write(pb.Record(header=pb.RunHeader(
             format_version=FORMAT_VERSION, run_id=run_id, clock=clock_now(), hostname=socket.gethostname(),
-            pid=os.getpid(), tool_version=tool_version,
+            pid=os.getpid(), tool_version=tool_version, host=host_info(),
         )))
         self._file.flush()
 
     def _write(self, record: pb.Record) -> None:
         data = record.SerializeToString()
-        self._file.write(varint(len(data)))
-        self._file.write(data)
+        # One write per record: the buffered file's lock then keeps a range recorded on another
+        # thread from landing inside the pipeline thread's record.
+        self._file.write(varint(len(data)) + data)
 
     def pipeline(self, info: PipelineInfo, profiled: Set[str]) -> int:
         """Record a pipeline's placement once per capture; returns its id."""
@@ -74,12 +85,14 @@ class CaptureWriter:
             pipeline_id=pipeline_id,
             model=info.model,
             rbln_config_json=json.dumps(info.rbln_config, sort_keys=True),
-            devices=[pb.Device(logical=d.logical, torch_device=d.torch_device, capacity_bytes=d.capacity_bytes)
+            devices=[pb.Device(logical=d.logical, torch_device=d.torch_device, capacity_bytes=d.capacity_bytes,
+                               timing=timing_method(d.torch_device))
                      for d in info.devices],
             placement=[pb.Placement(submodule=p.submodule, device=p.device, weight_bytes=p.weight_bytes,
                                     activation_bytes=info.activation_bytes.get(p.submodule, 0),
                                     profiled=p.submodule in profiled)
                        for p in info.programs],
+            runtime=_runtime_record(info),
         )))
         self._file.flush()
         return pipeline_id
@@ -107,7 +120,9 @@ class CaptureWriter:
         )))
         return program_id
 
-    def invocation(self, program_id: int, ticks: list[int]) -> None:
+    def invocation(self, program_id: int, ticks: list[int], memory_allocated=(), step: int | None = None) -> None:
+        """One call of program `program_id`: its timestamps, and on CUDA the measured device memory at its
+        first and last tick (`pipeline.contract.Sink.invocation`); `step`: its denoising step, if it is one."""
         submodule = self._submodule_of[program_id]
         call_index = self._calls.get(submodule, 0)
         self._calls[submodule] = call_index + 1
@@ -115,13 +130,38 @@ class CaptureWriter:
         durations = [b - a for a, b in zip(ticks, ticks[1:])]
         self._write(pb.Record(invocation=pb.Invocation(
             program_id=program_id, sequence_index=self._next_sequence, call_index=call_index,
-            start_ns=start, durations_ns=durations,
+            start_ns=start, durations_ns=durations, memory_allocated=list(memory_allocated), step=step,
         )))
         self._next_sequence += 1
         self._file.flush()
 
+    def skip(self, submodule: str) -> None:
+        """A submodule call that is not traced: nothing is written, but it takes its sequence index and
+        its place among `submodule`'s calls, so the traced calls keep the numbers of a full run."""
+        self._calls[submodule] = self._calls.get(submodule, 0) + 1
+        self._next_sequence += 1
+
+    @property
+    def next_sequence_index(self) -> int:
+        """The sequence index the next submodule call takes."""
+        return self._next_sequence
+
+    def untraced(self, unit: str, first: int, last: int, device: int, start_ns: int, end_ns: int,
+                 first_sequence_index: int, end_sequence_index: int) -> None:
+        """A stretch of the run that ran but was not traced: `unit` ("steps" or "calls") `first`..`last`,
+        from `start_ns` to `end_ns`, holding the submodule calls first_sequence_index..end_sequence_index - 1."""
+        self._write(pb.Record(untraced=pb.Untraced(
+            unit=unit, first=first, last=last, device=device, start_ns=start_ns, end_ns=end_ns,
+            first_sequence_index=first_sequence_index, invocations=end_sequence_index - first_sequence_index)))
+
     def host(self, name: str, start_ns: int, end_ns: int, detail: str = "") -> None:
         self._write(pb.Record(host=pb.HostEvent(name=name, start_ns=start_ns, end_ns=end_ns, detail=detail)))
+
+    def range(self, name: str, start_ns: int, end_ns: int, args: list[pb.RangeArg]) -> None:
+        """A user range (`rbln_perfetto.range`) that has ended; ignored once the capture is closed
+        (a range that outlived its profiled block)."""
+        if not self._file.closed:
+            self._write(pb.Record(range=pb.UserRange(name=name, start_ns=start_ns, end_ns=end_ns, args=args)))
 
     def close(self, status: str = "ok", error: str = "") -> None:
         if self._file.closed:
@@ -155,6 +195,16 @@ class CaptureInfo:
     truncation: Truncation | None = None
     invocations: int = 0
     host_events: int = 0
+    ranges: int = 0
+    untraced: int = 0  # stretches that ran untraced (`profile(steps=..., calls=...)`)
+    measured_devices: set[int] = field(default_factory=set)  # devices with measured memory (CUDA)
+
+    @property
+    def status(self) -> str:
+        """How the run ended: its RunEnd status, else "truncated" (cut inside a record) or "incomplete"."""
+        if self.end is not None:
+            return self.end.status
+        return "truncated" if self.truncation else "incomplete"
 
 
 def iter_records(path: str | os.PathLike, *, strict: bool = False) -> Iterator[tuple[int, pb.Record]]:
@@ -234,7 +284,13 @@ def read_info(path: str | os.PathLike) -> CaptureInfo:
             if record.invocation.program_id not in info.programs:
                 raise CaptureError(path, offset, f"invocation of unknown program {record.invocation.program_id}")
             info.invocations += 1
+            if record.invocation.memory_allocated:
+                info.measured_devices.add(info.programs[record.invocation.program_id].device)
         elif kind == "host":
             info.host_events += 1
+        elif kind == "range":
+            info.ranges += 1
+        elif kind == "untraced":
+            info.untraced += 1
         elif kind == "end":
             info.end = record.end

@@ -1,17 +1,21 @@
 """`rbln-perfetto`: profile the device-split SD3, export captures, and query traces.
 
-Errors print one line naming the cause and exit non-zero; `--debug` shows the traceback.
+Errors print one line naming the cause and exit non-zero; `--debug` shows the traceback. A reader
+that closes the pipe early (`rbln-perfetto query ... | head`) ends the command quietly (exit 141, as SIGPIPE).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
+import select
 import sys
 from pathlib import Path
 
 from .errors import RblnPerfettoError, TraceProcessorError, UsageError
 from .export import UI_LIMIT_BYTES, ExportResult, export
+from .progress import activity
 from .query import BACKENDS
 
 PROMPT = "a photo of a cat holding a sign that says hello world"
@@ -57,8 +61,9 @@ def _print_result(result: ExportResult) -> None:
     for big in result.too_large_for_ui:
         print(f"{big.name} is {big.stat().st_size / 2**30:.2f} GiB, more than the browser UI loads "
               f"({UI_LIMIT_BYTES / 2**30:g} GiB): open it with `rbln-perfetto serve {big}` and ui.perfetto.dev's "
-              "'Use local trace processor'", file=out)
-    print("open them at https://ui.perfetto.dev (Open trace file), or query them: rbln-perfetto query FILE SQL", file=out)
+              "'Use loaded trace'", file=out)
+    shown = result.aggregate_file or (files[0] if files else "FILE")
+    print(f"see it in ui.perfetto.dev: rbln-perfetto open {shown}; query it: rbln-perfetto query FILE SQL", file=out)
     print(f"\n{result.summary()}", file=out)
 
 
@@ -68,13 +73,17 @@ def cmd_run(args) -> int:
     config = _rbln_config(args.config)
     if args.steps < 1:
         raise UsageError(f"--steps {args.steps} must be >= 1")
+    if args.repeat < 1:
+        raise UsageError(f"--repeat {args.repeat} must be >= 1")
     if (args.height is None) != (args.width is None):
         raise UsageError("give --height and --width together")
     _merge_flag(config, "img_height", args.height, "--height")
     _merge_flag(config, "img_width", args.width, "--width")
     _merge_flag(config, "guidance_scale", args.guidance, "--guidance")
     run = profile_pipeline(config, steps=args.steps, height=args.height, width=args.width, model=args.model,
-                           scale=args.scale, prompt=args.prompt, seed=args.seed, out=args.out)
+                           scale=args.scale, prompt=args.prompt, seed=args.seed, out=args.out, force=args.force,
+                           repeat=args.repeat, profile_steps=args.profile_steps, profile_calls=args.profile_calls,
+                           profile_submodules=args.profile_submodules)
     print(f"rbln-perfetto: profiled {run.result.command_slices} commands in {len(run.result.invocation_files)} "
           f"submodule invocations of {run.model} ({args.steps} steps); image saved to {run.image_path}")
     _print_result(run.result)
@@ -85,15 +94,27 @@ def cmd_export(args) -> int:
     if not (args.per_invocation or args.aggregate):
         raise UsageError("--no-per-invocation and --no-aggregate together leave nothing to write; drop one")
     result = export(args.capture, args.out or Path(args.capture).parent, per_invocation=args.per_invocation,
-                    aggregate=args.aggregate, compression_level=args.compression_level)
+                    aggregate=args.aggregate, compression_level=args.compression_level, overwrite=args.force)
     _print_result(result)
     return 0
 
 
 def _open(args):
+    """The trace, opened; what the backend warns about it (unfinished slices, ...) printed as one line each."""
+    import warnings
+
     from .query import open_trace
 
-    return open_trace(args.trace, backend=args.backend, tp_bin=args.tp_bin)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with activity(f"loading {Path(args.trace).name}"):  # on a terminal, for loads over a second
+            trace = open_trace(args.trace, backend=args.backend, tp_bin=args.tp_bin)
+    for w in caught:
+        if issubclass(w.category, UserWarning):
+            print(f"rbln-perfetto {args.command}: warning: {' '.join(str(w.message).split())}", file=sys.stderr)
+        else:  # a library's warning: as Python would show it
+            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+    return trace
 
 
 def cmd_summary(args) -> int:
@@ -108,6 +129,10 @@ def cmd_summary(args) -> int:
             df = tr.report(name)
             print(f"\n{report.title} [{name}]:")
             print(df.to_string(index=False) if not df.empty else "  (none)")
+        from .analysis import stands_out
+
+        print("\nwhat stands out:")
+        print("\n".join(f"  {line}" for line in stands_out(tr)) or "  (nothing: no device tracks)")
     return 0
 
 
@@ -130,7 +155,7 @@ def cmd_plot(args) -> int:
     from .plot import plot_timeline
 
     with _open(args) as tr:
-        path = plot_timeline(tr, args.out)
+        path = plot_timeline(tr, args.out, level=args.level)
     print(f"timeline written to {path}")
     return 0
 
@@ -145,9 +170,28 @@ def cmd_serve(args) -> int:
     binary = find_binary(args.tp_bin, download=True)
     if binary is None:
         raise TraceProcessorError(no_binary_message())
-    print(f"serving {args.trace} on http://127.0.0.1:{args.port}: open https://ui.perfetto.dev and choose "
-          "'Use local trace processor' (Ctrl-C stops)", flush=True)
-    return subprocess.call([binary, "--httpd", "--http-port", str(args.port), args.trace])
+    from .open_in_ui import DEFAULT_ORIGIN, HOST, check_origin, trace_processor_url
+
+    origin = check_origin(args.origin)
+    print(f"serving {args.trace} with trace_processor on http://{HOST}:{args.port}: bound to {HOST} only (this "
+          f"machine); open {trace_processor_url(origin, args.port)} and choose 'Use loaded trace' (Ctrl-C stops)",
+          flush=True)
+    cors = [] if origin == DEFAULT_ORIGIN else ["--http-additional-cors-origins", origin]
+    return subprocess.call([binary, "--httpd", "--http-ip-address", HOST, "--http-port", str(args.port), *cors,
+                            args.trace])
+
+
+def cmd_open(args) -> int:
+    from .open_in_ui import open_in_ui
+    from .query import require_trace_file
+
+    path = require_trace_file(args.trace)
+    if path.stat().st_size > UI_LIMIT_BYTES:
+        print(f"{path.name} is {path.stat().st_size / 2**30:.2f} GiB, more than the browser UI loads "
+              f"({UI_LIMIT_BYTES / 2**30:g} GiB): `rbln-perfetto serve {path}` loads it in trace_processor instead",
+              flush=True)
+    open_in_ui(path, port=args.port, origin=args.origin, browser=args.browser)
+    return 0
 
 
 def _trace_args(p, backend: bool = True) -> None:
@@ -187,11 +231,25 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--prompt", default=PROMPT)
     run.add_argument("--seed", type=int, default=0)
     run.add_argument("--out", help="output directory (default ./rbln_profile/<run-id>/)")
+    run.add_argument("--force", action="store_true",
+                     help="if --out holds another run's traces or capture, remove them (refused otherwise)")
+    run.add_argument("--repeat", type=int, default=1, help="pipeline calls to run (default 1), all in one capture")
+    run.add_argument("--profile-steps", metavar="SEL",
+                     help="trace only these denoising steps: 3, 10:12 (end exclusive), 2:, 0,5,9: (default all; "
+                          "$RBLN_PROFILER_STEPS)")
+    run.add_argument("--profile-calls", metavar="SEL",
+                     help="trace only these pipeline calls of --repeat, e.g. 1: to skip a warm-up call (default all; "
+                          "$RBLN_PROFILER_CALLS)")
+    run.add_argument("--profile-submodules", metavar="NAMES",
+                     help="trace only these submodules, comma-separated, e.g. transformer,vae (default all; "
+                          "$RBLN_PROFILER_SUBMODULES); activate_profiler in --config still decides for its submodule")
     run.set_defaults(func=cmd_run)
 
     exp = sub.add_parser("export", help="export a capture to Perfetto traces")
     exp.add_argument("capture", help="a capture.rblncap file")
     exp.add_argument("-o", "--out", help="output directory (default: beside the capture)")
+    exp.add_argument("--force", action="store_true",
+                     help="if the output directory holds another run's traces or capture, remove them (refused otherwise)")
     exp.add_argument("--no-per-invocation", dest="per_invocation", action="store_false",
                      help="write only aggregate.pb, not one file per submodule invocation")
     exp.add_argument("--no-aggregate", dest="aggregate", action="store_false",
@@ -215,20 +273,61 @@ def build_parser() -> argparse.ArgumentParser:
     plot = sub.add_parser("plot", help="draw a per-device timeline PNG")
     _trace_args(plot)
     plot.add_argument("-o", "--out", default="timeline.png", help="PNG to write (default timeline.png)")
+    plot.add_argument("--level", choices=("auto", "invocations", "commands"), default="auto",
+                      help="bars per device: invocations, or commands and DMA; auto (default): commands for a "
+                           "one-invocation file, else invocations")
     plot.set_defaults(func=cmd_plot)
 
-    serve = sub.add_parser("serve", help="serve a trace to ui.perfetto.dev through trace_processor's HTTP mode")
+    serve = sub.add_parser("serve", help="serve a trace to ui.perfetto.dev through trace_processor's HTTP mode "
+                                         "(for traces too large for the browser); bound to 127.0.0.1 only")
     _trace_args(serve, backend=False)
-    serve.add_argument("--port", type=int, default=9001)
+    _ui_args(serve)
     serve.set_defaults(func=cmd_serve)
+
+    opn = sub.add_parser("open", help="open a trace in ui.perfetto.dev: serve this one file once on 127.0.0.1 and "
+                                      "point the browser at it")
+    opn.add_argument("trace", help="a Perfetto trace (.pb)")
+    _ui_args(opn)
+    opn.add_argument("--no-browser", dest="browser", action="store_false",
+                     help="print the link instead of opening a browser")
+    opn.set_defaults(func=cmd_open)
+
+    from .cli_analysis import add_analysis_commands
+
+    add_analysis_commands(sub)  # diff, report, check
     return parser
+
+
+def _port(text: str) -> int:
+    if not text.isdigit() or not 0 <= int(text) <= 65535:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a port; valid: 0..65535 (0: any free port)")
+    return int(text)
+
+
+def _ui_args(p) -> None:
+    p.add_argument("--port", type=_port, default=9001,
+                   help="local port (default 9001, the one port ui.perfetto.dev's content security policy allows)")
+    p.add_argument("--origin", default="https://ui.perfetto.dev",
+                   help="the Perfetto UI's origin, for a self-hosted UI (default https://ui.perfetto.dev)")
+
+
+def _stdout_reader_gone() -> bool:
+    """Whether stdout is a pipe whose reader closed it (a broken pipe elsewhere is a real error)."""
+    try:
+        poller = select.poll()
+        poller.register(sys.stdout.fileno(), select.POLLOUT)
+        return any(events & (select.POLLERR | select.POLLHUP) for _, events in poller.poll(0))
+    except (OSError, ValueError, AttributeError):
+        return False
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        return args.func(args)
+        code = args.func(args)
+        sys.stdout.flush()  # here, so that a reader that went away is caught below, not at exit
+        return code
     except KeyboardInterrupt:
         if args.debug:
             raise
@@ -236,6 +335,11 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     # The pipeline's own errors (ConfigError, DeviceMemoryError) are ValueErrors; torch's are RuntimeErrors.
     except (RblnPerfettoError, ValueError, OSError, RuntimeError) as exc:
+        if isinstance(exc, BrokenPipeError) and _stdout_reader_gone():
+            # `rbln-perfetto ... | head`: the reader has what it wanted. Exit as a process killed by
+            # SIGPIPE would, quietly; stdout goes to /dev/null so the flush at exit cannot fail again.
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            return 128 + 13
         if args.debug:
             raise
         message = " ".join(str(exc).split())

@@ -67,3 +67,7 @@ class TraceProcessorBinaryError(TraceProcessorError, FileNotFoundError):
 
 class PlotError(RblnPerfettoError, ValueError):
     """A trace that holds nothing the plot can draw."""
+
+
+class PortUnavailableError(RblnPerfettoError, OSError):
+    """A local port that a server cannot bind (already in use, or not permitted)."""

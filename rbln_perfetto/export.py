@@ -2,11 +2,13 @@
 
 The capture streams through once: each invocation is assembled from its program's template,
 compressed once, and the same compressed packet goes into its own file and into the aggregate.
-Memory stays bounded by the programs' templates, whatever the number of invocations.
+Memory stays bounded by the programs' templates, whatever the number of invocations. Every file also
+carries the run's provenance (`provenance.TraceProvenance`): system info, its own trace UUID, the Run slice.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import time
 from collections import deque
@@ -20,11 +22,14 @@ from pipeline.contract import TickLayout
 
 from .capture import Truncation, iter_records, read_info
 from .errors import CaptureError, ExportError
-from .host_events import host_event_packets
+from .host_events import host_event_packets, range_packets, ranges_track_packet, untraced_packets
 from .interning import Interner
 from .naming import AGGREGATE_FILE_NAME, command_name_prefix, invocation_file_name
-from .program_template import ProgramTemplate
+from .program_template import ProgramTemplate, measured_memory_packets
+from .provenance import TraceProvenance
+from .progress import progress_bar
 from .proto_bytes import width_for
+from .run_directory import claim_run_directory, run_identity
 from .summary import RunStats, Summary
 from .trace_file import (
     TraceFile,
@@ -33,7 +38,7 @@ from .trace_file import (
     preamble,
     remove_stale_temporaries,
 )
-from .tracks import TrackIds
+from .tracks import DeviceTrack, TrackIds
 
 # Files the browser UI opens comfortably; beyond this, trace_processor's HTTP mode is the way.
 UI_LIMIT_BYTES = 1 << 30
@@ -52,7 +57,7 @@ class ExportResult:
     aggregate_file: Path | None = None
     truncation: Truncation | None = None
     status: str = "ok"
-    slices: int = 0
+    slices: int = 0  # the slices aggregate.pb holds (`select count(*) from slice` on it), written or not
     bytes_written: int = 0
     seconds: float = 0.0
     stats: RunStats = field(default_factory=RunStats)
@@ -98,11 +103,14 @@ def check_writable(out_dir: Path) -> None:
 
 
 class _AggregateFile:
-    """The aggregate file and its sequence's state: invocation streams are appended, host events encoded."""
+    """The aggregate file and its sequence's state: invocation streams are appended, host events and
+    user ranges encoded (the Ranges track only when the capture holds ranges)."""
 
-    def __init__(self, path: Path, devices, boot_offset: int):
+    def __init__(self, path: Path, devices, boot_offset: int, with_ranges: bool = False):
         self.file = TraceFile(path)
         self.file.write(preamble(devices, with_host=True))
+        if with_ranges:
+            self.file.write(ranges_track_packet(with_device_0=any(d[0] == 0 for d in devices)))
         self.boot_offset = boot_offset
         self.clock: int | None = None  # the incremental clock's value after the last packet
         self.programs_interned: set[int] = set()  # capture program ids whose static strings are interned
@@ -119,16 +127,25 @@ class _AggregateFile:
                                                  clock=self.clock, boot_offset=self.boot_offset)
         self.file.write(packets)
 
+    def range(self, user_range) -> None:
+        packets, self.clock = range_packets(user_range, clock=self.clock, boot_offset=self.boot_offset)
+        self.file.write(packets)
+
+    def untraced(self, tracks: TrackIds, stretch) -> None:
+        packets, self.clock = untraced_packets(tracks, stretch, clock=self.clock, boot_offset=self.boot_offset)
+        self.file.write(packets)
+
 
 def export(capture: str | os.PathLike, out_dir: str | os.PathLike | None = None, *, per_invocation: bool = True,
-           aggregate: bool = True, compression_level: int | None = None) -> ExportResult:
+           aggregate: bool = True, compression_level: int | None = None, overwrite: bool = False) -> ExportResult:
     """Write Perfetto traces for every complete invocation in `capture`.
 
     `compression_level`: zlib level of the compressed packets (None: the codec's default, chosen so
     a command slice costs under 16 bytes). A capture cut short (the run was killed) exports
     everything up to its last complete record;
     `ExportResult.truncation` says where it stopped. Raises `CaptureError` (with the byte offset)
-    for files that are not captures or are corrupt, `ExportError` when `out_dir` is not writable.
+    for files that are not captures or are corrupt, `ExportError` when `out_dir` is not writable,
+    `OutputExistsError` when it holds another run's files (`overwrite` removes them first).
     """
     started = time.perf_counter()
     capture = Path(capture)
@@ -137,37 +154,56 @@ def export(capture: str | os.PathLike, out_dir: str | os.PathLike | None = None,
     info = read_info(capture)
     out = Path(out_dir) if out_dir is not None else capture.parent
     check_writable(out)
-    result = ExportResult(out, truncation=info.truncation,
-                          status=info.end.status if info.end else ("truncated" if info.truncation else "incomplete"))
-    devices: dict[int, tuple[int, str, int]] = {}
+    claim_run_directory(out, run_identity(info.header), overwrite=overwrite, keep=capture)
+    result = ExportResult(out, truncation=info.truncation, status=info.status)
+    host_cpus = info.header.host.usable_cpus if info.header.HasField("host") else 0
+    devices: dict[int, DeviceTrack] = {}
     baseline: dict[tuple[int, int], int] = {}  # (pipeline, device) -> resident weight bytes
     for pipe in info.pipelines:
         for d in pipe.devices:
-            devices.setdefault(d.logical, (d.logical, d.torch_device, d.capacity_bytes))
+            devices.setdefault(d.logical, DeviceTrack(d.logical, d.torch_device, d.capacity_bytes, d.timing,
+                                                      d.logical in info.measured_devices, host_cpus))
         for p in pipe.placement:
             key = (pipe.pipeline_id, p.device)
             baseline[key] = baseline.get(key, 0) + p.weight_bytes
     for prog in info.programs.values():
-        devices.setdefault(prog.device, (prog.device, prog.torch_device, 0))
-    result.stats.devices = {d: t for d, (_, t, _) in devices.items()}
+        devices.setdefault(prog.device, DeviceTrack(prog.device, prog.torch_device, 0,
+                                                    measured_memory=prog.device in info.measured_devices))
+    result.stats.devices = {d: t.torch_device for d, t in devices.items()}
     boot_offset = info.header.clock.boottime_ns - info.header.clock.monotonic_ns
+    provenance = TraceProvenance(info, run_identity(info.header))
+    # The budget each pipeline was compiled for: a command over it says by how much.
+    budgets = {pipe.pipeline_id: json.loads(pipe.rbln_config_json or "{}").get("command_budget") or 0
+               for pipe in info.pipelines}
 
     interner = Interner()
     tracks = TrackIds()
     templates: dict[tuple[int, int, int], ProgramTemplate] = {}
     try:
-        agg = _AggregateFile(out / AGGREGATE_FILE_NAME, sorted(devices.values()), boot_offset) if aggregate else None
+        agg = (_AggregateFile(out / AGGREGATE_FILE_NAME, sorted(devices.values()), boot_offset, info.ranges > 0)
+               if aggregate else None)
+        if agg is not None:
+            agg.file.write(provenance.file_start(AGGREGATE_FILE_NAME))
     except OSError as exc:
         raise _failed(exc, out / AGGREGATE_FILE_NAME) from exc
     # Compression runs on worker threads (zlib releases the GIL) while this thread assembles the
     # next invocation; `pending` keeps every output in capture order.
     pool = ThreadPoolExecutor(max_workers=COMPRESSION_THREADS)
     pending: deque = deque()
+    # Bytes of the capture read so far: a bar on a terminal once the export has run a second.
+    bar = progress_bar(capture.stat().st_size, f"exporting {capture.name}")
+    shown = 0
 
     def write(item) -> None:
         kind, payload = item
         if kind == "host":
             agg.host(interner, tracks, *payload)
+            return
+        if kind == "range":
+            agg.range(payload)
+            return
+        if kind == "untraced":
+            agg.untraced(tracks, payload)
             return
         future, inv, program, template, ticks = payload
         compressed = future.result()
@@ -179,8 +215,10 @@ def export(capture: str | os.PathLike, out_dir: str | os.PathLike | None = None,
                 raise _failed(exc, path) from exc
             try:
                 f.write(preamble([devices[program.device]], with_host=False))
+                f.write(provenance.file_start(path.name))
                 f.write(interned_packet(template.static_interned))
                 f.write(compressed)
+                f.write(provenance.run_slice(int(ticks[0]), int(ticks[template.layout.end])))
                 result.bytes_written += f.bytes_written
                 result.invocation_files.append(f.commit())
             except BaseException as exc:
@@ -199,6 +237,9 @@ def export(capture: str | os.PathLike, out_dir: str | os.PathLike | None = None,
                 result.stats.add_host(h.name, h.start_ns, h.end_ns)
                 if agg is not None:
                     pending.append(("host", (h.name, h.start_ns, h.end_ns, h.detail)))
+            elif kind in ("range", "untraced"):
+                if agg is not None:
+                    pending.append((kind, getattr(record, kind)))
             elif kind == "invocation":
                 inv = record.invocation
                 program = info.programs[inv.program_id]
@@ -211,24 +252,33 @@ def export(capture: str | os.PathLike, out_dir: str | os.PathLike | None = None,
                 ticks = np.concatenate(([inv.start_ns], inv.start_ns + np.cumsum(durations)))
                 # Four bytes hold gaps up to 268 ms, so one template per program serves nearly every call.
                 width = max(4, width_for(int(durations.max(initial=0))))
-                key = (inv.program_id, width, len(command_name_prefix(inv.sequence_index)))
+                has_step = inv.HasField("step")  # a denoising step: its Workload slice says which
+                key = (inv.program_id, width, len(command_name_prefix(inv.sequence_index)), has_step)
                 template = templates.get(key)
                 if template is None:
                     template = templates[key] = ProgramTemplate(
                         program, tracks, interner, baseline.get((program.pipeline_id, program.device), program.weight_bytes),
-                        *key[1:])
+                        width, key[2], command_budget=budgets.get(program.pipeline_id, 0), with_step=has_step)
                 name_iid = interner.reserve_names(1)
                 stream = template.names_packet(inv.call_index, name_iid) + template.assemble(
-                    ticks, inv.sequence_index, inv.call_index, name_iid, boot_offset)
+                    ticks, inv.sequence_index, inv.call_index, name_iid, boot_offset, inv.step)
+                if inv.memory_allocated:
+                    stream += measured_memory_packets(tracks.measured_memory(program.device), ticks[0],
+                                                      ticks[template.layout.end], inv.memory_allocated, boot_offset)
                 future = pool.submit(compressed_packet, stream, compression_level)
                 pending.append(("invocation", (future, inv, program, template, ticks)))
                 result.stats.add_invocation(inv.program_id, program, ticks)
                 result.slices += template.n_slices
-            while len(pending) > COMPRESSION_THREADS + 1 or (pending and pending[0][0] == "host"):
+            bar.update(offset - shown)
+            shown = offset
+            while len(pending) > COMPRESSION_THREADS + 1 or (pending and pending[0][0] != "invocation"):
                 write(pending.popleft())
         while pending:
             write(pending.popleft())
+        # The aggregate also holds the host events, the user ranges, the untraced stretches and the Run slice.
+        result.slices += result.stats.host_events + info.ranges + info.untraced + 1
         if agg is not None:
+            agg.file.write(provenance.run_slice(result.stats.start_ns, result.stats.end_ns))
             result.bytes_written += agg.file.bytes_written
             result.aggregate_file = agg.file.commit()
     except ExportError:
@@ -245,5 +295,6 @@ def export(capture: str | os.PathLike, out_dir: str | os.PathLike | None = None,
         raise
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
+        bar.close()
     result.seconds = time.perf_counter() - started
     return result

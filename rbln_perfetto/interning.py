@@ -19,7 +19,7 @@ MAX_NAMES = 1 << (7 * NAME_IID_WIDTH)
 ANNOTATIONS = (
     "submodule", "op", "shapes", "bytes", "flops", "device", "sequence_index",
     "command_index", "command_count", "call_index", "commands", "src", "dst", "tensor", "torch_device",
-    "detail",
+    "detail", "bytes_over_budget",
 )
 ANNOTATION_IID = {name: i + 1 for i, name in enumerate(ANNOTATIONS)}
 
@@ -89,8 +89,11 @@ def annotation_int(name: str, value: int) -> bytes:
 
 
 def annotation_int_slot(name: str, slot: Slot) -> tuple[bytes, Slot]:
-    """An integer arg whose value is a slot, as (the bytes before the slot, the slot)."""
-    name_iid = f_varint(FieldNumber.ANNOTATION_NAME_IID, ANNOTATION_IID[name])
+    """An integer arg whose value is a slot, as (the bytes before the slot, the slot). A name outside
+    `ANNOTATIONS` is written inline (so that every file's interned names stay as they are)."""
+    iid = ANNOTATION_IID.get(name)
+    name_iid = (f_varint(FieldNumber.ANNOTATION_NAME_IID, iid) if iid is not None
+                else f_bytes(FieldNumber.ANNOTATION_NAME, name.encode()))
     value_tag = tag(FieldNumber.ANNOTATION_INT, 0)
     prefix = tag(FieldNumber.DEBUG_ANNOTATIONS, 2) + varint(len(name_iid) + len(value_tag) + slot.width) + name_iid + value_tag
     return (prefix, slot)

@@ -3,6 +3,7 @@
     command slice      `{sequence_index}_{layer}_{command_index}`   e.g. `6_blocks.0.attn.to_q_1`
     split op's parent  `{layer}`                                     (its children are command slices)
     Workload slice     `{submodule} #{call_index}`                   e.g. `transformer #3`
+    untraced stretch   `not traced: {unit} {first}-{last}`           e.g. `not traced: steps 0-9` (Workload track)
     DMA slices         `dma {tensor} host -> device {d}`, `dma {tensor} device {d} -> host`
     invocation file    `{sequence_index:04d}_{submodule}_{call_index}.pb`   e.g. `0006_transformer_0.pb`
     aggregate file     `aggregate.pb`
@@ -74,6 +75,20 @@ def split_op_slice_name(layer: str) -> str:
 def workload_slice_name(submodule: str, call_index: int) -> str:
     """`transformer #3`: the Workload slice of one call of a submodule."""
     return f"{submodule} #{call_index}"
+
+
+UNTRACED_PREFIX = "not traced: "
+
+
+# SQL: slice `s` is not an untraced stretch (a Workload slice that no invocation made).
+NOT_UNTRACED_SQL = f"s.name NOT GLOB '{UNTRACED_PREFIX}*'"
+
+
+def untraced_slice_name(unit: str, first: int, last: int) -> str:
+    """`not traced: steps 0-9`, `not traced: step 5`, `not traced: calls 0-1`: the Workload slice over a
+    stretch of the run that ran but was not traced (`first` and `last` inclusive)."""
+    single = unit[:-1] if unit.endswith("s") else unit
+    return UNTRACED_PREFIX + (f"{single} {first}" if first == last else f"{unit} {first}-{last}")
 
 
 def parse_workload_slice_name(name: str) -> tuple[str, int] | None:

@@ -15,7 +15,7 @@ exactly (a split op's parent slice is named after the layer), and the arg cost 3
 command slice after compression, a fifth of the budget.
 
 Packets per invocation, in time order (ticks as `pipeline.contract.TickLayout` lays them out):
-  ClockSnapshot; Workload begin; memory counter; per input DMA begin/end (with a flow);
+  ClockSnapshot; Workload begin; planned memory counter; per input DMA begin/end (with a flow);
   per command begin/end (a split op inside a parent slice named after its layer; a command that
   reads an input terminates that input's flow; memory counter where it moves); per output DMA
   begin/end; memory counter; Workload end.
@@ -103,10 +103,13 @@ class ProgramTemplate:
     """Static packet bytes of one program's invocations, with slots for what changes per call.
 
     One template serves every call whose largest gap fits `width` varint bytes and whose sequence
-    index has `digits` decimal digits.
+    index has `digits` decimal digits. `command_budget`: the budget the program was compiled for (0:
+    unknown); a command whose working set exceeds it carries `bytes_over_budget`, the excess.
+    `with_step`: the Workload slice carries the call's denoising step as arg `step` (transformer calls).
     """
 
-    def __init__(self, program, tracks: TrackIds, interner: Interner, baseline_bytes: int, width: int, digits: int):
+    def __init__(self, program, tracks: TrackIds, interner: Interner, baseline_bytes: int, width: int, digits: int,
+                 command_budget: int = 0, with_step: bool = False):
         self.program = program
         self.width = width
         self.digits = digits
@@ -139,7 +142,9 @@ class ProgramTemplate:
 
         out.event(start, tracks.workload(dev), SLICE_BEGIN, ann_str("submodule", p.submodule) + ann("device", dev)
                   + ann_str("torch_device", p.torch_device) + ann("commands", layout.commands) + seq[0], seq[1],
-                  *annotation_int_slot("call_index", Slot("call", INDEX_WIDTH)), tag(FieldNumber.NAME_IID, 0),
+                  *annotation_int_slot("call_index", Slot("call", INDEX_WIDTH)),
+                  *(annotation_int_slot("step", Slot("step", INDEX_WIDTH)) if with_step else ()),
+                  tag(FieldNumber.NAME_IID, 0),
                   Slot("name", NAME_IID_WIDTH))
 
         memory = tracks.memory(dev)
@@ -181,8 +186,9 @@ class ProgramTemplate:
             if te_head is None:
                 te_head = static_cache[key] = b"".join((
                     begin_head, ann_str("op", cmd.op), ann_str("shapes", cmd.shapes), ann("bytes", cmd.bytes),
-                    ann("flops", cmd.flops), ann("command_index", index), ann("command_count", count), context,
-                    seq[0]))
+                    ann("flops", cmd.flops), ann("command_index", index), ann("command_count", count),
+                    ann("bytes_over_budget", cmd.bytes - command_budget) if 0 < command_budget < cmd.bytes else b"",
+                    context, seq[0]))
             # The name is written in two pieces: the sequence index (a slot of `digits` bytes), then this.
             suffix = command_name_suffix(cmd.layer, index).encode()
             out.command(tick, te_head, INLINE_NAME_TAG + varint(digits + len(suffix)), suffix, consumers.get(c, ()))
@@ -216,8 +222,9 @@ class ProgramTemplate:
         return f_bytes(FieldNumber.TRACE_PACKET, body)
 
     def assemble(self, ticks: np.ndarray, sequence_index: int, call_index: int, name_iid: int,
-                 boot_offset: int) -> bytes:
-        """The packets of one invocation with boundaries `ticks` (CLOCK_MONOTONIC ns)."""
+                 boot_offset: int, step: int = 0) -> bytes:
+        """The packets of one invocation with boundaries `ticks` (CLOCK_MONOTONIC ns); `step` fills the
+        `step` arg of a template made `with_step`."""
         buf = self.template.copy()
 
         def fill(kind: str, data: np.ndarray, width: int) -> None:
@@ -236,8 +243,23 @@ class ProgramTemplate:
         fill_varint("name", name_iid, NAME_IID_WIDTH)
         fill_varint("seq", sequence_index, INDEX_WIDTH)
         fill_varint("call", call_index, INDEX_WIDTH)
+        fill_varint("step", step, INDEX_WIDTH)
         fill("prefix", np.frombuffer(command_name_prefix(sequence_index).encode(), dtype=np.uint8), self.digits)
         if "flow" in self.slots:  # programs without inputs have no flows
             flows = (np.int64(sequence_index) << 16) | (self.slots["flow"][1] + 1)
             fill("flow", flows.astype("<u8").view(np.uint8).reshape(-1, 8), 8)
         return buf.tobytes()
+
+
+def measured_memory_packets(track: int, start_ns: int, end_ns: int, allocated, boot_offset: int) -> bytes:
+    """The measured memory counter of one call (CUDA): `allocated` bytes at its start and end, stamped
+    on BOOTTIME so that they may follow the call's own packets in the stream."""
+    out = b""
+    for ts, value in zip((int(start_ns), int(end_ns)), allocated):
+        event = (f_varint(FieldNumber.EVENT_TYPE, COUNTER) + f_varint(FieldNumber.TRACK_UUID, track)
+                 + f_double(FieldNumber.DOUBLE_COUNTER_VALUE, float(value)))
+        body = (f_varint(FieldNumber.TIMESTAMP, ts + boot_offset)
+                + f_varint(FieldNumber.TIMESTAMP_CLOCK_ID, CLOCK_BOOTTIME)
+                + f_varint(FieldNumber.SEQUENCE_ID, SEQUENCE_ID) + f_bytes(FieldNumber.TRACK_EVENT, event))
+        out += f_bytes(FieldNumber.TRACE_PACKET, body)
+    return out

@@ -44,6 +44,7 @@ class FieldNumber:
     TERMINATING_FLOW_IDS = _f(pt.TrackEvent, "terminating_flow_ids")
     DOUBLE_COUNTER_VALUE = _f(pt.TrackEvent, "double_counter_value")
     ANNOTATION_NAME_IID = _f(pt.DebugAnnotation, "name_iid")
+    ANNOTATION_NAME = _f(pt.DebugAnnotation, "name")
     ANNOTATION_INT = _f(pt.DebugAnnotation, "int_value")
     ANNOTATION_UINT = _f(pt.DebugAnnotation, "uint_value")
     ANNOTATION_STRING_IID = _f(pt.DebugAnnotation, "string_value_iid")

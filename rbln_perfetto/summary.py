@@ -1,4 +1,11 @@
-"""Per-device and per-submodule totals of a run, accumulated while the capture streams by."""
+"""Per-device and per-submodule totals of a run, accumulated while the capture streams by.
+
+The per-device table counts and times what the `devices` report reads from the traces, in the same
+units, so `rbln-perfetto run` and `rbln-perfetto summary` give the same numbers: invocations
+(Workload slices), commands (Compute slices that are commands, not a split op's parent), transfers
+(DMA slices), host events (Host slices); busy, compute, DMA and host milliseconds; utilisation in
+percent of the run's span.
+"""
 
 from __future__ import annotations
 
@@ -16,6 +23,7 @@ class SubmoduleTotals:
     calls: int = 0
     commands: int = 0
     split_commands: int = 0
+    transfers: int = 0
     total_ns: int = 0
     compute_ns: int = 0
     dma_ns: int = 0
@@ -26,6 +34,7 @@ class RunStats:
     devices: dict = field(default_factory=dict)  # logical -> torch device
     submodules: dict = field(default_factory=lambda: defaultdict(SubmoduleTotals))  # name -> SubmoduleTotals
     host_ns: dict = field(default_factory=lambda: defaultdict(int))
+    host_events: int = 0
     start_ns: int | None = None
     end_ns: int | None = None
     # capture program id -> (its TickLayout, its number of split commands), worked out on its first call
@@ -47,6 +56,7 @@ class RunStats:
         s.calls += 1
         s.commands += layout.commands
         s.split_commands += splits
+        s.transfers += layout.inputs + layout.outputs
         first, compute_start, compute_end, last = (int(ticks[0]), int(ticks[layout.command(0)]),
                                                    int(ticks[layout.output(0)]), int(ticks[layout.end]))
         s.total_ns += last - first
@@ -56,6 +66,7 @@ class RunStats:
 
     def add_host(self, name: str, start: int, end: int) -> None:
         self.host_ns[name] += end - start
+        self.host_events += 1
         self._span(start, end)
 
     @property
@@ -68,31 +79,38 @@ class RunStats:
         return 0 if self.start_ns is None else self.end_ns - self.start_ns
 
     def tables(self):
-        """(per-device DataFrame, per-submodule DataFrame); times in milliseconds."""
+        """(per-device DataFrame, per-submodule DataFrame); times in milliseconds, utilisation in percent."""
         import pandas as pd
 
         subs = pd.DataFrame(
             [
-                {"submodule": name, "device": s.device, "calls": s.calls, "commands_per_call": s.commands // max(s.calls, 1),
-                 "split_commands_per_call": s.split_commands // max(s.calls, 1), "total_ms": s.total_ns / 1e6,
-                 "mean_ms": s.total_ns / 1e6 / max(s.calls, 1), "compute_ms": s.compute_ns / 1e6, "dma_ms": s.dma_ns / 1e6}
+                {"submodule": name, "device": s.device, "calls": s.calls, "commands": s.commands,
+                 "commands_per_call": s.commands // max(s.calls, 1),
+                 "split_commands_per_call": s.split_commands // max(s.calls, 1), "transfers": s.transfers,
+                 "total_ms": s.total_ns / 1e6, "mean_ms": s.total_ns / 1e6 / max(s.calls, 1),
+                 "compute_ms": s.compute_ns / 1e6, "dma_ms": s.dma_ns / 1e6}
                 for name, s in self.submodules.items()
             ],
-            columns=["submodule", "device", "calls", "commands_per_call", "split_commands_per_call", "total_ms",
-                     "mean_ms", "compute_ms", "dma_ms"],
+            columns=["submodule", "device", "calls", "commands", "commands_per_call", "split_commands_per_call",
+                     "transfers", "total_ms", "mean_ms", "compute_ms", "dma_ms"],
         )
-        span_ms = self.span_ns / 1e6
+        span_ns = self.span_ns
         rows = []
         for d, torch_device in sorted(self.devices.items()):
-            mine = subs[subs.device == d]
-            busy = float(mine.total_ms.sum())
-            host = sum(self.host_ns.values()) / 1e6 if d == 0 else 0.0
-            rows.append({"device": d, "torch_device": torch_device, "submodules": ", ".join(mine.submodule),
-                         "invocations": int(mine.calls.sum()), "busy_ms": busy, "compute_ms": float(mine.compute_ms.sum()),
-                         "dma_ms": float(mine.dma_ms.sum()), "host_ms": host,
-                         "utilisation": busy / span_ms if span_ms else 0.0})
-        devices = pd.DataFrame(rows, columns=["device", "torch_device", "submodules", "invocations", "busy_ms",
-                                              "compute_ms", "dma_ms", "host_ms", "utilisation"])
+            mine = [s for s in self.submodules.values() if s.device == d]
+            busy_ns = sum(s.total_ns for s in mine)
+            root = d == 0
+            rows.append({"device": d, "torch_device": torch_device,
+                         "submodules": ", ".join(name for name, s in self.submodules.items() if s.device == d),
+                         "invocations": sum(s.calls for s in mine), "commands": sum(s.commands for s in mine),
+                         "transfers": sum(s.transfers for s in mine), "host_events": self.host_events if root else 0,
+                         "busy_ms": busy_ns / 1e6, "compute_ms": sum(s.compute_ns for s in mine) / 1e6,
+                         "dma_ms": sum(s.dma_ns for s in mine) / 1e6,
+                         "host_ms": sum(self.host_ns.values()) / 1e6 if root else 0.0,
+                         "utilisation_pct": 100.0 * busy_ns / span_ns if span_ns else 0.0})
+        devices = pd.DataFrame(rows, columns=["device", "torch_device", "submodules", "invocations", "commands",
+                                              "transfers", "host_events", "busy_ms", "compute_ms", "dma_ms",
+                                              "host_ms", "utilisation_pct"])
         return devices, subs
 
 
@@ -106,8 +124,10 @@ class Summary:
     def __str__(self) -> str:
         import pandas as pd
 
-        with pd.option_context("display.width", 160, "display.max_columns", 20, "display.float_format", "{:.3f}".format):
-            return (f"run span {self.span_ms:.1f} ms\n\nper device:\n{self.devices.to_string(index=False)}\n\n"
+        with pd.option_context("display.width", 200, "display.max_columns", 20,
+                               "display.float_format", "{:.3f}".format):
+            return (f"run span {self.span_ms:.1f} ms (utilisation_pct = busy_ms, the Workload time, as % of the "
+                    f"span)\n\nper device:\n{self.devices.to_string(index=False)}\n\n"
                     f"per submodule:\n{self.submodules.to_string(index=False)}")
 
     def __repr__(self) -> str:

@@ -21,7 +21,8 @@ PROMPT = "a photo of a cat holding a sign that says hello world"
 @pytest.fixture(autouse=True)
 def _clean_env(monkeypatch, tmp_path_factory):
     monkeypatch.delenv("RBLN_PROFILER", raising=False)
-    monkeypatch.delenv("RBLN_PROFILER_DIR", raising=False)
+    for name in ("RBLN_PROFILER_DIR", "RBLN_PROFILER_STEPS", "RBLN_PROFILER_CALLS", "RBLN_PROFILER_SUBMODULES"):
+        monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("RBLN_PERFETTO_CACHE", str(tmp_path_factory.getbasetemp() / "cache"))
 
 

@@ -143,3 +143,25 @@ def test_host_timers_are_installed_once(make_pipe, tmp_path):
         pipe(PROMPT, num_inference_steps=1, output_type="np")
     pipe(PROMPT, num_inference_steps=1, output_type="np")
     assert (pipe.tokenizer, pipe.scheduler.step, pipe.image_processor.postprocess) == seams
+
+
+def test_host_timers_survive_what_diffusers_users_do(make_pipe, tmp_path):
+    import copy
+    import pickle
+
+    from diffusers import FlowMatchEulerDiscreteScheduler
+    from trace_checks import track_name
+    from trace_objects import read_trace
+
+    pipe = make_pipe({})
+    tokenizer_class = type(pipe.tokenizer._target)
+    assert isinstance(pipe.tokenizer, tokenizer_class)
+    for clone in (copy.deepcopy(pipe.tokenizer), pickle.loads(pickle.dumps(pipe.tokenizer))):
+        assert type(clone) is tokenizer_class and clone("a cat").input_ids == pipe.tokenizer("a cat").input_ids
+    # The usual diffusers scheduler swap keeps the scheduler's host slices.
+    pipe.scheduler = FlowMatchEulerDiscreteScheduler.from_config(pipe.scheduler.config)
+    with rbln_perfetto.profile(tmp_path / "run") as prof:
+        pipe(PROMPT, num_inference_steps=2, output_type="np")
+    trace = read_trace(prof.aggregate_file)
+    host = [s.name for s in trace.slices if track_name(trace, s) == "Host"]
+    assert host.count("scheduler_step") == 2 and host.count("guidance_combine") == 2

@@ -35,10 +35,13 @@ def split_run(compiled_dirs, tmp_path_factory):
     return prof
 
 
-def expected_files(calls):
+def expected_files(calls, unprofiled=frozenset()):
+    """The files of a run's submodule calls: numbered among all of them, written for the profiled ones."""
     seen = Counter()
     names = []
     for seq, sub in enumerate(calls):
+        if sub in unprofiled:
+            continue
         names.append(f"{seq:04d}_{sub}_{seen[sub]}.pb")
         seen[sub] += 1
     return names
@@ -51,17 +54,19 @@ def expected_files(calls):
         ({}, 1, 7.0, ENCODERS * 2 + ["transformer", "vae"]),
         ({"guidance_scale": 1.0}, 2, 1.0, ENCODERS + ["transformer"] * 2 + ["vae"]),
         ({"text_encoder": {"activate_profiler": False}, "vae": {"activate_profiler": False}}, 2, 7.0,
-         ["text_encoder_2", "text_encoder_3"] * 2 + ["transformer"] * 2),
+         ENCODERS * 2 + ["transformer"] * 2 + ["vae"]),
     ],
     ids=["cfg-2-steps", "cfg-1-step", "no-cfg", "two-not-profiled"],
 )
 def test_file_counts(make_pipe, tmp_path, rbln_config, steps, guidance, calls):
     prof = profiled(make_pipe, tmp_path, rbln_config, steps, guidance)
-    assert [p.name for p in prof.invocation_files] == expected_files(calls)
-    assert sorted(p.name for p in tmp_path.glob("*.pb")) == sorted(expected_files(calls) + ["aggregate.pb"])
+    unprofiled = {name for name, sub in rbln_config.items() if isinstance(sub, dict) and sub.get("activate_profiler") is False}
+    files = expected_files(calls, unprofiled)
+    assert [p.name for p in prof.invocation_files] == files
+    assert sorted(p.name for p in tmp_path.glob("*.pb")) == sorted(files + ["aggregate.pb"])
     workloads = [s.name for s in read_trace(prof.aggregate_file).slices if s.name.split(" #")[0] in
                  ENCODERS + ["transformer", "vae"]]
-    assert [w.split(" #")[0] for w in workloads] == calls
+    assert [w.split(" #")[0] for w in workloads] == [c for c in calls if c not in unprofiled]
 
 
 def test_every_file_keeps_the_trace_invariants(split_run):
@@ -79,7 +84,9 @@ def test_every_file_keeps_the_trace_invariants(split_run):
             assert len(workloads) == 1 and not hosts
             (w,) = workloads
             device = 1 if w.args["debug.submodule"] == "text_encoder_3" else 0
-            assert {device_of(trace, s) for s in trace.slices} == {device}
+            (run_slice,) = [s for s in trace.slices if track_name(trace, s) == "Run"]
+            assert (run_slice.ts, run_slice.dur) == (w.ts, w.dur)
+            assert {device_of(trace, s) for s in trace.slices if s is not run_slice} == {device}
             assert all(w.ts <= s.ts and s.ts + s.dur <= w.ts + w.dur for s in trace.slices)
 
 
@@ -118,9 +125,9 @@ def test_aggregate_holds_exactly_the_union_of_the_invocation_files(split_run):
     union = Counter()
     for path in split_run.invocation_files:
         trace = read_trace(path)
-        union.update(key(trace, s) for s in trace.slices)
+        union.update(key(trace, s) for s in trace.slices if track_name(trace, s) != "Run")
     agg = read_trace(split_run.aggregate_file)
-    assert Counter(key(agg, s) for s in agg.slices if track_name(agg, s) != "Host") == union
+    assert Counter(key(agg, s) for s in agg.slices if track_name(agg, s) not in ("Host", "Run")) == union
 
 
 def test_flows_link_each_input_dma_to_its_first_reader(split_run):
@@ -143,7 +150,7 @@ def test_memory_counter_per_device(split_run):
         weights[p.device] += p.weight_bytes
     by_device = {}
     for c in trace.counters:
-        assert trace.tracks[c.track_uuid].name == "Memory"
+        assert trace.tracks[c.track_uuid].name == "Memory (planned)"
         by_device.setdefault(int(trace.tracks[trace.tracks[c.track_uuid].parent_uuid].name.split()[-1]), []).append(c.value)
     assert set(by_device) == {0, 1}
     for device, values in by_device.items():
@@ -226,7 +233,7 @@ def test_activate_profiler_overrides_the_environment_both_ways(make_pipe, tmp_pa
     monkeypatch.setenv("RBLN_PROFILER_DIR", str(tmp_path / "env-off"))
     run(make_pipe({}, vae={"activate_profiler": True}), steps=1)  # environment off, vae on
     (run_dir,) = (tmp_path / "env-off").iterdir()
-    assert [p.name for p in sorted(run_dir.glob("0*.pb"))] == ["0000_vae_0.pb"]
+    assert [p.name for p in sorted(run_dir.glob("0*.pb"))] == ["0007_vae_0.pb"]  # the run's 8th submodule call
 
     monkeypatch.setenv("RBLN_PROFILER", "1")
     monkeypatch.setenv("RBLN_PROFILER_DIR", str(tmp_path / "env-on"))

@@ -21,8 +21,11 @@ from rbln_perfetto.query import REPORTS, open_trace
 from rbln_perfetto.reader import scanner_available
 
 EXAMPLES = int(os.environ.get("RBLN_PERFETTO_FUZZ_EXAMPLES", "25"))
-TEXT = st.text(st.characters(blacklist_categories=("Cs",)), min_size=1, max_size=12)
-LONG_TEXT = st.one_of(TEXT, st.text(st.characters(blacklist_categories=("Cs",)), min_size=200, max_size=3000))
+# Any text but NUL: trace_processor (and so the embedded reader) cuts a string at its first NUL, and no
+# layer, tensor or host-event name (torch module paths, our own labels) holds one.
+CHARACTERS = st.characters(blacklist_categories=("Cs",), blacklist_characters="\x00")
+TEXT = st.text(CHARACTERS, min_size=1, max_size=12)
+LONG_TEXT = st.one_of(TEXT, st.text(CHARACTERS, min_size=200, max_size=3000))
 HUGE = st.one_of(st.integers(0, 1000), st.integers(0, 2**64 - 1))
 
 

@@ -3,6 +3,7 @@
 import csv
 import json
 import os
+import warnings
 import zlib
 from collections import defaultdict
 from contextlib import nullcontext
@@ -256,3 +257,50 @@ def test_api_errors(profiled):
             tr.query("select * from thread")
         assert tr.query("select extract_arg(arg_set_id, 'debug.submodule') as s from slice where depth = 0 "
                         "and name like '%#0' order by ts limit 1").s.tolist() == ["text_encoder"]
+
+
+def _one_track_trace(path, kinds):
+    t = pt.Trace()
+    p = t.packet.add(trusted_packet_sequence_id=1)
+    p.track_descriptor.uuid, p.track_descriptor.name = 5, "T"
+    for i, kind in enumerate(kinds):
+        p = t.packet.add(trusted_packet_sequence_id=1, timestamp=1000)
+        p.track_event.type, p.track_event.track_uuid = kind, 5
+        if kind != pt.TrackEvent.TYPE_SLICE_END:
+            p.track_event.name = f"s{i}"
+    path.write_bytes(t.SerializeToString())
+    return path
+
+
+def test_zero_length_slices_at_one_time_read_as_trace_processor_reads_them(tmp_path):
+    # trace_processor v58.2: two BEGIN/END pairs at one time are siblings (depth 0, 0), which the embedded
+    # backend reads the same; two INSTANTs nest (depth 0, 1), which it refuses with a stats row instead.
+    B, E, I = pt.TrackEvent.TYPE_SLICE_BEGIN, pt.TrackEvent.TYPE_SLICE_END, pt.TrackEvent.TYPE_INSTANT
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with open_trace(_one_track_trace(tmp_path / "pairs.pb", [B, E, B, E]), backend="sqlite") as tr:
+            assert tr.query("select dur, depth from slice order by id").values.tolist() == [[0, 0], [0, 0]]
+            assert tr.query("select count(*) as n from stats where value > 0").n[0] == 0
+    with pytest.warns(UserWarning, match="instants"):
+        tr = open_trace(_one_track_trace(tmp_path / "instants.pb", [I, I]), backend="sqlite")
+    with tr:
+        assert tr.query("select value from stats where name = 'unsupported_instants_at_one_time_on_one_track'"
+                        ).value.tolist() == [1]
+
+
+def test_events_before_their_clock_snapshot_are_refused_not_dropped_silently(tmp_path):
+    # trace_processor v58.2 converts a MONOTONIC event through a snapshot that comes later in the file (found by
+    # tests/test_differential_tp.py); the one-pass embedded reader cannot, so it says so.
+    t = pt.Trace()
+    p = t.packet.add(trusted_packet_sequence_id=1, timestamp=1000, timestamp_clock_id=pt.BUILTIN_CLOCK_MONOTONIC)
+    p.track_event.type, p.track_event.name = pt.TrackEvent.TYPE_INSTANT, "early"
+    p = t.packet.add(trusted_packet_sequence_id=1)
+    p.clock_snapshot.clocks.add(clock_id=pt.BUILTIN_CLOCK_BOOTTIME, timestamp=1007)
+    p.clock_snapshot.clocks.add(clock_id=pt.BUILTIN_CLOCK_MONOTONIC, timestamp=1000)
+    path = tmp_path / "late.pb"
+    path.write_bytes(t.SerializeToString())
+    with pytest.warns(UserWarning, match="unsupported_clock_snapshot_after_its_events"):
+        tr = open_trace(path, backend="sqlite")
+    with tr:
+        assert tr.query("select value from stats where name = 'unsupported_clock_snapshot_after_its_events'"
+                        ).value.tolist() == [1]

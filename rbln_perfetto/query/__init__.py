@@ -8,9 +8,11 @@
 from __future__ import annotations
 
 import os
+import warnings
 from pathlib import Path
 
 from ..errors import QueryError, TraceNotFoundError, UsageError
+from ..reader.diagnosis import unfinished_slices_warning
 from .reports import REPORTS, Report
 from .sqlite_backend import SqliteBackend
 from .tp_backend import TP_BIN_ENV, TraceProcessorBackend, find_binary
@@ -38,6 +40,13 @@ class Trace:
             backend = "trace_processor" if find_binary(tp_bin) else "sqlite"
         self._impl = SqliteBackend(self.path) if backend == "sqlite" else TraceProcessorBackend(self.path, tp_bin)
         self.backend = backend
+        unfinished = self._impl.unfinished_slices()
+        if unfinished:  # the same one line on either backend
+            try:
+                warnings.warn(unfinished_slices_warning(self.path, unfinished), UserWarning, stacklevel=3)
+            except BaseException:  # warnings turned into errors: do not leave the backend open
+                self._impl.close()
+                raise
 
     def query(self, sql: str):
         """Run `sql`; a DataFrame of the rows. `QueryError` when the backend rejects it."""

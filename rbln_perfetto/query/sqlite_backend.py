@@ -15,6 +15,7 @@ a run's many per-call names cost an integer each and the view gives back the exa
 from __future__ import annotations
 
 import itertools
+import re
 import sqlite3
 import warnings
 from pathlib import Path
@@ -23,6 +24,9 @@ import numpy as np
 
 from ..errors import QueryError
 from ..reader import TraceTables, read_tables
+from ..reader.clocks import LATE_SNAPSHOT
+from ..reader.debug_args import Pointer, Uint
+from ..reader.diagnosis import UNFINISHED_SLICES
 
 SCHEMA = """
 CREATE TABLE __string(id INTEGER PRIMARY KEY, str TEXT);
@@ -56,6 +60,16 @@ _SEVERITY = {
     "misplaced_end_event": "data_loss",
     "tokenizer_skipped_packets": "data_loss",
     "interned_data_skipped_incremental_state_invalid": "data_loss",
+    UNFINISHED_SLICES: "data_loss",
+}
+# Descriptions of the stats trace_processor does not have.
+_DESCRIPTION = {
+    UNFINISHED_SLICES: "Slices that begin and never end (dur = -1): the trace was cut short, or its producer stopped "
+                       "mid-slice. Added by rbln-perfetto's embedded backend; trace_processor v58.2 shows them only as "
+                       "dur = -1.",
+    LATE_SNAPSHOT: "Events dropped because the clock snapshot linking their clock to BOOTTIME comes only later in "
+                   "the file; trace_processor converts them through it. Read this trace with the trace_processor "
+                   "backend.",
 }
 
 
@@ -63,11 +77,16 @@ def _value_row(value) -> tuple:
     """(int_value, string_value, real_value, value_type) of one arg, as trace_processor types it."""
     if isinstance(value, bool):
         return int(value), None, None, "bool"
+    if isinstance(value, (Uint, Pointer)):  # uint64 in an int64 column
+        return value - 2**64 if value >= 2**63 else int(value), None, None, "pointer" if isinstance(value, Pointer) else "uint"
     if isinstance(value, int):
         return (value, None, None, "int") if value < 2**63 else (value - 2**64, None, None, "uint")
     if isinstance(value, float):
         return None, None, value, "real"
     return None, str(value), None, "string"
+
+
+_ARRAY_INDEX = re.compile(r"\[\d+\]")
 
 
 class _Nullable:
@@ -140,15 +159,21 @@ class SqliteBackend:
         self._load(tables)
         self._tables = tables
         self.db.create_function("extract_arg", 2, self._extract_arg, deterministic=True)
-        problems = {k: v for k, v in self.stats.items() if _SEVERITY.get(k, "error") != "info"}
+        # (unfinished slices are warned about by `Trace`, on either backend)
+        problems = {k: v for k, v in self.stats.items()
+                    if _SEVERITY.get(k, "error") != "info" and k != UNFINISHED_SLICES}
         if problems:
             warnings.warn(f"{self.path}: reading it found problems: {problems} (see the stats table)", stacklevel=3)
+
+    def unfinished_slices(self) -> int:
+        """How many slices begin and never end (dur = -1)."""
+        return self.stats.get(UNFINISHED_SLICES, 0)
 
     def _extract_arg(self, arg_set_id, key):
         if not isinstance(arg_set_id, int) or not 0 <= arg_set_id < len(self._tables.arg_set_values):
             return None
         value = self._tables.arg_set(arg_set_id).get(key)
-        if type(value) is int and value >= 2**63:
+        if isinstance(value, int) and value >= 2**63:
             return value - 2**64  # a uint64 reads back as the args table's int_value holds it
         return value
 
@@ -161,11 +186,11 @@ class SqliteBackend:
         tracks_col = track_ids[np.searchsorted(uuids[order], t.slice_track)] if len(uuids) else t.slice_track
         _insert(db, "__slice", [
             np.arange(t.slice_count), t.slice_ts, t.slice_dur, tracks_col, _Nullable(t.slice_category_id),
-            _Nullable(t.slice_name_prefix), t.slice_name_id, t.slice_depth, _Nullable(t.slice_parent),
+            _Nullable(t.slice_name_prefix), _Nullable(t.slice_name_id), t.slice_depth, _Nullable(t.slice_parent),
             _Nullable(t.slice_arg_set)])
         db.executemany("INSERT INTO __string VALUES (?,?)", enumerate(t.strings))
         db.executemany("INSERT INTO track VALUES (?,?,?,?,?,?,?)", (
-            (tr.id, tr.name, "global_counter_track_event" if tr.is_counter else "global_merged_track_event",
+            (tr.id, tr.name, tr.type,
              None if tr.parent_uuid is None else t.tracks[tr.parent_uuid].id,
              "counter" if tr.is_counter else "slice", tr.unit or None, tr.description or None)
             for tr in (t.tracks[u] for u in t.used_tracks)))
@@ -177,23 +202,25 @@ class SqliteBackend:
         # args as the reader normalized them: each distinct (key, value) once, an arg a (set, value) pair.
         value_rows = []
         for vid, (key, value) in enumerate(t.arg_values):
-            value_rows.extend((vid, key, key, *_value_row(value)))
+            value_rows.extend((vid, _ARRAY_INDEX.sub("", key), key, *_value_row(value)))  # flat_key: no [i]
         _insert_flat(db, "__arg_value", value_rows, 7)
         sets = t.arg_set_values
         sizes = np.fromiter(map(len, sets), dtype=np.int64, count=len(sets))
         value_col = np.fromiter(itertools.chain.from_iterable(sets), dtype=np.int64, count=int(sizes.sum()))
         _insert(db, "__arg", [np.arange(len(value_col)), np.repeat(np.arange(len(sets)), sizes), value_col])
-        db.executemany("INSERT INTO stats VALUES (?,NULL,?,'analysis',?,NULL)",
-                       ((name, _SEVERITY.get(name, "error"), value) for name, value in t.stats.items()))
+        db.executemany("INSERT INTO stats VALUES (?,NULL,?,'analysis',?,?)",
+                       ((name, _SEVERITY.get(name, "error"), value, _DESCRIPTION.get(name))
+                        for name, value in t.stats.items()))
         db.commit()
 
     def query(self, sql: str):
-        try:
+        try:  # rows are computed while fetched: a function or an overflow can fail on any row
             cursor = self.db.execute(sql)
+            rows = cursor.fetchall()
         except sqlite3.Error as exc:
             raise QueryError(f"SQL error: {exc}") from None
         columns = [d[0] for d in cursor.description] if cursor.description else []
-        return frame(cursor.fetchall(), columns)
+        return frame(rows, columns)
 
     def close(self) -> None:
         self.db.close()

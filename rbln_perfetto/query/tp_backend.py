@@ -13,7 +13,8 @@ import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 
-from ..errors import QueryError, TraceProcessorBinaryError, TraceProcessorError
+from ..errors import QueryError, TraceProcessorBinaryError, TraceProcessorError, TraceReadError
+from ..reader.diagnosis import trace_file_problem
 
 TP_BIN_ENV = "RBLN_PERFETTO_TP_BIN"
 
@@ -102,22 +103,38 @@ def no_binary_message() -> str:
 
 
 class TraceProcessorBackend:
+    """A trace loaded into a trace_processor subprocess. The file is diagnosed first, with the embedded
+    reader's own words, so both backends fail the same way on a file that is not a (whole) trace."""
+
     name = "trace_processor"
 
     def __init__(self, path: str | Path, tp_bin: str | None = None):
-        from perfetto.trace_processor import TraceProcessor, TraceProcessorConfig
+        from perfetto.trace_processor import TraceProcessor, TraceProcessorConfig, TraceProcessorException
 
         self.path = Path(path)
+        problem = trace_file_problem(self.path, json_and_gzip=True)  # (trace_processor reads those two itself)
+        if problem is not None:
+            raise TraceReadError(f"{self.path}: {problem}")
         binary = find_binary(tp_bin, download=True)
         if binary is None:
             raise TraceProcessorError(f"{no_binary_message()}; or use the embedded backend (backend='sqlite')")
         try:
             self.tp = TraceProcessor(trace=str(self.path), config=TraceProcessorConfig(bin_path=binary))
-        except Exception as exc:  # the package raises several kinds when it cannot start or download
-            raise TraceProcessorError(
-                f"trace_processor could not start ({type(exc).__name__}: {exc}); set {TP_BIN_ENV} to a "
-                "trace_processor binary, or use the embedded backend (backend='sqlite')"
-            ) from None
+        except TraceProcessorException as exc:
+            text = " ".join(str(exc).split())
+            if text.startswith(_PARSE_FAILED):  # it started, and rejected the file
+                reason = text[len(_PARSE_FAILED):].strip(" .:") or "no reason given"
+                raise TraceReadError(f"{self.path}: trace_processor cannot read it: {reason}") from None
+            raise _cannot_start(binary, text) from None
+        except OSError as exc:  # not a program this machine runs (exec format error, permission, ...)
+            raise _cannot_start(binary, f"{type(exc).__name__}: {exc.strerror or exc}") from None
+        except Exception as exc:  # it died while reading the file (connection lost, ...)
+            raise TraceProcessorError(f"trace_processor ({binary}) failed while reading {self.path}: "
+                                      f"{type(exc).__name__}: {' '.join(str(exc).split())[:300]}") from None
+
+    def unfinished_slices(self) -> int:
+        """How many slices begin and never end (trace_processor gives them dur = -1)."""
+        return int(self.query("select count(*) as n from slice where dur = -1").n.iloc[0])
 
     def query(self, sql: str):
         from perfetto.trace_processor import TraceProcessorException
@@ -129,3 +146,13 @@ class TraceProcessorBackend:
 
     def close(self) -> None:
         self.tp.close()
+
+
+# How the perfetto package words a trace that trace_processor started for and then rejected.
+_PARSE_FAILED = "Failed while parsing trace. Error message:"
+
+
+def _cannot_start(binary: str, reason: str) -> TraceProcessorError:
+    return TraceProcessorError(
+        f"trace_processor binary {binary} cannot start ({reason[:300]}); point {TP_BIN_ENV} or --tp-bin at a "
+        "working trace_processor_shell, or use the embedded backend (backend='sqlite')")

@@ -1,0 +1,165 @@
+"""Provenance: what a run's numbers depend on, gathered into the capture and shown in every trace.
+
+Gathered when the capture starts (`host_info`): the machine, its CPU model and core count, its load
+average. The pipeline adds its own part when it first runs profiled (`capture.CaptureWriter.pipeline`):
+how each device's durations are taken, torch's version and intra-op threads, the model directory,
+a digest of the weights, the rbln_config as compiled. Everything a trace shows comes from the
+capture, so exporting one capture twice gives the same bytes. In every trace file (`TraceProvenance`):
+
+- a `system_info` packet, which trace_processor reads into its `metadata` table (system_name,
+  system_release, system_version, system_machine, num_cpus, page_size, timezone_off_mins,
+  tracing_service_version);
+- a `trace_uuid` packet (`metadata.trace_uuid`), derived from the run's identity and the file's
+  name: the same for every export of the file, different for every file;
+- the `Run` track's one slice, `run <run id>`, spanning the file's events, with everything else
+  as its args (`debug.clock`, `debug.timing`, `debug.torch_version`, `debug.cpu_model`, ...).
+
+A capture written before provenance existed exports without it (its fields are absent).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import platform
+import struct
+import time
+
+from perfetto.protos.perfetto.trace import perfetto_trace_pb2 as pt
+
+from . import rbln_capture_pb2 as pb
+from .proto_bytes import CLOCK_BOOTTIME, SEQUENCE_ID, SLICE_BEGIN, SLICE_END, FieldNumber, f_bytes
+from .tracks import RUN_TRACK
+
+CLOCK = ("CLOCK_MONOTONIC ns of the profiled process, placed on CLOCK_BOOTTIME (the trace clock) by the "
+         "offset between the two read at the capture's start")
+# The rbln_config keys that fix a compiled program's shapes and commands, shown as args of their own.
+COMPILED_KEYS = ("img_height", "img_width", "batch_size", "guidance_scale", "max_seq_len", "command_budget", "dtype")
+
+
+def _cpu_model() -> str:
+    """The CPU's model name as /proc/cpuinfo gives it (x86: `model name`; Arm: `Processor`, `CPU part`)."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
+            for line in f:
+                key, _, value = line.partition(":")
+                if key.strip() in ("model name", "Processor", "cpu model") and value.strip():
+                    return value.strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def host_info() -> pb.HostInfo:
+    """The machine as the capture records it at its start."""
+    u = os.uname()
+    try:
+        load = list(os.getloadavg())
+    except OSError:  # not available on this platform
+        load = []
+    usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 0
+    return pb.HostInfo(
+        sysname=u.sysname, release=u.release, version=u.version, machine=u.machine, cpu_model=_cpu_model(),
+        cpu_count=os.cpu_count() or 0, usable_cpus=usable, load_average=load,
+        page_size=os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 0,
+        timezone_off_mins=time.localtime().tm_gmtoff // 60, python_version=platform.python_version(),
+    )
+
+
+def _timing(info) -> str:
+    """How durations were taken, per device; one phrase when every device took them the same way."""
+    timings: dict[int, tuple[str, str]] = {}
+    for pipe in info.pipelines:
+        for d in pipe.devices:
+            if d.timing:
+                timings.setdefault(d.logical, (d.torch_device, d.timing))
+    if len({t for _, t in timings.values()}) == 1:
+        return next(iter(timings.values()))[1]
+    return "; ".join(f"device {d} ({torch_device}): {t}" for d, (torch_device, t) in sorted(timings.items()))
+
+
+def run_args(info) -> list[tuple[str, str | int | float]]:
+    """The Run slice's args, in order, from a capture's `CaptureInfo`; what the capture lacks is left out."""
+    h = info.header
+    args: list[tuple[str, str | int | float]] = [("run_id", h.run_id), ("status", info.status)]
+    if h.tool_version:
+        args.append(("tool_version", h.tool_version))
+    args += [("hostname", h.hostname), ("pid", h.pid), ("clock", CLOCK)]
+    timing = _timing(info)
+    if timing:
+        args.append(("timing", timing))
+    if h.HasField("host"):
+        host = h.host
+        args += [("os", f"{host.sysname} {host.release} {host.machine}"), ("cpu_model", host.cpu_model),
+                 ("cpu_count", host.cpu_count), ("usable_cpus", host.usable_cpus)]
+        args += [(f"load_average_{m}m", round(v, 2)) for m, v in zip((1, 5, 15), host.load_average)]
+        args.append(("python_version", host.python_version))
+    for k, pipe in enumerate(info.pipelines):
+        suffix = f"_{k}" if k else ""  # a capture of several pipelines numbers the later ones' args
+        args.append((f"model_dir{suffix}", pipe.model))
+        if pipe.HasField("runtime"):
+            r = pipe.runtime
+            args += [(f"torch_version{suffix}", r.torch_version), (f"intra_op_threads{suffix}", r.intra_op_threads),
+                     (f"weights_digest{suffix}", r.weights_digest)]
+        config = json.loads(pipe.rbln_config_json or "{}")
+        args += [(f"{key}{suffix}", config[key]) for key in COMPILED_KEYS if config.get(key) is not None]
+        args.append((f"rbln_config{suffix}", pipe.rbln_config_json or "{}"))
+    return args
+
+
+def _annotation(name: str, value) -> pt.DebugAnnotation:
+    if isinstance(value, str):
+        return pt.DebugAnnotation(name=name, string_value=value)
+    if isinstance(value, float):
+        return pt.DebugAnnotation(name=name, double_value=value)
+    return pt.DebugAnnotation(name=name, int_value=int(value))
+
+
+def _framed(packet: pt.TracePacket) -> bytes:
+    return f_bytes(FieldNumber.TRACE_PACKET, packet.SerializeToString())
+
+
+def trace_uuid(identity: str, file_name: str) -> tuple[int, int]:
+    """(msb, lsb) of a name-based UUID (version 8) of one file of one run."""
+    raw = bytearray(hashlib.sha256(f"{identity}\0{file_name}".encode()).digest()[:16])
+    raw[6] = (raw[6] & 0x0F) | 0x80
+    raw[8] = (raw[8] & 0x3F) | 0x80
+    return struct.unpack(">qq", bytes(raw))
+
+
+class TraceProvenance:
+    """The provenance packets of one export's files, built once from the capture's `CaptureInfo`."""
+
+    def __init__(self, info, identity: str):
+        h = info.header
+        self.identity = identity
+        self.boot_offset = h.clock.boottime_ns - h.clock.monotonic_ns
+        self.capture_start_ns = h.clock.monotonic_ns
+        self._system_info = b""
+        if h.HasField("host"):
+            host = h.host
+            self._system_info = _framed(pt.TracePacket(system_info=pt.SystemInfo(
+                utsname=pt.Utsname(sysname=host.sysname, release=host.release, version=host.version,
+                                   machine=host.machine),
+                num_cpus=host.cpu_count, page_size=host.page_size, timezone_off_mins=host.timezone_off_mins,
+                tracing_service_version=f"rbln-perfetto {h.tool_version or 'unknown'}",
+            )))
+        self._begin = pt.TrackEvent(type=SLICE_BEGIN, track_uuid=RUN_TRACK, name=f"run {h.run_id}",
+                                    debug_annotations=[_annotation(k, v) for k, v in run_args(info)])
+        self._end = pt.TrackEvent(type=SLICE_END, track_uuid=RUN_TRACK)
+
+    def file_start(self, file_name: str) -> bytes:
+        """The packets every file starts with after its preamble: system info and the file's trace UUID."""
+        msb, lsb = trace_uuid(self.identity, file_name)
+        return self._system_info + _framed(pt.TracePacket(trace_uuid=pt.TraceUuid(msb=msb, lsb=lsb)))
+
+    def run_slice(self, start_ns: int | None, end_ns: int | None) -> bytes:
+        """The Run slice over [start_ns, end_ns] (CLOCK_MONOTONIC), stamped on BOOTTIME so that it may
+        come anywhere in the file; a file without events gets an empty one at the capture's start."""
+        if start_ns is None or end_ns is None:
+            start_ns = end_ns = self.capture_start_ns
+        return b"".join(
+            _framed(pt.TracePacket(timestamp=ts + self.boot_offset, timestamp_clock_id=CLOCK_BOOTTIME,
+                                   trusted_packet_sequence_id=SEQUENCE_ID, track_event=event))
+            for ts, event in ((start_ns, self._begin), (end_ns, self._end)))

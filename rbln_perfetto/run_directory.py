@@ -1,0 +1,124 @@
+"""One run per output directory: which files in a directory belong to a run, and keeping runs apart.
+
+A run's files are its traces (`0006_transformer_0.pb`, `aggregate.pb`), its capture
+(`capture.rblncap`), `run-id.txt` (which run they are), and `image.png` when `rbln-perfetto run`
+saved one beside them. Writing a run into a directory that holds another run's files would mix
+the two (`ls` order would no longer be run order), so it is refused unless `overwrite`, which
+removes those files first and says how many. Every other file in the directory is left alone.
+
+Two runs are told apart by their capture's header (run id, host, process, start time): the
+directory's `run-id.txt` and its capture name the run it holds. Exporting a capture again into
+a directory that holds its own earlier export is the same run, and allowed.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+from .capture import CAPTURE_FILE, iter_records
+from .errors import CaptureError, OutputExistsError
+from .naming import AGGREGATE_FILE_NAME, parse_invocation_file_name
+
+RUN_ID_FILE = "run-id.txt"
+IMAGE_FILE = "image.png"  # what `rbln-perfetto run` saves; a run's file only beside the others
+_SHOWN = 3  # file names an error lists before "..."
+
+
+def run_identity(header) -> str:
+    """What tells one run from another: its capture header's run id, host, process and start time."""
+    return (f"run {header.run_id} on {header.hostname}, pid {header.pid}, "
+            f"started at {header.clock.realtime_ns} ns (wall clock)")
+
+
+def _files(n: int) -> str:
+    return f"{n} file" if n == 1 else f"{n} files"
+
+
+def _is_run_file(name: str) -> bool:
+    return name in (AGGREGATE_FILE_NAME, CAPTURE_FILE, RUN_ID_FILE) or parse_invocation_file_name(name) is not None
+
+
+def run_files(out_dir: Path) -> list[Path]:
+    """The files of whatever run `out_dir` holds, in name order (none when it is not a directory)."""
+    if not out_dir.is_dir():
+        return []
+    names = sorted(e.name for e in os.scandir(out_dir) if e.is_file(follow_symlinks=False) and _is_run_file(e.name))
+    if names and (out_dir / IMAGE_FILE).is_file():
+        names = sorted(names + [IMAGE_FILE])
+    return [out_dir / name for name in names]
+
+
+def _capture_identity(capture: Path) -> str | None:
+    """The identity in a capture's header; None when the file has no readable header."""
+    records = iter_records(capture)
+    try:
+        _, record = next(records)
+    except (CaptureError, OSError, StopIteration):
+        return None
+    finally:
+        records.close()
+    return run_identity(record.header) if record.WhichOneof("kind") == "header" else None
+
+
+def _held_identities(out_dir: Path) -> set[str | None]:
+    """The runs `out_dir` says it holds (None for a capture or run-id.txt that cannot be read)."""
+    held: set[str | None] = set()
+    marker = out_dir / RUN_ID_FILE
+    if marker.is_file():
+        try:
+            held.add(marker.read_text().strip() or None)
+        except (OSError, UnicodeDecodeError):
+            held.add(None)
+    capture = out_dir / CAPTURE_FILE
+    if capture.is_file():
+        held.add(_capture_identity(capture))
+    return held
+
+
+def other_run_files(out_dir: Path, identity: str | None = None, keep: Path | None = None) -> list[Path]:
+    """The files in `out_dir` of a run other than `identity` (None: a new run, so every run file is
+    another's); `keep` (the capture being exported) is never one of them. Files of a run that cannot
+    be identified (traces without a run-id.txt or capture) count as another run's."""
+    files = run_files(out_dir)
+    if keep is not None and keep.exists():
+        files = [f for f in files if not os.path.samefile(f, keep)]
+    if not files or (identity is not None and _held_identities(out_dir) == {identity}):
+        return []
+    return files
+
+
+def refuse_other_runs(out_dir: Path, identity: str | None = None, keep: Path | None = None) -> None:
+    """Raise `OutputExistsError` when `out_dir` holds files of another run; change nothing."""
+    others = other_run_files(out_dir, identity, keep)
+    if others:
+        shown = ", ".join(f.name for f in others[:_SHOWN]) + (", ..." if len(others) > _SHOWN else "")
+        raise OutputExistsError(
+            f"{out_dir} already holds {_files(len(others))} of another run ({shown}); mixing two runs in one "
+            "directory breaks `ls` order = run order: write into an empty directory, or pass --force "
+            "(Python: overwrite=True) to remove that run's files first"
+        )
+
+
+def claim_run_directory(out_dir: Path, identity: str | None, *, overwrite: bool, keep: Path | None = None) -> list[Path]:
+    """Make `out_dir` hold run `identity` (None: a new run whose capture is yet to be written).
+
+    Another run's files are refused (`OutputExistsError`, nothing changed), or with `overwrite`
+    removed, with one line on stderr saying how many. Returns the removed files. A known
+    `identity` is recorded in `run-id.txt` so that a later export can tell this run's files.
+    """
+    removed: list[Path] = []
+    if overwrite:
+        for path in other_run_files(out_dir, identity, keep):
+            path.unlink(missing_ok=True)
+            removed.append(path)
+        if removed:
+            print(f"rbln-perfetto: removed {_files(len(removed))} of an earlier run from {out_dir}", file=sys.stderr)
+    else:
+        refuse_other_runs(out_dir, identity, keep)
+    if identity is not None:
+        marker = out_dir / RUN_ID_FILE
+        if not marker.is_file() or marker.read_text().strip() != identity:
+            marker.write_text(identity + "\n")
+    return removed
