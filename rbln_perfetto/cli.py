@@ -142,7 +142,9 @@ def cmd_query(args) -> int:
     with _open(args) as tr:
         df = tr.query(args.sql)
     if args.csv:
-        df.to_csv(sys.stdout, index=False)
+        from .query.shell_csv import write_shell_csv
+
+        write_shell_csv(df, sys.stdout)
     elif args.json:
         print(df.to_json(orient="records"))
     else:
@@ -266,7 +268,8 @@ def build_parser() -> argparse.ArgumentParser:
     _trace_args(q)
     q.add_argument("sql", help="the query, e.g. \"select count(*) from slice\"")
     fmt = q.add_mutually_exclusive_group()
-    fmt.add_argument("--csv", action="store_true", help="print CSV")
+    fmt.add_argument("--csv", action="store_true",
+                     help="print CSV as trace_processor_shell does (strings quoted, doubles as 100.000000, [NULL])")
     fmt.add_argument("--json", action="store_true", help="print JSON records")
     q.set_defaults(func=cmd_query)
 

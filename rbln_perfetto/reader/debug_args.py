@@ -35,11 +35,16 @@ def as_text(value):
     return value.split("\x00", 1)[0] if isinstance(value, str) and "\x00" in value else value
 
 
+class _StopAnnotation(Exception):
+    """A string iid never interned: trace_processor keeps the args read before it and drops the rest."""
+
+
 def _flatten(a: pt.DebugAnnotation, seq: SequenceState, out: dict, key: str, unread: list) -> None:
     kind = a.WhichOneof("value")
     if kind == "string_value_iid":
-        if a.string_value_iid in seq.strings:  # (one never interned gives no arg, as in trace_processor)
-            out[key] = seq.strings[a.string_value_iid]
+        if a.string_value_iid not in seq.strings:  # trace_processor stops reading the annotation there
+            raise _StopAnnotation
+        out[key] = seq.strings[a.string_value_iid]
     elif kind in _UNREAD:
         unread.append(kind)
     elif kind is not None:
@@ -49,8 +54,11 @@ def _flatten(a: pt.DebugAnnotation, seq: SequenceState, out: dict, key: str, unr
         for e in a.dict_entries:
             _flatten(e, seq, out, f"{key}.{as_text(e.name) or seq.annotation_names.get(e.name_iid, '')}", unread)
     elif a.array_values:
-        for i, e in enumerate(a.array_values):
+        i = 0  # as trace_processor: an element that adds no arg (a string iid never interned, no value) takes no index
+        for e in a.array_values:
+            before = len(out)
             _flatten(e, seq, out, f"{key}[{i}]", unread)
+            i += len(out) > before
 
 
 def arg_value_ids(raw: tuple, seq: SequenceState, memo: dict, value_id, stats) -> tuple:
@@ -66,7 +74,10 @@ def arg_value_ids(raw: tuple, seq: SequenceState, memo: dict, value_id, stats) -
             pairs: dict = {}
             unread: list = []
             if name is not None:  # (an annotation whose name is not interned is dropped, as trace_processor does)
-                _flatten(a, seq, pairs, f"debug.{name}", unread)
+                try:
+                    _flatten(a, seq, pairs, f"debug.{name}", unread)
+                except _StopAnnotation:
+                    pass
             for kind in unread:
                 stats[f"unsupported_debug_annotation:{kind}"] += 1
             one = tuple(value_id(k, v) for k, v in pairs.items())
