@@ -60,13 +60,32 @@ def refusals(rows: dict) -> list[str]:
     return [name for name, _, _ in rows["stats"] if name.startswith(REFUSALS)]
 
 
+def _same_value(x, y) -> bool:
+    """Equal, or two printed reals within the last printed digit (the two engines' SQLite printf may round
+    the 14th significant digit apart: 5.9804782263118e+14 vs 5.9804782263117e+14)."""
+    if x == y:
+        return True
+    if isinstance(x, str) and isinstance(y, str) and "e" in x and "e" in y:
+        try:
+            fx, fy = float(x), float(y)
+        except ValueError:
+            return False
+        return abs(fx - fy) <= 2e-13 * max(abs(fx), abs(fy))
+    return False
+
+
+def _same_row(a, b) -> bool:
+    return a == b or (isinstance(a, list) and isinstance(b, list) and len(a) == len(b)
+                      and all(_same_value(x, y) for x, y in zip(a, b)))
+
+
 def differences(want: dict, got: dict) -> str:
     """A short account of where `got` differs from `want`, table by table ("" when they are equal)."""
     out = []
     for table in TABLES:
         a, b = want.get(table, []), got.get(table, [])
-        if a != b:
-            first = next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b)))
+        if len(a) != len(b) or not all(_same_row(x, y) for x, y in zip(a, b)):
+            first = next((i for i, (x, y) in enumerate(zip(a, b)) if not _same_row(x, y)), min(len(a), len(b)))
             out.append(f"{table}: {len(a)} rows from trace_processor, {len(b)} embedded; first difference at row "
                        f"{first}: trace_processor {a[first] if first < len(a) else None} vs embedded "
                        f"{b[first] if first < len(b) else None}")
