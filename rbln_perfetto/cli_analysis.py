@@ -115,13 +115,15 @@ def cmd_check(args) -> int:
                    regression_metrics=regression, backend=args.backend, tp_bin=args.tp_bin)
     if args.metrics:
         _print_table(result.metrics, args)
+    # With --csv/--json, stdout carries only the data; the verdict lines go to stderr.
+    say = sys.stderr if args.metrics and (args.csv or args.json) else sys.stdout
     for line in result.violations:
-        print(f"FAIL {line}")
+        print(f"FAIL {line}", file=say)
     if result.rules == 0 and not args.metrics:
         print("check: no rules given (--max, or --baseline with --max-regression); --metrics lists the metrics")
     elif not args.violations_only:
         print(f"check: {len(result.violations)} of {result.rules} rules broken" if result.violations
-              else f"check: ok, {result.rules} rules hold")
+              else f"check: ok, {result.rules} rules hold", file=say)
     return 1 if result.violations else 0
 
 

@@ -51,10 +51,9 @@ FORK_JOIN_GAPS = {
          "text_encoder_3 #0 (device 1)"),
         ("after last command", 190, 210, {"dma": 12, "host": 8}, "dma", "dma y device 0 -> host")],
     1: [("before first command", 0, 27, {"dma": 12, "host": 10, "unrecorded": 5}, "dma", "dma t host -> device 1"),
-        # text_encoder #0 on device 0 runs [10, 202]: it ends before device 1's gap does, so it counts
-        # from where device 1's own DMA stops (115); in the first gap it ends after, so it does not.
-        ("after last command", 100, 210, {"dma": 15, "other_device": 87, "host": 8}, "other_device",
-         "text_encoder #0 (device 0)")],
+        # After its last invocation device 1 waits for no input: text_encoder #0 on device 0 (running
+        # [10, 202]) is not its cause, so what its own DMA and the host do not cover is unrecorded.
+        ("after last command", 100, 210, {"dma": 15, "unrecorded": 87, "host": 8}, "unrecorded", "")],
 }
 
 # Critical path segments: (kind, device, name, start_us, on_path_us, elements, via).

@@ -197,6 +197,10 @@ def test_rbln_profiler_selection_from_the_environment(make_pipe, tmp_path, monke
     monkeypatch.setenv(ENV_CALLS, "1")
     monkeypatch.setenv(ENV_STEPS, "0")
     monkeypatch.setenv(ENV_SUBMODULES, "transformer")
+    # `calls` counts the process's RBLN_PROFILER calls: start this process's count afresh (other tests made some).
+    from rbln_perfetto import activation
+
+    monkeypatch.setattr(activation, "_env_calls", 0)
     pipe = make_pipe(TRANSFORMER_ON_1)
     for _ in range(3):
         run(pipe, steps=2)

@@ -135,8 +135,10 @@ def _gap_rows(trace, min_gap_ns: int):
         for kind, lo, hi, inv_before, inv_after in gaps:
             if hi <= lo:
                 continue
-            classes = [dma_iv.overlapping(lo, hi), other_iv.overlapping(lo, hi, ending_by=hi),
-                       host_iv.overlapping(lo, hi)]
+            # Another device's work explains a wait only for a next invocation of this device: after its
+            # last one there is no input to wait for.
+            waited_on = other_iv.overlapping(lo, hi, ending_by=hi) if inv_after >= 0 else []
+            classes = [dma_iv.overlapping(lo, hi), waited_on, host_iv.overlapping(lo, hi)]
             times, details = _attribute(lo, hi, classes)
             main = int(np.argmax(times))
             rows.append({"device": int(d), "kind": kind, "start_ms": (lo - run_start) / 1e6, "dur_ms": (hi - lo) / 1e6,
