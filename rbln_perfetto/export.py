@@ -209,11 +209,9 @@ def export(capture: str | os.PathLike, out_dir: str | os.PathLike | None = None,
         compressed = future.result()
         if per_invocation:
             path = out / invocation_file_name(inv.sequence_index, program.submodule, inv.call_index)
+            f = None
             try:
                 f = TraceFile(path)
-            except OSError as exc:
-                raise _failed(exc, path) from exc
-            try:
                 f.write(preamble([devices[program.device]], with_host=False))
                 f.write(provenance.file_start(path.name))
                 f.write(interned_packet(template.static_interned))
@@ -222,7 +220,10 @@ def export(capture: str | os.PathLike, out_dir: str | os.PathLike | None = None,
                 result.bytes_written += f.bytes_written
                 result.invocation_files.append(f.commit())
             except BaseException as exc:
-                f.discard()
+                if f is not None:
+                    f.discard()
+                else:  # interrupted between the file's creation and `f` naming it
+                    TraceFile.temporary(path).unlink(missing_ok=True)
                 if isinstance(exc, OSError):
                     raise _failed(exc, path) from exc
                 raise

@@ -87,9 +87,18 @@ def remove_stale_temporaries(out_dir: Path) -> list[Path]:
 class TraceFile:
     def __init__(self, path: str | os.PathLike):
         self.path = Path(path)
-        self._tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
-        self._file = open(self._tmp, "wb")
+        self._tmp = self.temporary(self.path)
+        try:
+            self._file = open(self._tmp, "wb")
+        except BaseException:  # (Ctrl-C right after the file was made leaves no temporary behind)
+            self._tmp.unlink(missing_ok=True)
+            raise
         self.bytes_written = 0
+
+    @staticmethod
+    def temporary(path: Path) -> Path:
+        """Where the file for `path` is written until `commit` renames it into place."""
+        return path.with_name(f".{path.name}.{os.getpid()}.tmp")
 
     def write(self, data: bytes) -> None:
         self._file.write(data)
