@@ -106,11 +106,9 @@ class _AggregateFile:
     """The aggregate file and its sequence's state: invocation streams are appended, host events and
     user ranges encoded (the Ranges track only when the capture holds ranges)."""
 
-    def __init__(self, path: Path, devices, boot_offset: int, with_ranges: bool = False):
-        self.file = TraceFile(path)
-        self.file.write(preamble(devices, with_host=True))
-        if with_ranges:
-            self.file.write(ranges_track_packet(with_device_0=any(d[0] == 0 for d in devices)))
+    def __init__(self, path: Path, devices, boot_offset: int, file_start: bytes, with_ranges: bool = False):
+        ranges = [ranges_track_packet(with_device_0=any(d[0] == 0 for d in devices))] if with_ranges else []
+        self.file = TraceFile.started(path, [preamble(devices, with_host=True), *ranges, file_start])
         self.boot_offset = boot_offset
         self.clock: int | None = None  # the incremental clock's value after the last packet
         self.programs_interned: set[int] = set()  # capture program ids whose static strings are interned
@@ -180,10 +178,9 @@ def export(capture: str | os.PathLike, out_dir: str | os.PathLike | None = None,
     tracks = TrackIds()
     templates: dict[tuple[int, int, int], ProgramTemplate] = {}
     try:
-        agg = (_AggregateFile(out / AGGREGATE_FILE_NAME, sorted(devices.values()), boot_offset, info.ranges > 0)
+        agg = (_AggregateFile(out / AGGREGATE_FILE_NAME, sorted(devices.values()), boot_offset,
+                              provenance.file_start(AGGREGATE_FILE_NAME), info.ranges > 0)
                if aggregate else None)
-        if agg is not None:
-            agg.file.write(provenance.file_start(AGGREGATE_FILE_NAME))
     except OSError as exc:
         raise _failed(exc, out / AGGREGATE_FILE_NAME) from exc
     # Compression runs on worker threads (zlib releases the GIL) while this thread assembles the
@@ -209,24 +206,15 @@ def export(capture: str | os.PathLike, out_dir: str | os.PathLike | None = None,
         compressed = future.result()
         if per_invocation:
             path = out / invocation_file_name(inv.sequence_index, program.submodule, inv.call_index)
-            f = None
             try:
-                f = TraceFile(path)
-                f.write(preamble([devices[program.device]], with_host=False))
-                f.write(provenance.file_start(path.name))
-                f.write(interned_packet(template.static_interned))
-                f.write(compressed)
-                f.write(provenance.run_slice(int(ticks[0]), int(ticks[template.layout.end])))
-                result.bytes_written += f.bytes_written
-                result.invocation_files.append(f.commit())
-            except BaseException as exc:
-                if f is not None:
-                    f.discard()
-                else:  # interrupted between the file's creation and `f` naming it
-                    TraceFile.temporary(path).unlink(missing_ok=True)
-                if isinstance(exc, OSError):
-                    raise _failed(exc, path) from exc
-                raise
+                f = TraceFile.started(path, (
+                    preamble([devices[program.device]], with_host=False), provenance.file_start(path.name),
+                    interned_packet(template.static_interned), compressed,
+                    provenance.run_slice(int(ticks[0]), int(ticks[template.layout.end]))), commit=True)
+            except OSError as exc:
+                raise _failed(exc, path) from exc
+            result.bytes_written += f.bytes_written
+            result.invocation_files.append(f.path)
         if agg is not None:
             agg.invocation(inv.program_id, template, compressed, int(ticks[template.layout.end]))
 

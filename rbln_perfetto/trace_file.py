@@ -119,3 +119,22 @@ class TraceFile:
             pass
         finally:
             self._tmp.unlink(missing_ok=True)
+
+    @classmethod
+    def started(cls, path: Path, chunks, commit: bool = False) -> TraceFile:
+        """A new file for `path` holding `chunks`, and with `commit` renamed into place; a failure or
+        Ctrl-C on the way leaves no temporary (nor, before the rename, the file)."""
+        f = None
+        try:
+            f = cls(path)
+            for chunk in chunks:
+                f.write(chunk)
+            if commit:
+                f.commit()
+            return f
+        except BaseException:
+            if f is not None:
+                f.discard()
+            else:  # interrupted between the file's creation and `f` naming it
+                cls.temporary(path).unlink(missing_ok=True)
+            raise
