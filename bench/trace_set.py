@@ -3,8 +3,8 @@
 Two run directories: the medium model profiled for `steps` steps (7 + steps small per-invocation
 traces), and a synthetic SD3-medium capture of `commands` commands exported per invocation (35
 traces, the transformer's the largest). On each, each variant in a fresh process: seconds to load
-every trace, to run one query on all of them (one DataFrame with a `trace` column), and to run it
-again (the traces stay loaded). Variants: "open_trace loop", the embedded backend one trace after
+every trace; to run a summary query on all of them (one DataFrame with a `trace` column), and again
+(the traces stay loaded); to fetch every slice (the cost of moving rows to the caller). Variants: "open_trace loop", the embedded backend one trace after
 another in one process; "pool of N", open_traces' embedded process pool of `workers` processes;
 "BatchTraceProcessor", open_traces on trace_processor (when $RBLN_PERFETTO_TP_BIN is set). Median
 of `repeats` runs, variants interleaved; ratios against the open_trace loop.
@@ -23,15 +23,18 @@ from pathlib import Path
 
 from bench.common import Row, print_rows, run_child
 
-QUERY = "select name, count(*) as n, sum(dur) as total from slice group by name order by total desc, name"
+# A summary (few rows back per trace: the SQL's own cost) and every slice (the cost of moving rows).
+SUMMARY = "select depth, count(*) as n, sum(dur) as total from slice group by depth order by depth"
+EVERY = "select id, ts, dur, name from slice order by id"
 
 _TIME = """
 import json, sys, time
+from pathlib import Path
 import pandas  # imported by any query anyway; not part of the load
 from rbln_perfetto.query import open_trace, open_traces
 
-def sequential(folder):
-    paths = sorted(p for p in __import__("pathlib").Path(folder).glob("*.pb") if p.name != "aggregate.pb")
+def sequential(folder):  # what one would write without open_traces
+    paths = sorted(p for p in Path(folder).glob("*.pb") if p.name != "aggregate.pb")
     traces = [open_trace(p, backend="sqlite") for p in paths]
     class Loop:
         def query(self, sql):
@@ -51,13 +54,13 @@ if __name__ == "__main__":
         ts = sequential(folder)
     else:
         ts = open_traces(folder, backend=variant, workers=workers)
-    loaded = time.perf_counter()
-    rows = len(ts.query(sys.argv[4]))
-    queried = time.perf_counter()
-    ts.query(sys.argv[4])
-    again = time.perf_counter()
+    times = {"load": time.perf_counter() - start}
+    for key, sql in (("summary", sys.argv[4]), ("again", sys.argv[4]), ("every", sys.argv[5])):
+        start = time.perf_counter()
+        times[f"{key} rows"] = len(ts.query(sql))
+        times[key] = time.perf_counter() - start
     ts.close()
-    print(json.dumps({"load": loaded - start, "query": queried - loaded, "again": again - queried, "rows": rows}))
+    print(json.dumps(times))
 """
 
 
@@ -93,16 +96,17 @@ def _measure(label: str, folder: Path, repeats: int, workers: int) -> list[Row]:
     samples: dict[str, list[dict]] = {name: [] for name in variants}
     for _ in range(repeats):
         for name, variant in variants.items():
-            samples[name].append(run_child(_TIME, variant, str(folder), str(workers), QUERY))
+            samples[name].append(run_child(_TIME, variant, str(folder), str(workers), SUMMARY, EVERY))
     rows = []
-    base = {k: statistics.median(s[k] for s in samples["open_trace loop"])
-            for k in ("load", "query", "again")}
+    keys = {"load": "load", "summary": "summary query", "again": "summary again", "every": "every slice"}
+    base = {k: statistics.median(s[k] for s in samples["open_trace loop"]) for k in keys}
     for name, found in samples.items():
-        for key, what in (("load", "load"), ("query", "query"), ("again", "again")):
+        for key, what in keys.items():
             value = statistics.median(s[key] for s in found)
+            got = f"; {found[0][key + ' rows']:,} rows" if key != "load" else ""
             rows.append(Row("trace set", f"{label}, {name}: {what}", value, "s",
                             value / base[key] if base[key] else None, "",
-                            f"{len(traces)} traces, {size:.1f} MB; {found[0]['rows']} rows; median of {repeats}"))
+                            f"{len(traces)} traces, {size:.1f} MB{got}; median of {repeats}"))
     return rows
 
 

@@ -217,3 +217,31 @@ def test_a_worker_that_dies_is_reported_and_the_others_end(runs):
         ts.query("select count(*) from slice")
     ts.close()
     assert not other.is_alive()
+
+
+def test_workers_are_forked_only_while_no_other_thread_runs(runs):
+    """Forked from the caller when it runs one thread; from a fork server while others run (one could hold a
+    lock that the forked child then waits on forever). The same rows either way."""
+    import subprocess
+    import sys
+    import threading
+
+    root, _ = runs
+    code = (f"from rbln_perfetto.query import open_traces\n"
+            f"with open_traces({str(root)!r}, backend='sqlite', workers=2) as ts:\n"
+            f"    print(sorted({{type(p).__name__ for p, _ in ts._impl.workers}}), ts.query({PER_NAME!r}).to_json())")
+    alone = subprocess.run([sys.executable, "-c", code], cwd=Path(__file__).parents[1], capture_output=True, text=True,
+                           timeout=120)
+    assert alone.returncode == 0, alone.stderr
+    kinds, forked = alone.stdout.split(" ", 1)
+    assert kinds == "['ForkProcess']"
+    stop = threading.Event()
+    other = threading.Thread(target=stop.wait)
+    other.start()
+    try:
+        with open_traces(root, backend="sqlite", workers=2) as ts:
+            assert {type(p).__name__ for p, _ in ts._impl.workers} == {"ForkServerProcess"}
+            assert ts.query(PER_NAME).to_json() == forked.strip()
+    finally:
+        stop.set()
+        other.join()

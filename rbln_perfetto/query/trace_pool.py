@@ -98,6 +98,13 @@ def _query(sql: str):
     return frames, None
 
 
+def _worker_died(paths: list[Path], shard: list[int]) -> WorkerError:
+    names = ", ".join(paths[i].name for i in shard[:3]) + (", ..." if len(shard) > 3 else "")
+    return WorkerError(f"the worker process holding {names} died (out of memory? killed?); or, in a program "
+                       "with threads, the main module opens traces at top level without "
+                       "`if __name__ == \"__main__\":` (its workers import it)")
+
+
 class TracePool:
     """`paths` loaded by the embedded backend in `workers` processes."""
 
@@ -137,24 +144,18 @@ class TracePool:
             try:
                 conn.send((fn, arg))
             except OSError:  # (a broken pipe here is no reader of stdout going away)
-                raise self._died(shard) from None
+                raise _worker_died(self.paths, shard) from None
         replies = []
         for shard, (_, conn) in zip(self.shards, self.workers):
             try:
                 replies.append(conn.recv())
             except (EOFError, OSError):
-                raise self._died(shard) from None
+                raise _worker_died(self.paths, shard) from None
         self._answering = False
         for ok, value in replies:
             if not ok:
                 raise value
         return [value for _, value in replies]
-
-    def _died(self, shard: list[int]) -> WorkerError:
-        names = ", ".join(self.paths[i].name for i in shard[:3]) + (", ..." if len(shard) > 3 else "")
-        return WorkerError(f"the worker process holding {names} died (out of memory? killed?); or, in a program "
-                           "with threads, the main module opens traces at top level without "
-                           "`if __name__ == \"__main__\":` (its workers import it)")
 
     def query(self, sql: str) -> tuple[list, tuple[int, QueryError] | None]:
         """One DataFrame per trace, in set order, and the first failing trace's (index, QueryError), if any."""
