@@ -115,6 +115,8 @@ def test_a_sql_error_names_the_first_trace_it_fails_on(runs, backend):
         with pytest.raises(rbln_perfetto.QueryError, match="returns a column named 'trace'"):
             ts.query("select 1 as trace")
         assert ts.query("select 1 as x").x.tolist() == [1] * len(paths)  # still usable
+    with pytest.raises(rbln_perfetto.QueryError, match="this trace set is closed"):
+        ts.query("select 1 as x")
 
 
 @pytest.mark.parametrize("backend", BACKENDS)

@@ -64,6 +64,7 @@ class TraceSet:
 
             self._impl = BatchTraceProcessorBackend(self.paths, tp_bin)
         self.backend = backend
+        self._closed = False
         try:  # what loading each trace warned about, in set order, as `open_trace` warns it
             for found in self._impl.warnings:
                 for category, message in found:
@@ -81,6 +82,8 @@ class TraceSet:
         return dict(zip(self.traces, self._frames(sql)))
 
     def _frames(self, sql: str) -> list:
+        if self._closed:
+            raise QueryError("SQL error: this trace set is closed (its traces are unloaded); open_traces opens them again")
         frames, failure = self._impl.query(sql)
         if failure is not None:
             index, error = failure
@@ -97,6 +100,7 @@ class TraceSet:
 
     def close(self) -> None:
         self._impl.close()
+        self._closed = True
 
     def __enter__(self) -> TraceSet:
         return self
