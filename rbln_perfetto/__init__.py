@@ -23,9 +23,10 @@ from .errors import (
     TraceProcessorError,
     TraceReadError,
     UsageError,
+    WorkerError,
 )
 from .export import ExportResult, export
-from .query import REPORTS, Trace, open_trace
+from .query import REPORTS, Trace, TraceSet, open_trace, open_traces
 from .ranges import range  # noqa: A004 - rbln_perfetto.range, like nvtx.range
 from .summary import Summary
 
@@ -49,13 +50,16 @@ __all__ = [
     "TraceProcessorBinaryError",
     "TraceProcessorError",
     "TraceReadError",
+    "TraceSet",
     "UsageError",
+    "WorkerError",
     "check",
     "critical_path",
     "diff",
     "export",
     "idle",
     "open_trace",
+    "open_traces",
     "profile",
     "range",
     "read_info",

@@ -11,12 +11,14 @@ import json
 import os
 import select
 import sys
+from contextlib import contextmanager
 from pathlib import Path
 
 from .errors import RblnPerfettoError, TraceProcessorError, UsageError
 from .export import UI_LIMIT_BYTES, ExportResult, export
 from .progress import activity
 from .query import BACKENDS
+from .query.trace_paths import FILES
 
 PROMPT = "a photo of a cat holding a sign that says hello world"
 DEFAULT_SPLIT = {"text_encoder_3": {"device": 1}}
@@ -99,22 +101,36 @@ def cmd_export(args) -> int:
     return 0
 
 
-def _open(args):
-    """The trace, opened; what the backend warns about it (unfinished slices, ...) printed as one line each."""
-    import warnings
-
+def _open(args, trace: str | None = None):
+    """The trace (`args.trace` unless given), opened; what the backend warns about it (unfinished slices, ...)
+    printed as one line each."""
     from .query import open_trace
+
+    trace = trace or args.trace
+    with _warnings_printed(args), activity(f"loading {Path(trace).name}"):  # on a terminal, for loads over a second
+        return open_trace(trace, backend=args.backend, tp_bin=args.tp_bin)
+
+
+def _open_set(args):
+    """`args.trace` (several traces, or directories) opened as one set; warnings printed as `_open` prints them."""
+    from .query import open_traces
+
+    with _warnings_printed(args), activity(f"loading {len(args.trace)} paths"):
+        return open_traces(args.trace, backend=args.backend, tp_bin=args.tp_bin, workers=args.workers, files=args.files)
+
+
+@contextmanager
+def _warnings_printed(args):
+    import warnings
 
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        with activity(f"loading {Path(args.trace).name}"):  # on a terminal, for loads over a second
-            trace = open_trace(args.trace, backend=args.backend, tp_bin=args.tp_bin)
+        yield
     for w in caught:
         if issubclass(w.category, UserWarning):
             print(f"rbln-perfetto {args.command}: warning: {' '.join(str(w.message).split())}", file=sys.stderr)
         else:  # a library's warning: as Python would show it
             warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
-    return trace
 
 
 def cmd_summary(args) -> int:
@@ -139,7 +155,8 @@ def cmd_summary(args) -> int:
 def cmd_query(args) -> int:
     import pandas as pd
 
-    with _open(args) as tr:
+    one = len(args.trace) == 1 and not Path(args.trace[0]).is_dir()  # (one trace: no `trace` column)
+    with _open(args, args.trace[0]) if one else _open_set(args) as tr:
         df = tr.query(args.sql)
     if args.csv:
         from .query.shell_csv import write_shell_csv
@@ -196,8 +213,17 @@ def cmd_open(args) -> int:
     return 0
 
 
-def _trace_args(p, backend: bool = True) -> None:
-    p.add_argument("trace", help="a Perfetto trace (.pb)")
+def _trace_args(p, backend: bool = True, several: bool = False) -> None:
+    if several:
+        p.add_argument("trace", nargs="+", metavar="TRACE",
+                       help="a Perfetto trace (.pb); or several, or run directories: then rows get a `trace` column "
+                            "(the path relative to the directory holding them all)")
+        p.add_argument("--files", choices=FILES, default="invocations",
+                       help="which .pb files a directory gives: each run's per-invocation traces (default), each "
+                            "run's aggregate.pb, or every .pb file")
+        p.add_argument("--workers", type=int, help="embedded backend: processes loading the traces (default: CPUs)")
+    else:
+        p.add_argument("trace", help="a Perfetto trace (.pb)")
     if backend:
         p.add_argument("--backend", choices=BACKENDS, default="auto",
                        help="auto: trace_processor when a binary is configured, else the embedded sqlite")
@@ -264,8 +290,8 @@ def build_parser() -> argparse.ArgumentParser:
     _trace_args(summ)
     summ.set_defaults(func=cmd_summary)
 
-    q = sub.add_parser("query", help="run trace_processor SQL on a trace")
-    _trace_args(q)
+    q = sub.add_parser("query", help="run trace_processor SQL on a trace, or on many (one table, a trace column first)")
+    _trace_args(q, several=True)
     q.add_argument("sql", help="the query, e.g. \"select count(*) from slice\"")
     fmt = q.add_mutually_exclusive_group()
     fmt.add_argument("--csv", action="store_true",

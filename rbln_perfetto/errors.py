@@ -65,6 +65,10 @@ class TraceProcessorBinaryError(TraceProcessorError, FileNotFoundError):
     """A configured trace_processor path (`--tp-bin`, `$RBLN_PERFETTO_TP_BIN`) that is not an executable."""
 
 
+class WorkerError(RblnPerfettoError, RuntimeError):
+    """A worker process of `open_traces` died, and the traces it held with it."""
+
+
 class PlotError(RblnPerfettoError, ValueError):
     """A trace that holds nothing the plot can draw."""
 

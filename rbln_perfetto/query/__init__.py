@@ -3,6 +3,9 @@
     with rbln_perfetto.open_trace("profile-out/aggregate.pb") as tr:   # backend="auto" | "sqlite" | "trace_processor"
         tr.query("select name, dur from slice where name like '%to_q%' order by dur desc")
         tr.report("devices")
+
+    with rbln_perfetto.open_traces("profile-out/") as ts:   # many traces: one DataFrame, a `trace` column first
+        ts.query("select name, dur from slice where depth = 0")
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ from ..reader.diagnosis import unfinished_slices_warning
 from .reports import REPORTS, Report
 from .sqlite_backend import SqliteBackend
 from .tp_backend import TP_BIN_ENV, TraceProcessorBackend, find_binary
+from .trace_set import TraceSet, open_traces
 
 BACKENDS = ("auto", "sqlite", "trace_processor")
 
@@ -74,4 +78,5 @@ def open_trace(path: str | os.PathLike, backend: str = "auto", tp_bin: str | Non
     return Trace(path, backend, tp_bin)
 
 
-__all__ = ["BACKENDS", "REPORTS", "TP_BIN_ENV", "QueryError", "Report", "Trace", "open_trace", "require_trace_file"]
+__all__ = ["BACKENDS", "REPORTS", "TP_BIN_ENV", "QueryError", "Report", "Trace", "TraceSet", "open_trace", "open_traces",
+           "require_trace_file"]
