@@ -1,9 +1,10 @@
 """Canned reports: each one SQL string that runs unchanged on trace_processor and the embedded backend.
 
-A run has about a million commands and a few tens of thousands of distinct arg sets (a layer's
-commands carry the same args in every call), so the reports read a command's args once per arg
-set (`arg_sets`) and join them, instead of calling `extract_arg` per command and key; and they
-filter slices by track id first, so that no name or arg of a slice of another track is computed.
+A run has about a million commands but a few tens of thousands of distinct arg sets (a layer's
+commands carry the same args in every call), so the reports read commands' args from the args
+table, one row per arg set (`arg_sets`), and join them, instead of calling `extract_arg` per
+command and key; and they test a slice's track first, so that no name or arg of a slice of another
+track is read.
 """
 
 from __future__ import annotations
@@ -25,11 +26,15 @@ def on_tracks(*names: str, alias: str = "s") -> str:
 
 
 def arg_sets(*keys: str) -> str:
-    """CTE `arg_sets`: per distinct arg set of the Compute slices, the `debug.<key>` arg of each key."""
-    columns = "".join(f", extract_arg(arg_set_id, 'debug.{k}') AS {k}" for k in keys)
+    """CTE `arg_sets`: per arg set that has any of the `debug.<key>` args, a column per key holding
+    what `extract_arg(arg_set_id, 'debug.<key>')` gives (the value in the column of its type; NULL
+    for an arg set without that key)."""
+    columns = "".join(f",\n         max(CASE WHEN key = 'debug.{k}' THEN coalesce(int_value, string_value, real_value) END)"
+                      f" AS {k}" for k in keys)
     return f"""arg_sets AS MATERIALIZED (
   SELECT arg_set_id{columns}
-  FROM (SELECT DISTINCT s.arg_set_id FROM slice s WHERE {on_tracks('Compute')} AND s.arg_set_id IS NOT NULL))"""
+  FROM args WHERE key IN ({', '.join(f"'debug.{k}'" for k in keys)})
+  GROUP BY arg_set_id)"""
 
 
 REPORTS = {
@@ -50,27 +55,24 @@ ORDER BY min(s.ts)
     # the slices that carry a command_index. The span is that of the invocations and host work, as
     # `rbln-perfetto run` computes it (`summary.RunStats`). Untraced stretches (`profile(steps=...)`) are no work.
     "devices": Report("per-device busy time and utilisation (% of the run span) per track category", f"""
-WITH per_set AS (
-  SELECT s.track_id, s.arg_set_id, count(*) AS slices,
-         sum(CASE WHEN s.depth = 0 THEN s.dur ELSE 0 END) AS busy_ns,
-         min(CASE WHEN s.dur >= 0 THEN s.ts END) AS lo, max(CASE WHEN s.dur >= 0 THEN s.ts + s.dur END) AS hi
+WITH span AS (
+  SELECT max(s.ts + s.dur) - min(s.ts) AS ns
+  FROM slice s
+  WHERE {on_tracks('Workload', 'Host')} AND s.dur >= 0 AND {NOT_UNTRACED_SQL}),
+{arg_sets('command_index')},
+per_track AS (
+  SELECT s.track_id, count(*) AS slices,
+         sum(coalesce(s.arg_set_id IN (SELECT arg_set_id FROM arg_sets WHERE command_index IS NOT NULL), 0))
+           AS commands,
+         sum(CASE WHEN s.depth = 0 THEN s.dur ELSE 0 END) AS busy_ns
   FROM slice s
   WHERE {on_tracks('Workload', 'Host', 'Compute', 'DMA')} AND {NOT_UNTRACED_SQL}
-  GROUP BY s.track_id, s.arg_set_id),
-per_track AS (
-  SELECT t.id, t.name AS category, t.parent_id, sum(ps.slices) AS slices,
-         sum(CASE WHEN extract_arg(ps.arg_set_id, 'debug.command_index') IS NOT NULL THEN ps.slices ELSE 0 END)
-           AS commands,
-         sum(ps.busy_ns) AS busy_ns, min(ps.lo) AS lo, max(ps.hi) AS hi
-  FROM per_set ps JOIN track t ON t.id = ps.track_id
-  GROUP BY t.id),
-span AS (SELECT max(hi) - min(lo) AS ns FROM per_track WHERE category IN ('Workload', 'Host')),
+  GROUP BY s.track_id),
 busy AS (
-  SELECT p.name AS device, pt.category,
-         sum(CASE WHEN pt.category = 'Compute' THEN pt.commands ELSE pt.slices END) AS items,
-         sum(pt.busy_ns) AS busy_ns
-  FROM per_track pt JOIN track p ON pt.parent_id = p.id
-  GROUP BY p.name, pt.category)
+  SELECT p.name AS device, t.name AS category,
+         sum(CASE WHEN t.name = 'Compute' THEN pt.commands ELSE pt.slices END) AS items, sum(pt.busy_ns) AS busy_ns
+  FROM per_track pt JOIN track t ON t.id = pt.track_id JOIN track p ON t.parent_id = p.id
+  GROUP BY p.name, t.name)
 SELECT device, category, items,
        CASE category WHEN 'Workload' THEN 'invocations' WHEN 'Host' THEN 'host events'
                      WHEN 'Compute' THEN 'commands' ELSE 'transfers' END AS counted,
