@@ -147,16 +147,16 @@ ORDER BY bytes DESC, submodule, tensor, source
     # A command counts for a range when it starts inside it. Running sums over one time-ordered pass
     # (range edges sort before commands at the same ts) give every range's share without a
     # ranges x commands join; a range's numbers include those of the ranges nested in it.
-    "ranges": Report("user ranges (rbln_perfetto.range) and the device time inside them", f"""
+    "ranges": Report("user ranges (rbln_perfetto.range) and the device time inside them", """
 WITH r AS MATERIALIZED (
   SELECT s.id, s.ts, s.dur, s.name, s.depth, s.arg_set_id
-  FROM slice s
-  WHERE {on_tracks('Ranges')} AND s.dur >= 0),
+  FROM slice s JOIN track t ON s.track_id = t.id
+  WHERE t.name = 'Ranges' AND s.dur >= 0),
 span AS (SELECT min(ts) AS lo, max(ts + dur) AS hi FROM r),
 cmd AS (
-  SELECT s.ts, s.dur, s.track_id IN (SELECT id FROM track WHERE name = 'DMA') AS is_dma
-  FROM slice s JOIN span
-  WHERE {on_tracks('Compute', 'DMA')} AND s.ts >= span.lo AND s.ts < span.hi AND s.dur >= 0
+  SELECT s.ts, s.dur, t.name = 'DMA' AS is_dma
+  FROM slice s JOIN track t ON s.track_id = t.id JOIN span
+  WHERE t.name IN ('Compute', 'DMA') AND s.ts >= span.lo AND s.ts < span.hi AND s.dur >= 0
     AND s.id NOT IN (SELECT parent_id FROM slice WHERE parent_id IS NOT NULL)),
 ev AS (
   SELECT ts, 1 AS k, dur * (1 - is_dma) AS compute_ns, dur * is_dma AS dma_ns, NULL AS rid, NULL AS edge FROM cmd
