@@ -101,7 +101,8 @@ def _layers_by_sql(rows):
     by_column = [r[0] for r in db.execute(f"SELECT {naming.layer_sql('name', 'command_index')} FROM slice ORDER BY arg_set_id")]
     by_rest = [r[0] for r in db.execute(
         f"SELECT {naming.layer_sql(TOP_LAYERS_NAME, 'command_index')} FROM "
-        "(SELECT substr(name, instr(name, '_') + 1) AS rest, command_index, arg_set_id FROM slice) ORDER BY arg_set_id")]
+        "(SELECT substr(name, instr(name, '_') + 1) AS rest, command_index, arg_set_id FROM slice) "
+        "ORDER BY arg_set_id")]
     db.close()
     assert exact == by_column == by_rest
     return exact

@@ -25,7 +25,8 @@ def in_category(*categories: str) -> str:
     """SQL condition: slice `s` is on a device track of one of `categories` (Compute, DMA, Host,
     Workload). An IN over the few track ids keeps the slice scan the outer loop on both backends;
     put it first, so that a slice of another track costs no more than that test."""
-    return f"s.track_id IN (SELECT track_id FROM device_tracks WHERE category IN ({', '.join(repr(c) for c in categories)}))"
+    names = ", ".join(repr(c) for c in categories)
+    return f"s.track_id IN (SELECT track_id FROM device_tracks WHERE category IN ({names}))"
 
 
 # One row per submodule invocation (Workload slice; not the "not traced: ..." slices of a selected run).

@@ -29,8 +29,8 @@ def arg_sets(*keys: str) -> str:
     """CTE `arg_sets`: per arg set that has any of the `debug.<key>` args, a column per key holding
     what `extract_arg(arg_set_id, 'debug.<key>')` gives (the value in the column of its type; NULL
     for an arg set without that key)."""
-    columns = "".join(f",\n         max(CASE WHEN key = 'debug.{k}' THEN coalesce(int_value, string_value, real_value) END)"
-                      f" AS {k}" for k in keys)
+    value = "coalesce(int_value, string_value, real_value)"  # (an arg fills only its type's column)
+    columns = "".join(f",\n         max(CASE WHEN key = 'debug.{k}' THEN {value} END) AS {k}" for k in keys)
     return f"""arg_sets AS MATERIALIZED (
   SELECT arg_set_id{columns}
   FROM args WHERE key IN ({', '.join(f"'debug.{k}'" for k in keys)})
@@ -101,8 +101,8 @@ GROUP BY layer, submodule, op
 ORDER BY total_ms DESC, layer
 LIMIT 25
 """),
-    # The commands are summed per split op first (an integer key), so only the few split ops are
-    # grouped by their names and args.
+    # The commands are summed per split op (and submodule) first, so only the split ops, twenty times
+    # fewer, are joined to their names and args and grouped by them.
     "split_ops": Report("ops split into several commands", f"""
 WITH {arg_sets('submodule', 'op', 'command_count')},
 per_op AS (
