@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from ..errors import UsageError
 from ..naming import NOT_UNTRACED_SQL
 from .sources import opened
-from .trace_sql import DEVICE_TRACKS, INVOCATIONS, with_ctes
+from .trace_sql import DEVICE_TRACKS, INVOCATIONS, in_category, with_ctes
 
 
 @dataclass(frozen=True)
@@ -42,21 +42,20 @@ class Metric:
 # The run: from the first invocation or host work to the last (as the `devices` report measures it).
 _SPAN_CTE = f"""span AS (
   SELECT max(s.ts + s.dur) - min(s.ts) AS ns FROM slice s
-  WHERE s.dur >= 0 AND {NOT_UNTRACED_SQL}
-    AND s.track_id IN (SELECT track_id FROM device_tracks WHERE category IN ('Workload', 'Host')))"""
+  WHERE {in_category('Workload', 'Host')} AND s.dur >= 0 AND {NOT_UNTRACED_SQL})"""
 _SPAN = with_ctes(DEVICE_TRACKS, _SPAN_CTE) + "\nSELECT ns / 1e6 AS span_ms FROM span"
 _SUBMODULES = with_ctes(DEVICE_TRACKS, INVOCATIONS) + """
 SELECT submodule, count(*) AS calls, sum(dur) / 1e6 AS total_ms, avg(dur) / 1e6 AS mean_ms, max(dur) / 1e6 AS max_ms
 FROM invocations GROUP BY submodule"""
 _DEVICES = with_ctes(DEVICE_TRACKS, _SPAN_CTE, f"""per_track AS (
-  SELECT s.track_id, sum(s.dur) AS ns FROM slice s WHERE s.depth = 0 AND s.dur >= 0 AND {NOT_UNTRACED_SQL}
+  SELECT s.track_id, sum(s.dur) AS ns FROM slice s
+  WHERE {in_category('Workload', 'Compute')} AND s.depth = 0 AND s.dur >= 0 AND {NOT_UNTRACED_SQL}
   GROUP BY s.track_id)""") + """
 SELECT d.device AS device,
        sum(CASE WHEN d.category = 'Workload' THEN t.ns ELSE 0 END) / 1e6 AS busy_ms,
        sum(CASE WHEN d.category = 'Compute' THEN t.ns ELSE 0 END) / 1e6 AS compute_ms,
        100.0 * (max(span.ns) - sum(CASE WHEN d.category = 'Compute' THEN t.ns ELSE 0 END)) / max(span.ns) AS idle_pct
 FROM per_track t JOIN device_tracks d ON d.track_id = t.track_id JOIN span
-WHERE d.category IN ('Workload', 'Compute')
 GROUP BY d.device"""
 
 METRICS = (

@@ -24,16 +24,15 @@ import numpy as np
 
 from ..errors import UsageError
 from .sources import opened
-from .trace_sql import DEVICE_TRACKS, INVOCATION_ROWS, containing, ops, track_devices, with_ctes
+from .trace_sql import DEVICE_TRACKS, INVOCATION_ROWS, containing, in_category, ops, track_devices, with_ctes
 
 BY = ("segment", "element", "layer")
 KINDS = ("host", "dma", "op")
 VIA = ("", "program order", "flow", "host order")
 
-_OTHER_LEAVES = with_ctes(DEVICE_TRACKS) + """
+_OTHER_LEAVES = with_ctes(DEVICE_TRACKS) + f"""
 SELECT s.id, s.ts, s.dur, s.track_id, s.name FROM slice s
-WHERE s.depth = 0 AND s.dur >= 0
-  AND s.track_id IN (SELECT track_id FROM device_tracks WHERE category IN ('Host', 'DMA'))"""
+WHERE {in_category('Host', 'DMA')} AND s.depth = 0 AND s.dur >= 0"""
 # A flow that ends in (or starts at) a split op's command counts for the split op.
 _FLOWS = """
 SELECT CASE WHEN so.depth = 0 THEN so.id ELSE so.parent_id END AS slice_out,

@@ -30,7 +30,7 @@ DEFAULT_MIN_GAP_MS = 0.01
 
 _GAPS = with_ctes(DEVICE_TRACKS, f"""ordered AS (
   SELECT s.track_id, s.ts, s.ts + s.dur AS end_ts, lag(s.ts + s.dur) OVER w AS prev_end, lead(s.ts) OVER w AS next_ts
-  FROM slice s WHERE s.depth = 0 AND s.dur >= 0 AND {in_category('Compute')}
+  FROM slice s WHERE {in_category('Compute')} AND s.depth = 0 AND s.dur >= 0
   WINDOW w AS (PARTITION BY s.track_id ORDER BY s.ts, s.id))""") + """
 SELECT track_id, prev_end, ts, end_ts, prev_end IS NULL AS is_first, next_ts IS NULL AS is_last
 FROM ordered WHERE prev_end IS NULL OR next_ts IS NULL OR ts > prev_end
@@ -38,9 +38,7 @@ ORDER BY track_id, ts"""
 
 _COVERS = with_ctes(DEVICE_TRACKS) + f"""
 SELECT s.track_id, s.ts, s.ts + s.dur AS end_ts, s.name FROM slice s
-WHERE s.depth = 0 AND s.dur >= 0
-  AND s.track_id IN (SELECT track_id FROM device_tracks WHERE category IN ('Workload', 'Host', 'DMA'))
-  AND {NOT_UNTRACED_SQL}
+WHERE {in_category('Workload', 'Host', 'DMA')} AND s.depth = 0 AND s.dur >= 0 AND {NOT_UNTRACED_SQL}
 ORDER BY s.ts, s.id"""
 
 GAP_COLUMNS = ["device", "kind", "start_ms", "dur_ms", "cause", "detail", "before", "after",

@@ -20,25 +20,29 @@ DEVICE_TRACKS = """device_tracks AS (
   FROM track t JOIN track p ON t.parent_id = p.id
   WHERE p.name GLOB 'Device [0-9]*' AND t.name IN ('Workload', 'Host', 'Compute', 'DMA'))"""
 
+
+def in_category(*categories: str) -> str:
+    """SQL condition: slice `s` is on a device track of one of `categories` (Compute, DMA, Host,
+    Workload). An IN over the few track ids keeps the slice scan the outer loop on both backends;
+    put it first, so that a slice of another track costs no more than that test."""
+    names = ", ".join(repr(c) for c in categories)
+    return f"s.track_id IN (SELECT track_id FROM device_tracks WHERE category IN ({names}))"
+
+
 # One row per submodule invocation (Workload slice; not the "not traced: ..." slices of a selected run).
+# The track test comes first, so that only the few Workload slices have their name and args read.
 INVOCATIONS = f"""invocations AS (
   SELECT s.id, s.ts, s.dur, d.device, s.name,
          extract_arg(s.arg_set_id, 'debug.sequence_index') AS seq,
          extract_arg(s.arg_set_id, 'debug.submodule') AS submodule,
          extract_arg(s.arg_set_id, 'debug.call_index') AS call_index
   FROM slice s JOIN device_tracks d ON s.track_id = d.track_id
-  WHERE d.category = 'Workload' AND s.dur >= 0 AND {NOT_UNTRACED_SQL})"""
+  WHERE {in_category('Workload')} AND s.dur >= 0 AND {NOT_UNTRACED_SQL})"""
 
 
 def with_ctes(*ctes: str) -> str:
     """`WITH a, b, ...` for the given CTE texts (each `name AS (...)`)."""
     return "WITH " + ",\n".join(ctes)
-
-
-def in_category(category: str) -> str:
-    """SQL condition: slice `s` is on a device track of `category` (Compute, DMA, Host, Workload).
-    An IN over the few track ids keeps the slice scan the outer loop on both backends."""
-    return f"s.track_id IN (SELECT track_id FROM device_tracks WHERE category = '{category}')"
 
 
 # Every invocation, in run order.
@@ -47,7 +51,7 @@ SELECT id, seq, submodule, call_index, device, name, ts, dur FROM invocations OR
 TRACK_DEVICES = with_ctes(DEVICE_TRACKS) + "\nSELECT track_id, category, device FROM device_tracks ORDER BY track_id"
 _OPS = with_ctes(DEVICE_TRACKS) + f"""
 SELECT s.id, s.ts, s.dur, s.track_id{{name}} FROM slice s
-WHERE s.depth = 0 AND s.dur >= 0 AND {in_category('Compute')}"""
+WHERE {in_category('Compute')} AND s.depth = 0 AND s.dur >= 0"""
 
 
 def containing(ts: np.ndarray, end: np.ndarray, device: np.ndarray, inv) -> np.ndarray:
@@ -80,10 +84,10 @@ def ops(tr, *, names: bool = False, invocations=None):
 
     inv = tr.query(INVOCATION_ROWS) if invocations is None else invocations
     rows = tr.query(_OPS.format(name=", s.name" if names else ""))
-    devices = track_devices(tr)
+    device = {track: d for track, (_, d) in track_devices(tr).items()}
     out = pd.DataFrame({"id": rows.id.to_numpy(np.int64), "ts": rows.ts.to_numpy(np.int64),
                         "dur": rows.dur.to_numpy(np.int64),
-                        "device": np.array([devices[int(t)][1] for t in rows.track_id], np.int64)})
+                        "device": rows.track_id.astype(np.int64).map(device).to_numpy(np.int64)})
     if names:
         out["name"] = rows.name.to_numpy(object)
     out = out.sort_values(["ts", "id"], kind="stable").reset_index(drop=True)

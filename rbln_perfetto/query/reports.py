@@ -1,16 +1,40 @@
-"""Canned reports: each one SQL string that runs unchanged on trace_processor and the embedded backend."""
+"""Canned reports: each one SQL string that runs unchanged on trace_processor and the embedded backend.
+
+A run has about a million commands but a few tens of thousands of distinct arg sets (a layer's
+commands carry the same args in every call), so the reports read commands' args from the args
+table, one row per arg set (`arg_sets`), and join them, instead of calling `extract_arg` per
+command and key; and they test a slice's track first, so that no name or arg of a slice of another
+track is read.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..naming import LAYER_SQL, NOT_UNTRACED_SQL
+from ..naming import NOT_UNTRACED_SQL, layer_sql
 
 
 @dataclass(frozen=True)
 class Report:
     title: str
     sql: str
+
+
+def on_tracks(*names: str, alias: str = "s") -> str:
+    """SQL condition: slice `alias` is on a track named one of `names` (an IN over the few track ids)."""
+    return f"{alias}.track_id IN (SELECT id FROM track WHERE name IN ({', '.join(repr(n) for n in names)}))"
+
+
+def arg_sets(*keys: str) -> str:
+    """CTE `arg_sets`: per arg set that has any of the `debug.<key>` args, a column per key holding
+    what `extract_arg(arg_set_id, 'debug.<key>')` gives (the value in the column of its type; NULL
+    for an arg set without that key)."""
+    value = "coalesce(int_value, string_value, real_value)"  # (an arg fills only its type's column)
+    columns = "".join(f",\n         max(CASE WHEN key = 'debug.{k}' THEN {value} END) AS {k}" for k in keys)
+    return f"""arg_sets AS MATERIALIZED (
+  SELECT arg_set_id{columns}
+  FROM args WHERE key IN ({', '.join(f"'debug.{k}'" for k in keys)})
+  GROUP BY arg_set_id)"""
 
 
 REPORTS = {
@@ -22,8 +46,8 @@ SELECT extract_arg(s.arg_set_id, 'debug.submodule') AS submodule,
        avg(s.dur) / 1e6 AS mean_ms,
        min(s.dur) / 1e6 AS min_ms,
        max(s.dur) / 1e6 AS max_ms
-FROM slice s JOIN track t ON s.track_id = t.id
-WHERE t.name = 'Workload' AND {NOT_UNTRACED_SQL}
+FROM slice s
+WHERE {on_tracks('Workload')} AND {NOT_UNTRACED_SQL}
 GROUP BY submodule, device
 ORDER BY min(s.ts)
 """),
@@ -33,15 +57,21 @@ ORDER BY min(s.ts)
     "devices": Report("per-device busy time and utilisation (% of the run span) per track category", f"""
 WITH span AS (
   SELECT max(s.ts + s.dur) - min(s.ts) AS ns
-  FROM slice s JOIN track t ON s.track_id = t.id
-  WHERE s.dur >= 0 AND t.name IN ('Workload', 'Host') AND {NOT_UNTRACED_SQL}),
+  FROM slice s
+  WHERE {on_tracks('Workload', 'Host')} AND s.dur >= 0 AND {NOT_UNTRACED_SQL}),
+{arg_sets('command_index')},
+per_track AS (
+  SELECT s.track_id, count(*) AS slices,
+         sum(coalesce(s.arg_set_id IN (SELECT arg_set_id FROM arg_sets WHERE command_index IS NOT NULL), 0))
+           AS commands,
+         sum(CASE WHEN s.depth = 0 THEN s.dur ELSE 0 END) AS busy_ns
+  FROM slice s
+  WHERE {on_tracks('Workload', 'Host', 'Compute', 'DMA')} AND {NOT_UNTRACED_SQL}
+  GROUP BY s.track_id),
 busy AS (
   SELECT p.name AS device, t.name AS category,
-         sum(CASE WHEN t.name = 'Compute' THEN extract_arg(s.arg_set_id, 'debug.command_index') IS NOT NULL
-                  ELSE 1 END) AS items,
-         sum(CASE WHEN s.depth = 0 THEN s.dur ELSE 0 END) AS busy_ns
-  FROM slice s JOIN track t ON s.track_id = t.id JOIN track p ON t.parent_id = p.id
-  WHERE t.name IN ('Workload', 'Host', 'Compute', 'DMA') AND {NOT_UNTRACED_SQL}
+         sum(CASE WHEN t.name = 'Compute' THEN pt.commands ELSE pt.slices END) AS items, sum(pt.busy_ns) AS busy_ns
+  FROM per_track pt JOIN track t ON t.id = pt.track_id JOIN track p ON t.parent_id = p.id
   GROUP BY p.name, t.name)
 SELECT device, category, items,
        CASE category WHEN 'Workload' THEN 'invocations' WHEN 'Host' THEN 'host events'
@@ -50,47 +80,67 @@ SELECT device, category, items,
 FROM busy, span
 ORDER BY device, CASE category WHEN 'Workload' THEN 0 WHEN 'Host' THEN 1 WHEN 'Compute' THEN 2 ELSE 3 END
 """),
+    # Summed per name less its sequence index first (`rest`: the layer and the command index), so
+    # that the name is cut once per command; the few groups then get their layer (`layer_sql`).
     "top_layers": Report("top layers by total command time", f"""
-SELECT {LAYER_SQL} AS layer,
-       extract_arg(s.arg_set_id, 'debug.submodule') AS submodule,
-       extract_arg(s.arg_set_id, 'debug.op') AS op,
-       count(*) AS commands,
-       sum(s.dur) / 1e6 AS total_ms,
-       avg(s.dur) / 1e6 AS mean_ms
-FROM slice s JOIN track t ON s.track_id = t.id
-WHERE t.name = 'Compute' AND extract_arg(s.arg_set_id, 'debug.command_index') IS NOT NULL
+WITH {arg_sets('command_index', 'submodule', 'op')},
+per_name AS (
+  SELECT substr(s.name, instr(s.name, '_') + 1) AS rest, a.command_index, a.submodule, a.op,
+         count(*) AS commands, sum(s.dur) AS total_ns
+  FROM slice s CROSS JOIN arg_sets a ON a.arg_set_id = s.arg_set_id
+  WHERE {on_tracks('Compute')} AND a.command_index IS NOT NULL
+  GROUP BY rest, a.command_index, a.submodule, a.op)
+SELECT {layer_sql("'_' || rest", 'command_index')} AS layer,
+       submodule,
+       op,
+       sum(commands) AS commands,
+       sum(total_ns) / 1e6 AS total_ms,
+       CAST(sum(total_ns) AS REAL) / sum(commands) / 1e6 AS mean_ms
+FROM per_name
 GROUP BY layer, submodule, op
 ORDER BY total_ms DESC, layer
 LIMIT 25
 """),
-    "split_ops": Report("ops split into several commands", """
+    # The commands are summed per split op (and submodule) first, so only the split ops, twenty times
+    # fewer, are joined to their names and args and grouped by them.
+    "split_ops": Report("ops split into several commands", f"""
+WITH {arg_sets('submodule', 'op', 'command_count')},
+per_op AS (
+  SELECT c.parent_id, a.submodule, count(*) AS commands, sum(c.dur) AS total_ns, max(c.dur) AS max_ns
+  FROM slice c LEFT JOIN arg_sets a ON a.arg_set_id = c.arg_set_id
+  WHERE {on_tracks('Compute', alias='c')} AND c.depth = 1
+  GROUP BY c.parent_id, a.submodule)
 SELECT p.name AS layer,
-       extract_arg(c.arg_set_id, 'debug.submodule') AS submodule,
-       extract_arg(p.arg_set_id, 'debug.op') AS op,
-       extract_arg(p.arg_set_id, 'debug.command_count') AS command_count,
+       o.submodule AS submodule,
+       a.op AS op,
+       a.command_count AS command_count,
        count(DISTINCT p.id) AS occurrences,
-       count(*) AS commands,
-       sum(c.dur) / 1e6 AS total_ms,
-       avg(c.dur) / 1e6 AS mean_ms,
-       max(c.dur) / 1e6 AS max_ms
-FROM slice p JOIN slice c ON c.parent_id = p.id JOIN track t ON p.track_id = t.id
-WHERE t.name = 'Compute' AND p.depth = 0
-GROUP BY layer, submodule, op, command_count
+       sum(o.commands) AS commands,
+       sum(o.total_ns) / 1e6 AS total_ms,
+       CAST(sum(o.total_ns) AS REAL) / sum(o.commands) / 1e6 AS mean_ms,
+       max(o.max_ns) / 1e6 AS max_ms
+FROM per_op o JOIN slice p ON p.id = o.parent_id LEFT JOIN arg_sets a ON a.arg_set_id = p.arg_set_id
+WHERE p.depth = 0
+GROUP BY layer, o.submodule, a.op, a.command_count
 ORDER BY total_ms DESC, layer
 """),
-    "dma": Report("DMA transfers", """
-SELECT extract_arg(s.arg_set_id, 'debug.submodule') AS submodule,
-       extract_arg(s.arg_set_id, 'debug.tensor') AS tensor,
-       CASE WHEN extract_arg(s.arg_set_id, 'debug.src') < 0 THEN 'host'
-            ELSE 'device ' || extract_arg(s.arg_set_id, 'debug.src') END AS source,
-       CASE WHEN extract_arg(s.arg_set_id, 'debug.dst') < 0 THEN 'host'
-            ELSE 'device ' || extract_arg(s.arg_set_id, 'debug.dst') END AS destination,
+    "dma": Report("DMA transfers", f"""
+WITH t AS (
+  SELECT extract_arg(s.arg_set_id, 'debug.submodule') AS submodule,
+         extract_arg(s.arg_set_id, 'debug.tensor') AS tensor,
+         extract_arg(s.arg_set_id, 'debug.src') AS src,
+         extract_arg(s.arg_set_id, 'debug.dst') AS dst,
+         extract_arg(s.arg_set_id, 'debug.bytes') AS size,
+         s.dur
+  FROM slice s WHERE {on_tracks('DMA')})
+SELECT submodule, tensor,
+       CASE WHEN src < 0 THEN 'host' ELSE 'device ' || src END AS source,
+       CASE WHEN dst < 0 THEN 'host' ELSE 'device ' || dst END AS destination,
        count(*) AS transfers,
-       sum(extract_arg(s.arg_set_id, 'debug.bytes')) AS bytes,
-       sum(s.dur) / 1e6 AS total_ms,
-       CAST(sum(extract_arg(s.arg_set_id, 'debug.bytes')) AS REAL) / max(sum(s.dur), 1) AS gb_per_s
-FROM slice s JOIN track t ON s.track_id = t.id
-WHERE t.name = 'DMA'
+       sum(size) AS bytes,
+       sum(dur) / 1e6 AS total_ms,
+       CAST(sum(size) AS REAL) / max(sum(dur), 1) AS gb_per_s
+FROM t
 GROUP BY submodule, tensor, source, destination
 ORDER BY bytes DESC, submodule, tensor, source
 """),
