@@ -45,6 +45,9 @@ class EventColumns:
     """Event columns in file order: numpy chunks from scanned runs, Python lists from single packets."""
 
     NAMES = ("ts", "type", "track", "name_prefix", "name_id", "cat_id", "argset")
+    # As narrow as their values allow: a 1M-slice trace holds 2M events, all alive until slices are built.
+    DTYPES = {"ts": np.int64, "type": np.int8, "track": np.uint64, "name_prefix": np.int64, "name_id": np.int32,
+              "cat_id": np.int32, "argset": np.int32}
 
     def __init__(self):
         self.chunks = {k: [] for k in self.NAMES}
@@ -61,7 +64,7 @@ class EventColumns:
     def flush(self) -> None:
         if self.pending["ts"]:
             for k in self.NAMES:
-                self.chunks[k].append(np.asarray(self.pending[k], dtype=np.uint64 if k == "track" else np.int64))
+                self.chunks[k].append(np.asarray(self.pending[k], dtype=self.DTYPES[k]))
                 self.pending[k] = []
         if self.counter_pending:
             self.counter_chunks.append(np.asarray(self.counter_pending, dtype=np.float64))
@@ -70,7 +73,7 @@ class EventColumns:
     def add_arrays(self, columns: dict, counters: np.ndarray) -> None:
         self.flush()
         for k in self.NAMES:
-            self.chunks[k].append(columns[k])
+            self.chunks[k].append(columns[k].astype(self.DTYPES[k], copy=False))
         self.counter_chunks.append(counters)
         self.count += len(columns["ts"])
 
@@ -78,7 +81,7 @@ class EventColumns:
         """Column `k` in one array; its chunks are released (each column is taken once)."""
         self.flush()
         parts = self.chunks.pop(k)
-        return np.concatenate(parts) if parts else np.zeros(0, dtype=np.uint64 if k == "track" else np.int64)
+        return np.concatenate(parts) if parts else np.zeros(0, dtype=self.DTYPES[k])
 
     def counters(self) -> np.ndarray:
         self.flush()
