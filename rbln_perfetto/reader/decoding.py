@@ -104,8 +104,9 @@ class PacketDecoder:
         self.annotation_memo: dict[int, dict] = {}  # generation -> annotation bytes -> value ids
         self.value_ids: dict[tuple, int] = {}  # (key, type, value) -> value id
         self.string_ids: dict[str, int] = {}
-        self.name_hashes = HashIdTable()  # inline name (scanner's hash) -> string id
-        self.args_hashes: dict[int, HashIdTable] = defaultdict(HashIdTable)  # per generation: args hash -> arg set id
+        self.name_hashes = HashIdTable(scanner)  # inline name (scanner's hash) -> string id
+        # per generation: args hash -> arg set id
+        self.args_hashes: dict[int, HashIdTable] = defaultdict(lambda: HashIdTable(scanner))
         self.name_refs: dict[str, tuple[int, int]] = {}  # name -> (decimal prefix or -1, string id)
         self.columns = EventColumns()
         self.flow_events: list = []  # (event index, flow ids, terminating ids)
