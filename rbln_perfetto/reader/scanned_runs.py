@@ -29,7 +29,7 @@ def decode_simple_run(decoder: PacketDecoder, data: bytes, r: np.ndarray) -> Non
     ts = np.zeros(n, dtype=np.int64)
     track = r["track"].copy()
     name_prefix = r["name_prefix"].copy()
-    name_id = np.zeros(n, dtype=np.int32)  # (ids, as narrow as the event columns keep them)
+    name_id = np.full(n, -1, dtype=np.int32)  # (-1: no name; ids as narrow as the event columns keep them)
     argset = np.full(n, -1, dtype=np.int32)
     seq_ids = r["seq_id"]
     kind = r["type"].astype(np.int64)
@@ -82,10 +82,10 @@ def decode_simple_run(decoder: PacketDecoder, data: bytes, r: np.ndarray) -> Non
                 return decoder.intern(data[off:off + length].decode("utf-8", "replace"))
 
             name_id[inline] = decoder.name_hashes.ids_of(r["name_hash"][inline], new_name)
-        by_iid = idx[r["name_off"][idx] < 0]
+        by_iid = idx[(r["name_off"][idx] < 0) & (r["name_iid"][idx] != 0)]  # (no name: prefix and id stay -1)
         if len(by_iid):
             iids, _, inverse = distinct(r["name_iid"][by_iid])
-            refs = np.array([decoder.name_ref(seq.names.get(i) if i else None) for i in iids.tolist()],
+            refs = np.array([decoder.name_ref(seq.names.get(i)) for i in iids.tolist()],
                             dtype=np.int64).reshape(-1, 2)
             name_prefix[by_iid] = refs[inverse.reshape(-1), 0]
             name_id[by_iid] = refs[inverse.reshape(-1), 1]
