@@ -64,6 +64,16 @@ def test_extract_arg_reads_back_what_args_holds(tmp_path):
     assert all(v is None for v in row[4:])
 
 
+def test_extract_arg_is_the_c_function_where_the_extension_is_built(tmp_path):
+    # The Python function (and the reader's argument sets it needs) stays only without the extension.
+    if sqlite_tables.EXTENSION is None:
+        pytest.skip("the C table writer is not built (or RBLN_PERFETTO_PURE_PYTHON=1)")
+    with open_trace(_wide_trace(tmp_path / "wide.pb", 3), backend="sqlite") as tr:
+        assert tr._impl._args is None
+        assert tr.query("select extract_arg(arg_set_id, 'debug.s') as s from slice where name = 'mark' "
+                        "order by id").s.tolist() == ["x" * 5000, "v1", "v2"]
+
+
 def test_the_image_backs_a_writable_database(tmp_path):
     # A deserialized image is an ordinary database: a query may add tables and rows.
     if sqlite_tables.EXTENSION is None:
