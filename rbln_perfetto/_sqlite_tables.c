@@ -7,10 +7,9 @@
  * EXTRACT_ARG: Python's sqlite3 gives no handle to its connection and cannot load extensions, but it
  * links the same libsqlite3 as this module; while `arm()` is in effect, every connection opened gets
  * `__rbln_index_args()` (sqlite3_auto_extension), so the backend arms, opens its connection, disarms.
- * That function reads __arg and __arg_value into compact arrays and registers
- * extract_arg(arg_set_id, key) over them: a lookup in C per call, with no Python and no SQL. It runs
- * as a SELECT on the connection whose tables it reads (sqlite3_context_db_handle), so no pointer
- * crosses into Python.
+ * That function registers extract_arg(arg_set_id, key), whose first call reads __arg and __arg_value
+ * into compact arrays: then a lookup in C per call, with no Python and no SQL. Both run on the
+ * connection whose tables they read (sqlite3_context_db_handle), so no pointer crosses into Python.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -196,7 +195,7 @@ static void start_page(Image *im, Filling *f, size_t page, int header_at, unsign
     page_at(im, page)[header_at] = flag;
 }
 
-static int page_room(Image *im, Filling *f) {
+static int page_room(const Filling *f) {
     return f->content - (f->header_at + f->header_size + 2 * f->cells);
 }
 
@@ -259,7 +258,7 @@ static int leaf_cell(Image *im, Filling *f, Level *leaves, int64_t rowid, int64_
     memcpy(c + n, record, local);
     n += (int)local;
     int cell_size = n + (local < size ? 4 : 0);
-    if (page_room(im, f) < cell_size + 2) { /* next leaf */
+    if (page_room(f) < cell_size + 2) { /* next leaf */
         finish_page(im, f);
         if (level_add(leaves, f->page, prev_rowid) < 0) { PyErr_NoMemory(); return -1; }
         size_t page = new_page(im);
@@ -437,7 +436,7 @@ static PyObject *build_database(PyObject *self, PyObject *args) {
         if ((size_t)size + 20 > cell_cap) { PyErr_SetString(PyExc_ValueError, "schema row too long"); size = -1; break; }
         n += put_varint(cell + n, (uint64_t)(i + 1));
         memcpy(cell + n, record, (size_t)size);
-        if (page_room(&im, &f) < n + size + 2) {
+        if (page_room(&f) < n + size + 2) {
             PyErr_SetString(PyExc_ValueError, "the schema does not fit in page 1; use a larger page_size");
             break;
         }
@@ -470,6 +469,7 @@ fail:
 
 /* The args as extract_arg reads them: set s holds values value_of[start[s] .. start[s + 1]). */
 typedef struct {
+    int built; /* 0 until the first call: a load that never calls EXTRACT_ARG never pays for the index */
     sqlite3_int64 sets, values;
     int64_t *start;
     int32_t *value_of;
@@ -483,9 +483,8 @@ typedef struct {
     int *string_len;
 } ArgIndex;
 
-static void free_index(void *p) {
-    ArgIndex *x = p;
-    if (!x) return;
+/* Frees the index's arrays, leaving it unbuilt. */
+static void clear_index(ArgIndex *x) {
     for (sqlite3_int64 v = 0; v < x->values; v++) {
         if (x->key) free(x->key[v]);
         if (x->strings) free(x->strings[v]);
@@ -499,12 +498,29 @@ static void free_index(void *p) {
     free(x->reals);
     free(x->strings);
     free(x->string_len);
-    free(x);
+    memset(x, 0, sizeof(*x));
 }
+
+static void free_index(void *p) {
+    if (!p) return;
+    clear_index(p);
+    free(p);
+}
+
+static int build_index(sqlite3 *db, ArgIndex *x);
+static void clear_index(ArgIndex *x);
 
 static void extract_arg(sqlite3_context *ctx, int argc, sqlite3_value **argv) {
     (void)argc;
     ArgIndex *x = sqlite3_user_data(ctx);
+    if (!x->built) {
+        if (build_index(sqlite3_context_db_handle(ctx), x)) {
+            clear_index(x);
+            sqlite3_result_error(ctx, "extract_arg: __arg / __arg_value missing or out of order", -1);
+            return;
+        }
+        x->built = 1;
+    }
     if (sqlite3_value_type(argv[0]) != SQLITE_INTEGER || sqlite3_value_type(argv[1]) != SQLITE_TEXT) return;
     sqlite3_int64 s = sqlite3_value_int64(argv[0]);
     if (s < 0 || s >= x->sets) return;
@@ -603,9 +619,8 @@ static void index_args(sqlite3_context *ctx, int argc, sqlite3_value **argv) {
     (void)argc, (void)argv;
     sqlite3 *db = sqlite3_context_db_handle(ctx);
     ArgIndex *x = calloc(1, sizeof(ArgIndex));
-    if (!x || build_index(db, x)) {
-        free_index(x);
-        sqlite3_result_error(ctx, "__rbln_index_args: __arg / __arg_value missing or out of order", -1);
+    if (!x) {
+        sqlite3_result_error_nomem(ctx);
         return;
     }
     /* (extract_arg's destructor frees the index when the function is replaced or the connection closes) */
@@ -614,7 +629,7 @@ static void index_args(sqlite3_context *ctx, int argc, sqlite3_value **argv) {
         sqlite3_result_error(ctx, sqlite3_errmsg(db), -1);
         return;
     }
-    sqlite3_result_int64(ctx, x->sets);
+    sqlite3_result_int(ctx, 1);
 }
 
 static int register_functions(sqlite3 *db, char **error, const void *api) {
