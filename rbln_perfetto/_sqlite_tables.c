@@ -47,6 +47,10 @@ static size_t new_page(Image *im) {
 }
 
 static int put_varint(unsigned char *p, uint64_t v) {
+    if (v < 0x80) { /* (every serial type but text and blobs, most sizes and rowids of a few bytes) */
+        p[0] = (unsigned char)v;
+        return 1;
+    }
     if (v > 0x00ffffffffffffffULL) { /* 9 bytes: 8 of 7 bits, the last of 8 */
         p[8] = (unsigned char)v;
         v >>= 8;
@@ -149,7 +153,14 @@ static int column_value(const Column *c, Py_ssize_t row, Value *v) {
     return -1;
 }
 
-static int varint_len(uint64_t v) { unsigned char tmp[9]; return put_varint(tmp, v); }
+static int varint_len(uint64_t v) {
+    int n = 1;
+    while (n < 9 && v >= 0x80) {
+        v >>= 7;
+        n++;
+    }
+    return n;
+}
 
 /* A record's bytes in `buf` (grown as needed); its size, or -1 with a Python error set. */
 static Py_ssize_t make_record(const Column *cols, int width, Py_ssize_t row, unsigned char **buf, size_t *cap) {
