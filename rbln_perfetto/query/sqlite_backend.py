@@ -7,10 +7,10 @@ Tables and views: `slice` (id, ts, dur, track_id, category, name, depth, parent_
 (name, idx, severity, source, value, description), and trace_processor's `EXTRACT_ARG(arg_set_id,
 key)` function (see `sqlite_tables` for how the tables are built).
 
-EXTRACT_ARG is a C function over compact copies of the args (made at its first call) when the C extension is there (see
-`_sqlite_tables.c`), a Python one over the reader's argument sets otherwise; both give what the
-`args` table holds (a uint64 >= 2**63 reads back negative, as its int_value), NULL for a missing
-key or arg set.
+EXTRACT_ARG is a C function over compact copies of the args (made at its first call) when the C
+extension is there (see `_sqlite_tables.c`), a Python one over the reader's argument sets otherwise;
+both give what the `args` table holds (a uint64 >= 2**63 reads back negative, as its int_value),
+NULL for a missing key or arg set.
 """
 
 from __future__ import annotations
