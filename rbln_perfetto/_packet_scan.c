@@ -317,7 +317,39 @@ static PyObject *table_insert(PyObject *self, PyObject *args) {
     return PyLong_FromSize_t(used);
 }
 
+/* The debug_annotations of a TrackEvent the scan called simple, as protobuf's repeated bytes view
+ * gives them (each field's payload, in order); None when the bytes do not parse. */
+static PyObject *annotations(PyObject *self, PyObject *args) {
+    Py_buffer buf;
+    if (!PyArg_ParseTuple(args, "y*", &buf)) return NULL;
+    const uint8_t *p = buf.buf, *end = p + buf.len;
+    PyObject *list = PyList_New(0);
+    while (list && p < end) {
+        uint64_t tag, len;
+        if (!varint(&p, end, &tag)) goto malformed;
+        if ((tag >> 3) == E_DEBUG_ANNOTATIONS && (tag & 7) == 2) {
+            if (!varint(&p, end, &len) || len > (uint64_t)(end - p)) goto malformed;
+            PyObject *one = PyBytes_FromStringAndSize((const char *)p, (Py_ssize_t)len);
+            if (!one || PyList_Append(list, one) < 0) { Py_XDECREF(one); Py_CLEAR(list); break; }
+            Py_DECREF(one);
+            p += len;
+        } else if (!skip(&p, end, (int)(tag & 7))) {
+            goto malformed;
+        }
+    }
+    PyBuffer_Release(&buf);
+    if (!list) return NULL;
+    PyObject *out = PyList_AsTuple(list);
+    Py_DECREF(list);
+    return out;
+malformed:
+    PyBuffer_Release(&buf);
+    Py_DECREF(list);
+    Py_RETURN_NONE;
+}
+
 static PyMethodDef methods[] = {
+    {"annotations", annotations, METH_VARARGS, "annotations(track_event_bytes) -> tuple of debug annotation bytes"},
     {"table_lookup", table_lookup, METH_VARARGS, "table_lookup(keys, ids, hashes) -> bytes of int64 ids, -1 unknown"},
     {"table_insert", table_insert, METH_VARARGS, "table_insert(keys, ids, hashes, ids) -> how many slots it filled"},
     {"scan", scan, METH_VARARGS, "scan(trace_bytes) -> bytes of PacketRecord, one per TracePacket"},

@@ -96,7 +96,7 @@ def decode_simple_run(decoder: PacketDecoder, data: bytes, r: np.ndarray) -> Non
                 row = with_args[i]
                 te = data[int(r["te_off"][row]):int(r["te_off"][row]) + int(r["te_len"][row])]
                 return decoder.arg_set((seq.generation, int(r["args_hash"][row])), seq,
-                                       lambda: tuple(ViewEvent.FromString(te).debug_annotations))
+                                       lambda: _annotations(decoder.scanner, te))
 
             argset[with_args] = decoder.args_hashes[seq.generation].ids_of(r["args_hash"][with_args], new_args)
     columns = {"ts": ts, "type": kind, "track": track, "name_prefix": name_prefix, "name_id": name_id,
@@ -106,6 +106,12 @@ def decode_simple_run(decoder: PacketDecoder, data: bytes, r: np.ndarray) -> Non
         columns = {k: v[sel] for k, v in columns.items()}
     columns["cat_id"] = np.full(len(columns["ts"]), -1, dtype=np.int32)
     decoder.columns.add_arrays(columns, counter[keep & (kind == COUNTER)])
+
+
+def _annotations(scanner, te: bytes) -> tuple:
+    """The debug annotations of a scanned TrackEvent, split by the scanner (as protobuf splits them)."""
+    split = scanner.annotations(te)
+    return tuple(ViewEvent.FromString(te).debug_annotations) if split is None else split
 
 
 def _counter_values(decoder: PacketDecoder, seq, rows: np.ndarray, track: np.ndarray, has_track: np.ndarray,
