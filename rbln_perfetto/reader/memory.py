@@ -10,7 +10,6 @@ the raising off) keeps them mmapped. No effect where the C library is not glibc.
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 
 _M_MMAP_THRESHOLD = -3
 THRESHOLD = 128 << 10  # (glibc's own starting value, kept from being raised)
@@ -24,8 +23,7 @@ def keep_big_arrays_mmapped() -> None:
         return
     _done = True
     try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        mallopt = libc.mallopt
+        mallopt = ctypes.CDLL(None).mallopt  # (the C library already loaded in this process)
     except (OSError, AttributeError):
         return
     mallopt(_M_MMAP_THRESHOLD, THRESHOLD)
