@@ -233,7 +233,125 @@ static PyObject *hash_bytes(PyObject *self, PyObject *args) {
     return PyLong_FromUnsignedLongLong(h);
 }
 
+/* uint64 -> int64 lookups for the reader's name and argument-set hashes (reader/columns.py HashIdTable):
+ * open addressing over two numpy buffers, `keys` (0: empty; the scan's hashes are never 0) and `ids`,
+ * of a power-of-two size that the caller keeps at most half full. */
+static int table_buffers(PyObject *keys_obj, PyObject *ids_obj, Py_buffer *keys, Py_buffer *ids, int writable) {
+    int flags = PyBUF_C_CONTIGUOUS | (writable ? PyBUF_WRITABLE : 0);
+    if (PyObject_GetBuffer(keys_obj, keys, flags) < 0) return -1;
+    if (PyObject_GetBuffer(ids_obj, ids, flags) < 0) { PyBuffer_Release(keys); return -1; }
+    size_t slots = (size_t)keys->len / 8;
+    if (keys->len != ids->len || slots == 0 || (slots & (slots - 1))) {
+        PyBuffer_Release(keys);
+        PyBuffer_Release(ids);
+        PyErr_SetString(PyExc_ValueError, "keys and ids: equal buffers of a power-of-two count of 8-byte slots");
+        return -1;
+    }
+    return 0;
+}
+
+static size_t slot_of(uint64_t h, size_t mask) { return (size_t)((h * 0x9e3779b97f4a7c15ULL) >> 17) & mask; }
+
+static PyObject *table_lookup(PyObject *self, PyObject *args) {
+    PyObject *keys_obj, *ids_obj;
+    Py_buffer keys, ids, hashes;
+    if (!PyArg_ParseTuple(args, "OOy*", &keys_obj, &ids_obj, &hashes)) return NULL;
+    if (table_buffers(keys_obj, ids_obj, &keys, &ids, 0) < 0) { PyBuffer_Release(&hashes); return NULL; }
+    Py_ssize_t n = hashes.len / 8;
+    PyObject *out = PyBytes_FromStringAndSize(NULL, n * 8);
+    if (out) {
+        const uint64_t *k = keys.buf, *h = hashes.buf;
+        const int64_t *v = ids.buf;
+        int64_t *o = (int64_t *)PyBytes_AS_STRING(out);
+        size_t mask = (size_t)keys.len / 8 - 1;
+        Py_BEGIN_ALLOW_THREADS
+        for (Py_ssize_t i = 0; i < n; i++) {
+            uint64_t want;
+            memcpy(&want, (const char *)h + 8 * i, 8);
+            size_t s = slot_of(want, mask);
+            while (k[s] != 0 && k[s] != want) s = (s + 1) & mask;
+            o[i] = k[s] == want ? v[s] : -1;
+        }
+        Py_END_ALLOW_THREADS
+    }
+    PyBuffer_Release(&keys);
+    PyBuffer_Release(&ids);
+    PyBuffer_Release(&hashes);
+    return out;
+}
+
+static PyObject *table_insert(PyObject *self, PyObject *args) {
+    PyObject *keys_obj, *ids_obj;
+    Py_buffer keys, ids, hashes, values;
+    if (!PyArg_ParseTuple(args, "OOy*y*", &keys_obj, &ids_obj, &hashes, &values)) return NULL;
+    if (hashes.len != values.len || (hashes.len % 8)) {
+        PyBuffer_Release(&hashes);
+        PyBuffer_Release(&values);
+        PyErr_SetString(PyExc_ValueError, "hashes and ids to insert: 8 bytes each, as many of each");
+        return NULL;
+    }
+    if (table_buffers(keys_obj, ids_obj, &keys, &ids, 1) < 0) {
+        PyBuffer_Release(&hashes);
+        PyBuffer_Release(&values);
+        return NULL;
+    }
+    uint64_t *k = keys.buf;
+    int64_t *v = ids.buf;
+    size_t mask = (size_t)keys.len / 8 - 1, n = (size_t)hashes.len / 8, used = 0;
+    for (size_t i = 0; i < n; i++) {
+        uint64_t h;
+        int64_t id;
+        memcpy(&h, (const char *)hashes.buf + 8 * i, 8);
+        memcpy(&id, (const char *)values.buf + 8 * i, 8);
+        if (h == 0) continue; /* (never a scan hash) */
+        size_t s = slot_of(h, mask);
+        while (k[s] != 0 && k[s] != h) s = (s + 1) & mask;
+        used += k[s] == 0;
+        k[s] = h;
+        v[s] = id;
+    }
+    PyBuffer_Release(&keys);
+    PyBuffer_Release(&ids);
+    PyBuffer_Release(&hashes);
+    PyBuffer_Release(&values);
+    return PyLong_FromSize_t(used);
+}
+
+/* The debug_annotations of a TrackEvent the scan called simple, as protobuf's repeated bytes view
+ * gives them (each field's payload, in order); None when the bytes do not parse. */
+static PyObject *annotations(PyObject *self, PyObject *args) {
+    Py_buffer buf;
+    if (!PyArg_ParseTuple(args, "y*", &buf)) return NULL;
+    const uint8_t *p = buf.buf, *end = p + buf.len;
+    PyObject *list = PyList_New(0);
+    while (list && p < end) {
+        uint64_t tag, len;
+        if (!varint(&p, end, &tag)) goto malformed;
+        if ((tag >> 3) == E_DEBUG_ANNOTATIONS && (tag & 7) == 2) {
+            if (!varint(&p, end, &len) || len > (uint64_t)(end - p)) goto malformed;
+            PyObject *one = PyBytes_FromStringAndSize((const char *)p, (Py_ssize_t)len);
+            if (!one || PyList_Append(list, one) < 0) { Py_XDECREF(one); Py_CLEAR(list); break; }
+            Py_DECREF(one);
+            p += len;
+        } else if (!skip(&p, end, (int)(tag & 7))) {
+            goto malformed;
+        }
+    }
+    PyBuffer_Release(&buf);
+    if (!list) return NULL;
+    PyObject *out = PyList_AsTuple(list);
+    Py_DECREF(list);
+    return out;
+malformed:
+    PyBuffer_Release(&buf);
+    Py_DECREF(list);
+    Py_RETURN_NONE;
+}
+
 static PyMethodDef methods[] = {
+    {"annotations", annotations, METH_VARARGS, "annotations(track_event_bytes) -> tuple of debug annotation bytes"},
+    {"table_lookup", table_lookup, METH_VARARGS, "table_lookup(keys, ids, hashes) -> bytes of int64 ids, -1 unknown"},
+    {"table_insert", table_insert, METH_VARARGS, "table_insert(keys, ids, hashes, ids) -> how many slots it filled"},
     {"scan", scan, METH_VARARGS, "scan(trace_bytes) -> bytes of PacketRecord, one per TracePacket"},
     {"hash_bytes", hash_bytes, METH_VARARGS, "the 64-bit hash scan() gives names and argument sets"},
     {NULL, NULL, 0, NULL},

@@ -92,3 +92,44 @@ def check_scanner_agrees(path):
     assert fast.slice_name == pure.slice_name and fast.slice_category == pure.slice_category
     assert fast.arg_sets == pure.arg_sets and fast.flows == pure.flows and fast.used_tracks == pure.used_tracks
     assert {k: v for k, v in fast.stats.items() if v} == {k: v for k, v in pure.stats.items() if v}
+
+
+def check_loaders_agree(path):
+    """The embedded backend's two loaders (the C extension's database image with its C EXTRACT_ARG, and
+    INSERTs from Python with the Python EXTRACT_ARG) give the same tables and the same EXTRACT_ARG
+    answers, NULLs included; the image passes SQLite's integrity check."""
+    import warnings
+
+    from rbln_perfetto.query import sqlite_tables
+    from rbln_perfetto.query.sqlite_backend import SqliteBackend
+
+    if sqlite_tables.EXTENSION is None:
+        pytest.skip("the C table writer is not built (or RBLN_PERFETTO_PURE_PYTHON=1): nothing to compare")
+    extension = sqlite_tables.EXTENSION
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # (what the trace holds that the reader counts in stats)
+        fast = SqliteBackend(path)
+        try:
+            sqlite_tables.EXTENSION = None
+            pure = SqliteBackend(path)
+        finally:
+            sqlite_tables.EXTENSION = extension
+    assert pure._args is not None, "the Python loader's backend has the Python EXTRACT_ARG"
+    assert fast.db.execute("PRAGMA integrity_check").fetchall() == [("ok",)]
+    objects = pure.db.execute("SELECT type, name, sql FROM sqlite_schema ORDER BY rowid").fetchall()
+    assert fast.db.execute("SELECT type, name, sql FROM sqlite_schema ORDER BY rowid").fetchall() == objects
+    for _, name, _ in objects:
+        q = f"SELECT *, {', '.join(f'typeof({c})' for c in _columns(pure.db, name))} FROM {name}"
+        assert fast.db.execute(q).fetchall() == pure.db.execute(q).fetchall(), name
+    keys = [k for (k,) in pure.db.execute("SELECT DISTINCT key FROM args")] + ["debug.no_such_key"]
+    sets = pure.db.execute("SELECT count(DISTINCT arg_set_id) FROM args").fetchone()[0]
+    probes = [(s, k) for s in [*range(-1, sets + 1), None, 1.5, "0"] for k in [*keys, None, 1]]
+    q = "SELECT extract_arg(?, ?), typeof(extract_arg(?, ?))"
+    for s, k in probes:
+        assert fast.db.execute(q, (s, k, s, k)).fetchall() == pure.db.execute(q, (s, k, s, k)).fetchall(), (s, k)
+    fast.close()
+    pure.close()
+
+
+def _columns(db, table):
+    return [row[1] for row in db.execute(f"PRAGMA table_info({table})")]

@@ -19,7 +19,7 @@ bytes view (`packet_view`) and decoded one at a time (`decoding`); each distinct
 string and argument set is decoded once; slices are built with numpy (`slices`).
 
 Modules: `tables` (what a read trace holds), `decoding` (packets -> event columns), `scanned_runs`,
-`columns`, `debug_args`, `clocks`, `scanner`, `packet_view`, `slices`, `track_names`, `diagnosis` (what is wrong
+`columns`, `debug_args`, `clocks`, `memory`, `scanner`, `packet_view`, `slices`, `track_names`, `diagnosis` (what is wrong
 with a file as a trace: the messages both query backends give).
 """
 
@@ -35,6 +35,7 @@ from google.protobuf.message import DecodeError
 from ..errors import TraceReadError
 from .decoding import PacketDecoder
 from .diagnosis import EMPTY, UNFINISHED_SLICES, describe_non_trace
+from .memory import keep_big_arrays_mmapped
 from .scanner import SCANNER, scanner_available
 from .slices import build_slices
 from .tables import TraceTables, Track
@@ -46,6 +47,7 @@ __all__ = ["TraceReadError", "TraceTables", "Track", "read_tables", "scanner_ava
 def read_tables(path: str | os.PathLike, *, scanner="auto") -> TraceTables:
     """Decode a trace. `scanner`: "auto" (the C packet scanner when it is built), or None (pure Python)."""
     path = Path(path)
+    keep_big_arrays_mmapped()
     tables = TraceTables()
     data = path.read_bytes()
     if not data:
@@ -67,10 +69,13 @@ def read_tables(path: str | os.PathLike, *, scanner="auto") -> TraceTables:
         raise TraceReadError(f"{path}: holds no TrackEvent data this reader understands (found {found}); "
                              "read it with the trace_processor backend")
     declared = set(tables.tracks)  # (tracks with a descriptor; build_slices adds the others)
-    ts, track, name_prefix, name_id = (columns.column(k) for k in ("ts", "track", "name_prefix", "name_id"))
-    first_names = first_event_names(tables, ts, track, name_prefix, name_id)
-    build_slices(tables, ts, columns.column("type"), track, name_prefix, name_id, columns.column("cat_id"),
-                 columns.column("argset"), columns.counters(), decoder.flow_events)
+    flow_events, counters = decoder.flow_events, columns.counters()
+    del decoder  # (its caches; the event columns are taken out of `columns` one at a time)
+    events = {k: columns.column(k) for k in ("ts", "track", "name_prefix", "name_id")}
+    first_names = first_event_names(tables, events["ts"], events["track"], events["name_prefix"], events["name_id"])
+    events.update((k, columns.column(k)) for k in ("type", "cat_id", "argset"))
+    del columns
+    build_slices(tables, events, counters, flow_events)
     name_tracks(tables, declared, first_names)
     unfinished = int(np.count_nonzero(tables.slice_dur == -1))
     if unfinished:  # trace_processor shows them as dur = -1 only; the stats row and the warning are ours

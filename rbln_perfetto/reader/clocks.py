@@ -72,11 +72,15 @@ class ClockConverter:
         sequence; numpy's int64 arithmetic wraps as trace_processor's does."""
         key = _clock_key(clock_id, seq_id)
         last = self.incremental.get(key)
+        multiplier = self.multiplier.get(key, 1)
+        if multiplier != 1:
+            ts = ts * np.int64(multiplier)
         if last is not None:
-            ns = np.int64(wrap_int64(last)) + np.cumsum(ts * np.int64(self.multiplier[key]))
+            ns = np.cumsum(ts)
+            ns += np.int64(wrap_int64(last))
             self.incremental[key] = int(ns[-1])
         else:
-            ns = ts * np.int64(self.multiplier.get(key, 1))
+            ns = ts
         return self._on_boottime(clock_id, key, ns, len(ts))
 
     def _on_boottime(self, clock_id: int, key, ns, count: int):

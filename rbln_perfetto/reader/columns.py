@@ -1,50 +1,74 @@
-"""Column stores the decoder fills: events in file order (`EventColumns`), and uint64 hash -> id
-tables looked up a column at a time (`HashIdTable`)."""
+"""Column stores the decoder fills: events in file order (`EventColumns`), uint64 hash -> id
+tables looked up a column at a time (`HashIdTable`), and the distinct values of a column (`distinct`,
+`values_of`)."""
 
 from __future__ import annotations
 
 import numpy as np
 
 
+def distinct(values: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(uniques, first, inverse) of `values`, the uniques in order of first appearance: np.unique's
+    return_index and return_inverse, by hashing rather than sorting (several times faster on a run)."""
+    import pandas as pd
+
+    inverse, uniques = pd.factorize(values)
+    seen = np.maximum.accumulate(inverse) if len(inverse) else inverse
+    first = np.flatnonzero(np.r_[True, seen[1:] > seen[:-1]]) if len(inverse) else np.zeros(0, dtype=np.int64)
+    return np.asarray(uniques), first, inverse
+
+
+def values_of(column: np.ndarray) -> list:
+    """The sorted distinct values of a column that mostly holds one (a run's sequence, its clock)."""
+    if len(column) and column.min() == column.max():
+        return [column[0].item()]
+    return np.unique(column).tolist()
+
+
 class HashIdTable:
-    """uint64 hash -> id, looked up a column at a time (sorted keys, binary search)."""
+    """uint64 hash -> id, looked up a column at a time: an open-addressing table in two numpy buffers,
+    probed by the C scanner (`table_lookup`, `table_insert`), which is there whenever the reader meets
+    hashes (they come from its scan)."""
 
-    def __init__(self):
-        self.keys = np.zeros(0, dtype=np.uint64)
-        self.ids = np.zeros(0, dtype=np.int64)
+    def __init__(self, scanner):
+        self.scanner = scanner
+        self.keys = np.zeros(1024, dtype=np.uint64)  # 0: an empty slot (the scan's hashes are never 0)
+        self.ids = np.zeros(1024, dtype=np.int64)
+        self.count = 0
 
-    def lookup(self, hashes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """ids of `hashes` (-1 where unknown) and where they are unknown."""
-        if not len(self.keys):
-            return np.full(len(hashes), -1, dtype=np.int64), np.ones(len(hashes), dtype=bool)
-        pos = np.minimum(np.searchsorted(self.keys, hashes), len(self.keys) - 1)
-        known = self.keys[pos] == hashes
-        return np.where(known, self.ids[pos], -1), ~known
-
-    def add(self, hashes: np.ndarray, ids: np.ndarray) -> None:
-        """Merge unknown `hashes` in: linear in the table, so many small additions stay cheap."""
-        order = np.argsort(hashes)
-        hashes, ids = hashes[order], ids[order]
-        at = np.searchsorted(self.keys, hashes)
-        self.keys, self.ids = np.insert(self.keys, at, hashes), np.insert(self.ids, at, ids)
-
-    def resolve(self, hashes: np.ndarray, first: np.ndarray, make) -> np.ndarray:
-        """ids of sorted unique `hashes`; `make(i)` gives the id of a new hashes[i]. New ones are made in
-        the order they first appear (`first`: the row of each), so ids follow file order."""
-        ids, unknown = self.lookup(hashes)
-        new = np.flatnonzero(unknown)
-        new = new[np.argsort(first[new], kind="stable")]
-        for u in new.tolist():
-            ids[u] = make(u)
-        if len(new):
-            self.add(hashes[new], ids[new])
+    def ids_of(self, hashes: np.ndarray, make) -> np.ndarray:
+        """ids of `hashes` (one per row); `make(i)` gives the id of a hash not seen before, called for the
+        first row i of each, in row order, so that ids follow file order."""
+        hashes = np.ascontiguousarray(hashes, dtype=np.uint64)
+        ids = np.frombuffer(self.scanner.table_lookup(self.keys, self.ids, hashes), dtype=np.int64)
+        unknown = np.flatnonzero(ids < 0)
+        if len(unknown):
+            ids = ids.copy()
+            new, first, inverse = distinct(hashes[unknown])
+            made = np.fromiter((make(int(i)) for i in unknown[first].tolist()), dtype=np.int64, count=len(first))
+            self._insert(new, made)
+            ids[unknown] = made[inverse]
         return ids
+
+    def _insert(self, hashes: np.ndarray, ids: np.ndarray) -> None:
+        size = len(self.keys)
+        while 2 * (self.count + len(hashes)) > size:  # (at most half full: probes stay short)
+            size *= 2
+        if size != len(self.keys):
+            used = self.keys != 0
+            old_keys, old_ids = self.keys[used], self.ids[used]
+            self.keys, self.ids = np.zeros(size, dtype=np.uint64), np.zeros(size, dtype=np.int64)
+            self.scanner.table_insert(self.keys, self.ids, old_keys, old_ids)
+        self.count += self.scanner.table_insert(self.keys, self.ids, hashes, np.ascontiguousarray(ids, dtype=np.int64))
 
 
 class EventColumns:
     """Event columns in file order: numpy chunks from scanned runs, Python lists from single packets."""
 
     NAMES = ("ts", "type", "track", "name_prefix", "name_id", "cat_id", "argset")
+    # As narrow as their values allow: a 1M-slice trace holds 2M events, all alive until slices are built.
+    DTYPES = {"ts": np.int64, "type": np.int8, "track": np.uint64, "name_prefix": np.int64, "name_id": np.int32,
+              "cat_id": np.int32, "argset": np.int32}
 
     def __init__(self):
         self.chunks = {k: [] for k in self.NAMES}
@@ -61,7 +85,7 @@ class EventColumns:
     def flush(self) -> None:
         if self.pending["ts"]:
             for k in self.NAMES:
-                self.chunks[k].append(np.asarray(self.pending[k], dtype=np.uint64 if k == "track" else np.int64))
+                self.chunks[k].append(np.asarray(self.pending[k], dtype=self.DTYPES[k]))
                 self.pending[k] = []
         if self.counter_pending:
             self.counter_chunks.append(np.asarray(self.counter_pending, dtype=np.float64))
@@ -70,7 +94,7 @@ class EventColumns:
     def add_arrays(self, columns: dict, counters: np.ndarray) -> None:
         self.flush()
         for k in self.NAMES:
-            self.chunks[k].append(columns[k])
+            self.chunks[k].append(columns[k].astype(self.DTYPES[k], copy=False))
         self.counter_chunks.append(counters)
         self.count += len(columns["ts"])
 
@@ -78,7 +102,7 @@ class EventColumns:
         """Column `k` in one array; its chunks are released (each column is taken once)."""
         self.flush()
         parts = self.chunks.pop(k)
-        return np.concatenate(parts) if parts else np.zeros(0, dtype=np.uint64 if k == "track" else np.int64)
+        return np.concatenate(parts) if parts else np.zeros(0, dtype=self.DTYPES[k])
 
     def counters(self) -> np.ndarray:
         self.flush()

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import re
 from collections import defaultdict
+from operator import itemgetter
 from pathlib import Path
 
 import numpy as np
@@ -103,9 +104,11 @@ class PacketDecoder:
         self.arg_set_ids: dict[tuple, int] = {}
         self.annotation_memo: dict[int, dict] = {}  # generation -> annotation bytes -> value ids
         self.value_ids: dict[tuple, int] = {}  # (key, type, value) -> value id
+        self.value_keys: list[str] = []  # value id -> its key (tables.arg_values' keys, for one lookup each)
         self.string_ids: dict[str, int] = {}
-        self.name_hashes = HashIdTable()  # inline name (scanner's hash) -> string id
-        self.args_hashes: dict[int, HashIdTable] = defaultdict(HashIdTable)  # per generation: args hash -> arg set id
+        self.name_hashes = HashIdTable(scanner)  # inline name (scanner's hash) -> string id
+        # per generation: args hash -> arg set id
+        self.args_hashes: dict[int, HashIdTable] = defaultdict(lambda: HashIdTable(scanner))
         self.name_refs: dict[str, tuple[int, int]] = {}  # name -> (decimal prefix or -1, string id)
         self.columns = EventColumns()
         self.flow_events: list = []  # (event index, flow ids, terminating ids)
@@ -146,8 +149,8 @@ class PacketDecoder:
             argset = self.arg_set_ids[key] = len(self.tables.arg_set_values)
             memo = self.annotation_memo.setdefault(seq.generation, {})
             ids = arg_value_ids(raw() if callable(raw) else raw, seq, memo, self.value_id, self.stats)
-            keys = {self.tables.arg_values[v][0] for v in ids}
-            if len(keys) < len(ids):  # a key given twice: the last value wins, in the first one's place
+            if len(ids) > 1 and len(set(itemgetter(*ids)(self.value_keys))) < len(ids):
+                # a key given twice: the last value wins, in the first one's place
                 by_key = {}
                 for v in ids:
                     by_key[self.tables.arg_values[v][0]] = v
@@ -161,6 +164,7 @@ class PacketDecoder:
         if vid is None:
             vid = self.value_ids[k] = len(self.tables.arg_values)
             self.tables.arg_values.append((key, value))
+            self.value_keys.append(key)
         return vid
 
     def counter_value(self, seq: SequenceState, track: int | None, value: float) -> float | None:

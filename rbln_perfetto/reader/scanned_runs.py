@@ -9,6 +9,7 @@ import numpy as np
 
 from .clocks import BOOTTIME
 from ..proto_bytes import COUNTER, INSTANT, SEQ_NEEDS_STATE, SLICE_BEGIN, SLICE_END
+from .columns import distinct, values_of
 from .packet_view import END_WITH_FIELDS, ViewEvent
 
 if TYPE_CHECKING:
@@ -28,14 +29,14 @@ def decode_simple_run(decoder: PacketDecoder, data: bytes, r: np.ndarray) -> Non
     ts = np.zeros(n, dtype=np.int64)
     track = r["track"].copy()
     name_prefix = r["name_prefix"].copy()
-    name_id = np.zeros(n, dtype=np.int64)
-    argset = np.full(n, -1, dtype=np.int64)
+    name_id = np.full(n, -1, dtype=np.int32)  # (-1: no name; ids as narrow as the event columns keep them)
+    argset = np.full(n, -1, dtype=np.int32)
     seq_ids = r["seq_id"]
     kind = r["type"].astype(np.int64)
     counter = r["counter"].astype(np.float64)  # (a copy: values are scaled and summed in place)
     known = (kind == SLICE_BEGIN) | (kind == SLICE_END) | (kind == INSTANT) | (kind == COUNTER)
     stats = decoder.stats
-    for seq_id in np.unique(seq_ids).tolist():
+    for seq_id in values_of(seq_ids):
         idx = np.flatnonzero(seq_ids == seq_id)
         seq = decoder.sequences[seq_id]
         if not seq.valid:
@@ -45,7 +46,7 @@ def decode_simple_run(decoder: PacketDecoder, data: bytes, r: np.ndarray) -> Non
             idx = idx[~needs_state]
         default_clock = seq.clock_id or BOOTTIME
         clock = np.where((r["has_clock"][idx] == 1) & (r["clock_id"][idx] != 0), r["clock_id"][idx], default_clock)
-        for clock_id in np.unique(clock).tolist():
+        for clock_id in values_of(clock):
             sub = idx[clock == clock_id]
             converted = decoder.clocks.to_boottime_many(clock_id, seq_id, r["ts"][sub].astype(np.int64))
             if converted is None:
@@ -74,36 +75,43 @@ def decode_simple_run(decoder: PacketDecoder, data: bytes, r: np.ndarray) -> Non
         # Names: inline ones by hash (decoded once each), interned ones by iid.
         inline = idx[r["name_off"][idx] >= 0]
         if len(inline):
-            hashes, first, inverse = np.unique(r["name_hash"][inline], return_index=True, return_inverse=True)
 
-            def new_name(u):
-                row = inline[first[u]]
+            def new_name(i):
+                row = inline[i]
                 off, length = int(r["name_off"][row]), int(r["name_len"][row])
                 return decoder.intern(data[off:off + length].decode("utf-8", "replace"))
 
-            name_id[inline] = decoder.name_hashes.resolve(hashes, first, new_name)[inverse.reshape(-1)]
-        by_iid = idx[r["name_off"][idx] < 0]
+            name_id[inline] = decoder.name_hashes.ids_of(r["name_hash"][inline], new_name)
+        by_iid = idx[(r["name_off"][idx] < 0) & (r["name_iid"][idx] != 0)]  # (no name: prefix and id stay -1)
         if len(by_iid):
-            iids, inverse = np.unique(r["name_iid"][by_iid], return_inverse=True)
-            refs = np.array([decoder.name_ref(seq.names.get(i) if i else None) for i in iids.tolist()],
+            iids, _, inverse = distinct(r["name_iid"][by_iid])
+            refs = np.array([decoder.name_ref(seq.names.get(i)) for i in iids.tolist()],
                             dtype=np.int64).reshape(-1, 2)
             name_prefix[by_iid] = refs[inverse.reshape(-1), 0]
             name_id[by_iid] = refs[inverse.reshape(-1), 1]
         with_args = idx[r["args_hash"][idx] != 0]
         if len(with_args):
-            hashes, first, inverse = np.unique(r["args_hash"][with_args], return_index=True, return_inverse=True)
-            te_off, te_len = r["te_off"][with_args[first]].tolist(), r["te_len"][with_args[first]].tolist()
 
-            def new_args(u):
-                te = data[te_off[u]:te_off[u] + te_len[u]]
-                return decoder.arg_set((seq.generation, int(hashes[u])), seq,
-                                       lambda: tuple(ViewEvent.FromString(te).debug_annotations))
+            def new_args(i):
+                row = with_args[i]
+                te = data[int(r["te_off"][row]):int(r["te_off"][row]) + int(r["te_len"][row])]
+                return decoder.arg_set((seq.generation, int(r["args_hash"][row])), seq,
+                                       lambda: _annotations(decoder.scanner, te))
 
-            argset[with_args] = decoder.args_hashes[seq.generation].resolve(hashes, first, new_args)[inverse.reshape(-1)]
-    sel = np.flatnonzero(keep)
-    columns = {"ts": ts[sel], "type": kind[sel], "track": track[sel], "name_prefix": name_prefix[sel],
-               "name_id": name_id[sel], "cat_id": np.full(len(sel), -1, dtype=np.int64), "argset": argset[sel]}
-    decoder.columns.add_arrays(columns, counter[sel][kind[sel] == COUNTER])
+            argset[with_args] = decoder.args_hashes[seq.generation].ids_of(r["args_hash"][with_args], new_args)
+    columns = {"ts": ts, "type": kind, "track": track, "name_prefix": name_prefix, "name_id": name_id,
+               "argset": argset}
+    if not keep.all():
+        sel = np.flatnonzero(keep)
+        columns = {k: v[sel] for k, v in columns.items()}
+    columns["cat_id"] = np.full(len(columns["ts"]), -1, dtype=np.int32)
+    decoder.columns.add_arrays(columns, counter[keep & (kind == COUNTER)])
+
+
+def _annotations(scanner, te: bytes) -> tuple:
+    """The debug annotations of a scanned TrackEvent, split by the scanner (as protobuf splits them)."""
+    split = scanner.annotations(te)
+    return tuple(ViewEvent.FromString(te).debug_annotations) if split is None else split
 
 
 def _counter_values(decoder: PacketDecoder, seq, rows: np.ndarray, track: np.ndarray, has_track: np.ndarray,

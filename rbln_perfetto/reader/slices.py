@@ -34,12 +34,13 @@ def _assign_track_id(tables: TraceTables, uuid: int) -> None:
         tables.used_tracks.append(t.uuid)
 
 
-def build_slices(tables: TraceTables, ts, kinds, tracks, name_prefix, name_id, cat_id, argset, counter_vals,
-                 flow_events) -> None:
-    """Sort events by time (stable, as trace_processor's sorter) and build slices, counters and flows."""
+def build_slices(tables: TraceTables, events: dict, counter_vals, flow_events) -> None:
+    """Sort events by time (stable, as trace_processor's sorter) and build slices, counters and flows.
+    `events`: the event columns (EventColumns.NAMES), each taken out of the dict when it is first
+    used, so that it is freed as soon as it is done with (the caller keeps no other reference)."""
     import pandas as pd
 
-    labels = (name_prefix, name_id, cat_id, argset)  # per event: what its slice is called, and its args
+    ts, kinds, tracks = events.pop("ts"), events.pop("type"), events.pop("track")
     order = np.argsort(ts, kind="stable")
     # Track ids in order of first use; `codes` numbers the tracks of events in processing order.
     codes, first_used = pd.factorize(tracks[order])
@@ -57,6 +58,7 @@ def build_slices(tables: TraceTables, ts, kinds, tracks, name_prefix, name_id, c
     ev = order[~is_counter]  # slice events in processing order
     del order
     k = kinds[ev].astype(np.int8)
+    del kinds
     trk = codes[~is_counter].astype(np.int32)
     del codes, is_counter
     delta = np.where(k == SLICE_BEGIN, 1, np.where(k == SLICE_END, -1, 0)).astype(np.int8)
@@ -69,37 +71,51 @@ def build_slices(tables: TraceTables, ts, kinds, tracks, name_prefix, name_id, c
     depth_after[by_track] = run - before_group[np.cumsum(group_start) - 1]
     del by_track, run, group_start, before_group
     if (depth_after < 0).any():
-        _build_with_stacks(tables, ev, k, tracks[ev], ts, labels, flow_events)
+        _build_with_stacks(tables, ev, k, tracks[ev], ts, events, flow_events)
         return
     depth_before = depth_after - delta
     del delta
 
     opens = np.flatnonzero(k != SLICE_END)  # one slice per SLICE_BEGIN or INSTANT, ids in processing order
     n = len(opens)
-    slice_of_event = np.full(len(ev), -1, dtype=np.int64)
-    slice_of_event[opens] = np.arange(n)
-    tables.slice_ts = ts[ev[opens]]
-    tables.slice_track = tracks[ev[opens]]
+    slice_events = ev[opens]
+    _take_labels(tables, events, slice_events)
+    tables.slice_ts = ts[slice_events]
+    tables.slice_track = tracks[slice_events]
+    del slice_events, tracks
     tables.slice_depth = depth_before[opens].astype(np.int64)
-    # A SLICE_BEGIN is closed by the next SLICE_END of its track at the same level (ordered by track, level, time).
     tables.slice_instant = k[opens] == INSTANT
+    slice_of_event = np.full(len(ev), -1, dtype=np.int32)
+    slice_of_event[opens] = np.arange(n, dtype=np.int32)
+    # A SLICE_BEGIN is closed by the next SLICE_END of its track at the same level (ordered by track, level, time).
     dur = np.where(tables.slice_instant, 0, -1).astype(np.int64)
     level = np.where(k == SLICE_END, depth_after, depth_before)
-    pairable = np.flatnonzero(k != INSTANT)
+    del depth_after, depth_before
+    pairable = np.flatnonzero(k != INSTANT).astype(np.int32)
     if len(pairable):
-        group = trk[pairable] * (int(level.max()) + 1) + level[pairable]
+        levels = int(level.max()) + 1
+        wide = (int(trk.max()) + 1) * levels >= 1 << 31
+        group = trk[pairable].astype(np.int64 if wide else np.int32) * levels + level[pairable]
+        del level
         rank = _stable_argsort(group)
         seq, group = pairable[rank], group[rank]
+        del rank, pairable
         begin = k[seq] == SLICE_BEGIN
         closes = np.flatnonzero(begin[:-1] & ~begin[1:] & (group[1:] == group[:-1]))
-        dur[slice_of_event[seq[closes]]] = ts[ev[seq[closes + 1]]] - ts[ev[seq[closes]]]
-        del group, rank, seq, begin, closes
-    del level, pairable, depth_after, depth_before
+        del begin, group
+        opened = slice_of_event[seq[closes]]
+        dur[opened] = ts[ev[seq[closes + 1]]] - tables.slice_ts[opened]
+        del seq, closes, opened
     tables.slice_dur = dur
+    _add_flows(tables, flow_events, slice_of_event, _processing_positions(ev, len(ts), flow_events))
+    del ev, slice_of_event
     # Parent: the latest earlier slice on the same track one level up.
     parent = np.full(n, -1, dtype=np.int64)
-    grouped = _stable_argsort(trk[opens])  # slices by track, in id order within each
-    g_track, g_depth = trk[opens][grouped], tables.slice_depth[grouped]
+    slice_trk = trk[opens]
+    del trk, opens
+    grouped = _stable_argsort(slice_trk)  # slices by track, in id order within each
+    g_track, g_depth = slice_trk[grouped], tables.slice_depth[grouped].astype(np.int32)
+    del slice_trk
     positions = np.arange(n)
     for d in range(1, int(tables.slice_depth.max(initial=0)) + 1):
         child = np.flatnonzero(g_depth == d)
@@ -109,8 +125,6 @@ def build_slices(tables: TraceTables, ts, kinds, tracks, name_prefix, name_id, c
         ok = (latest >= 0) & (g_track[np.maximum(latest, 0)] == g_track[child])
         parent[grouped[child[ok]]] = grouped[latest[ok]]
     tables.slice_parent = parent
-    _take_labels(tables, labels, ev[opens])
-    _add_flows(tables, flow_events, slice_of_event, _processing_positions(ev, len(ts)))
 
 
 def _stable_argsort(keys: np.ndarray) -> np.ndarray:
@@ -120,13 +134,12 @@ def _stable_argsort(keys: np.ndarray) -> np.ndarray:
     return np.argsort(keys, kind="stable")
 
 
-def _take_labels(tables, labels, events: np.ndarray) -> None:
-    """The name, category and arg set columns of the slices opened by `events`."""
-    name_prefix, name_id, cat_id, argset = labels
-    tables.slice_name_prefix = name_prefix[events]
-    tables.slice_name_id = name_id[events]
-    tables.slice_category_id = cat_id[events]
-    tables.slice_arg_set = argset[events]
+def _take_labels(tables, labels: dict, events: np.ndarray) -> None:
+    """The name, category and arg set columns of the slices opened by `events`, taken out of `labels`."""
+    tables.slice_name_prefix = labels.pop("name_prefix")[events]
+    tables.slice_name_id = labels.pop("name_id")[events]
+    tables.slice_category_id = labels.pop("cat_id")[events]
+    tables.slice_arg_set = labels.pop("argset")[events]
 
 
 def _build_with_stacks(tables, ev, k, trk, ts, labels, flow_events) -> None:
@@ -161,20 +174,24 @@ def _build_with_stacks(tables, ev, k, trk, ts, labels, flow_events) -> None:
     tables.slice_depth = np.asarray(rows["depth"], dtype=np.int64)
     tables.slice_parent = np.asarray(rows["parent"], dtype=np.int64)
     _take_labels(tables, labels, events)
-    _add_flows(tables, flow_events, slice_of_event, _processing_positions(ev, len(ts)))
+    _add_flows(tables, flow_events, slice_of_event, _processing_positions(ev, len(ts), flow_events))
 
 
-def _processing_positions(ev: np.ndarray, n_events: int) -> np.ndarray:
-    """Event index -> its position in processing order `ev` (-1 for counters)."""
-    pos = np.full(n_events, -1, dtype=np.int64)
-    pos[ev] = np.arange(len(ev))
-    return pos
+def _processing_positions(ev: np.ndarray, n_events: int, flow_events: list) -> dict:
+    """{event index: its position in processing order `ev`} of the events that carry flow ids (counters,
+    which are not in `ev`, have none)."""
+    if not flow_events:
+        return {}
+    carries = np.zeros(n_events, dtype=bool)
+    carries[[i for i, _, _ in flow_events]] = True
+    where = np.flatnonzero(carries[ev])
+    return dict(zip(ev[where].tolist(), where.tolist()))
 
 
 def _add_flows(tables, flow_events, slice_of_event, position_of_event) -> None:
     """Flow rows in processing order: flow_ids start or continue a flow, terminating ids end it."""
     open_flows: dict[int, int] = {}
-    for pos, flows, ends in sorted((int(position_of_event[i]), f, t) for i, f, t in flow_events):
+    for pos, flows, ends in sorted((position_of_event.get(i, -1), f, t) for i, f, t in flow_events):
         sid = int(slice_of_event[pos]) if pos >= 0 else -1
         if sid < 0:
             continue

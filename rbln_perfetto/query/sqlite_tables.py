@@ -1,0 +1,224 @@
+"""The embedded backend's tables: their schema (named as trace_processor names them), their rows as
+columns (`table_columns`), and the two ways those get into SQLite, with identical contents:
+
+- `load_image`: the optional C extension `rbln_perfetto._sqlite_tables` writes the whole database
+  file image from the columns (no SQL statement per row) and the connection deserializes it;
+- `load_inserts`: INSERTs from Python, where the extension is not built, is disabled
+  (RBLN_PERFETTO_PURE_PYTHON=1) or Python's sqlite3 cannot deserialize (before 3.11).
+
+`slice` is a view over an all-integer table: a name is stored as an interned string, or as a
+decimal prefix plus an interned rest when it has one (`6_transformer_blocks.0.attn.to_q_1`), so
+a run's many per-call names cost an integer each and the view gives back the exact text.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import re
+import sqlite3
+
+import numpy as np
+
+from ..reader import TraceTables
+from ..reader.clocks import LATE_SNAPSHOT
+from ..reader.debug_args import Pointer, Uint
+from ..reader.diagnosis import UNFINISHED_SLICES
+
+SCHEMA = """
+CREATE TABLE __string(id INTEGER PRIMARY KEY, str TEXT);
+CREATE TABLE __slice(id INTEGER PRIMARY KEY, ts INT, dur INT, track_id INT, category_id INT, name_prefix INT,
+                     name_id INT, depth INT, parent_id INT, arg_set_id INT);
+CREATE VIEW slice AS
+  SELECT s.id, s.ts, s.dur, s.track_id, c.str AS category,
+         CASE WHEN s.name_prefix IS NULL THEN n.str ELSE s.name_prefix || n.str END AS name,
+         s.depth, s.parent_id, s.arg_set_id
+  FROM __slice s LEFT JOIN __string n ON n.id = s.name_id LEFT JOIN __string c ON c.id = s.category_id;
+CREATE TABLE track(id INTEGER PRIMARY KEY, name TEXT, type TEXT, parent_id INT, event_type TEXT, counter_unit TEXT,
+                   description TEXT);
+CREATE VIEW counter_track AS SELECT id, name, type, parent_id, counter_unit, description FROM track
+  WHERE event_type = 'counter';
+CREATE TABLE counter(id INTEGER PRIMARY KEY, ts INT, track_id INT, value REAL, arg_set_id INT);
+CREATE TABLE flow(id INTEGER PRIMARY KEY, slice_out INT, slice_in INT, arg_set_id INT);
+CREATE TABLE __arg_value(id INTEGER PRIMARY KEY, flat_key TEXT, key TEXT, int_value INT, string_value TEXT,
+                          real_value REAL, value_type TEXT);
+CREATE TABLE __arg(id INTEGER PRIMARY KEY, arg_set_id INT, value_id INT);
+CREATE VIEW args AS
+  SELECT a.id, a.arg_set_id, v.flat_key, v.key, v.int_value, v.string_value, v.real_value, v.value_type
+  FROM __arg a JOIN __arg_value v ON v.id = a.value_id;
+CREATE TABLE stats(name TEXT, idx INT, severity TEXT, source TEXT, value INT, description TEXT);
+"""
+# No secondary indexes: building them costs a third of the load, and the reports and the usual joins
+# do not use them (ids are rowids; SQLite makes automatic indexes for other joins when they pay off).
+# Severities of the stats the reader keeps, as trace_processor files them.
+SEVERITY = {
+    "clock_sync_failure_unknown_source_clock": "error",
+    "clock_sync_failure_undeferrable_packet_loss": "data_loss",
+    "misplaced_end_event": "data_loss",
+    "tokenizer_skipped_packets": "data_loss",
+    "interned_data_skipped_incremental_state_invalid": "data_loss",
+    UNFINISHED_SLICES: "data_loss",
+}
+# Descriptions of the stats trace_processor does not have.
+_DESCRIPTION = {
+    UNFINISHED_SLICES: "Slices that begin and never end (dur = -1): the trace was cut short, or its producer stopped "
+                       "mid-slice. Added by rbln-perfetto's embedded backend; trace_processor v58.2 shows them only as "
+                       "dur = -1.",
+    LATE_SNAPSHOT: "Events dropped because the clock snapshot linking their clock to BOOTTIME comes only later in "
+                   "the file; trace_processor converts them through it. Read this trace with the trace_processor "
+                   "backend.",
+}
+
+
+def _load_extension():
+    """The C table writer, if it was built, is not disabled, and Python's sqlite3 can take its image."""
+    if os.environ.get("RBLN_PERFETTO_PURE_PYTHON") == "1" or not hasattr(sqlite3.Connection, "deserialize"):
+        return None
+    try:
+        from .. import _sqlite_tables
+    except ImportError:
+        return None
+    return _sqlite_tables
+
+
+# The loaded C extension, or None (see `_load_extension`).
+EXTENSION = _load_extension()
+
+
+def _value_row(value) -> tuple:
+    """(int_value, string_value, real_value, value_type) of one arg, as trace_processor types it."""
+    if isinstance(value, bool):
+        return int(value), None, None, "bool"
+    if isinstance(value, (Uint, Pointer)):  # uint64 in an int64 column
+        return value - 2**64 if value >= 2**63 else int(value), None, None, "pointer" if isinstance(value, Pointer) else "uint"
+    if isinstance(value, int):
+        return (value, None, None, "int") if value < 2**63 else (value - 2**64, None, None, "uint")
+    if isinstance(value, float):
+        return None, None, value, "real"
+    return None, str(value), None, "string"
+
+
+_ARRAY_INDEX = re.compile(r"\[\d+\]")
+
+
+def _i64(column) -> np.ndarray:
+    return np.ascontiguousarray(column, dtype=np.int64)
+
+
+def table_columns(t: TraceTables) -> dict[str, tuple[int, str, list]]:
+    """{table: (rows, spec, columns)}: a spec letter per column, 'r' the row number (the INTEGER PRIMARY
+    KEY; no data), 'z' NULL, 'i' int64 array, 'n' int64 array with negatives as NULL, 'f' float64 array,
+    'o' a list of Python values. The reader keeps names as the view wants them: decimal prefix + interned rest."""
+    uuids = np.asarray(t.used_tracks, dtype=np.uint64)
+    order = np.argsort(uuids)
+    track_ids = np.asarray([t.tracks[u].id for u in t.used_tracks], dtype=np.int64)[order]
+
+    def track_id(uuid_column):
+        return track_ids[np.searchsorted(uuids[order], uuid_column)] if len(uuids) else _i64(uuid_column)
+
+    tracks = [t.tracks[u] for u in t.used_tracks]
+    values = [(_ARRAY_INDEX.sub("", key), key, *_value_row(value)) for key, value in t.arg_values]  # flat_key: no [i]
+    sets = t.arg_set_values
+    sizes = np.fromiter(map(len, sets), dtype=np.int64, count=len(sets))
+    arg_value = np.fromiter(itertools.chain.from_iterable(sets), dtype=np.int64, count=int(sizes.sum()))
+    stats = list(t.stats.items())
+    return {
+        "__slice": (t.slice_count, "riiinnninn", [
+            None, _i64(t.slice_ts), _i64(t.slice_dur), track_id(t.slice_track), _i64(t.slice_category_id),
+            _i64(t.slice_name_prefix), _i64(t.slice_name_id), _i64(t.slice_depth), _i64(t.slice_parent),
+            _i64(t.slice_arg_set)]),
+        "__string": (len(t.strings), "ro", [None, list(t.strings)]),
+        "track": (len(tracks), "roooooo", [
+            None, [tr.name for tr in tracks], [tr.type for tr in tracks],
+            [None if tr.parent_uuid is None else t.tracks[tr.parent_uuid].id for tr in tracks],
+            ["counter" if tr.is_counter else "slice" for tr in tracks], [tr.unit or None for tr in tracks],
+            [tr.description or None for tr in tracks]]),
+        "counter": (len(t.counter_ts), "riifz", [
+            None, _i64(t.counter_ts), track_id(t.counter_track), np.ascontiguousarray(t.counter_value, dtype=np.float64),
+            None]),
+        "flow": (len(t.flows), "rooz", [None, [a for a, _ in t.flows], [b for _, b in t.flows], None]),
+        "__arg_value": (len(values), "roooooo", [None, *map(list, zip(*values))] if values else [None] + [[]] * 6),
+        "__arg": (len(arg_value), "rii", [None, np.repeat(np.arange(len(sets), dtype=np.int64), sizes), arg_value]),
+        "stats": (len(stats), "ozoooo", [
+            [name for name, _ in stats], None, [SEVERITY.get(name, "error") for name, _ in stats],
+            ["analysis"] * len(stats), [value for _, value in stats], [_DESCRIPTION.get(name) for name, _ in stats]]),
+    }
+
+
+_schema_rows: list = []
+
+
+def schema_rows() -> list[tuple]:
+    """sqlite_schema's (type, name, tbl_name, sql) rows for SCHEMA, as SQLite itself writes them."""
+    if not _schema_rows:
+        scratch = sqlite3.connect(":memory:")
+        scratch.executescript(SCHEMA)
+        _schema_rows.extend(scratch.execute("SELECT type, name, tbl_name, sql FROM sqlite_schema ORDER BY rowid"))
+        scratch.close()
+    return _schema_rows
+
+
+def load_image(db: sqlite3.Connection, columns: dict) -> None:
+    """The tables into the empty connection `db`, through a database image the C extension writes."""
+    image = EXTENSION.build_database(4096, schema_rows(), columns)
+    columns.clear()  # (the numpy columns go before the connection copies the image)
+    db.deserialize(image)
+
+
+class _Nullable:
+    """An int column with -1 for NULL, turned into Python values (None for NULL) a slice at a time."""
+
+    def __init__(self, column: np.ndarray):
+        self.column = column
+
+    def __getitem__(self, index: slice) -> np.ndarray:
+        part = self.column[index]
+        values = part.astype(object)
+        values[part < 0] = None
+        return values
+
+
+class _Repeat:
+    """One value for every row."""
+
+    def __init__(self, value):
+        self.value = value
+
+    def __getitem__(self, index: slice):
+        return self.value
+
+
+ROWS_PER_INSERT = 500
+
+
+def load_inserts(db: sqlite3.Connection, columns: dict) -> None:
+    """The tables into the connection `db`, by INSERTs from Python."""
+    db.executescript(SCHEMA)
+    for table, (rows, spec, data) in columns.items():
+        python = []
+        for kind, column in zip(spec, data):
+            python.append(np.arange(rows) if kind == "r" else _Repeat(None) if kind == "z" else
+                          _Nullable(column) if kind == "n" else column)
+        _insert(db, table, rows, python)
+    db.commit()
+
+
+def _insert(db, table: str, n: int, columns: list, chunk: int = 200 * ROWS_PER_INSERT) -> None:
+    """Bulk insert of columns: many rows per INSERT statement, which halves sqlite3's per-row cost;
+    a chunk of rows at a time, so that only that many rows exist as Python objects at once."""
+    width = len(columns)
+    one = "(" + ",".join("?" * width) + ")"
+    for start in range(0, n, chunk):
+        rows = np.empty((min(chunk, n - start), width), dtype=object)
+        for j, column in enumerate(columns):
+            rows[:, j] = column[start:start + chunk]
+        values = rows.reshape(-1)
+        m = len(rows)
+        full = m - m % ROWS_PER_INSERT
+        step = ROWS_PER_INSERT * width
+        if full:
+            batches = (values[i:i + step] for i in range(0, full * width, step))
+            db.executemany(f"INSERT INTO {table} VALUES {','.join([one] * ROWS_PER_INSERT)}", batches)
+        if full < m:
+            tail = values[full * width:]
+            db.executemany(f"INSERT INTO {table} VALUES {one}", (tail[i:i + width] for i in range(0, len(tail), width)))
