@@ -8,10 +8,13 @@ from __future__ import annotations
 
 import os
 import re
+from collections import deque
+from concurrent.futures import Executor, Future, wait
 from pathlib import Path
 
 from perfetto.protos.perfetto.trace import perfetto_trace_pb2 as pt
 
+from .errors import ExportError
 from .interning import annotation_names_payload
 from .proto_bytes import (
     CLOCK_INCREMENTAL,
@@ -32,6 +35,11 @@ except ImportError:  # pragma: no cover - zlib-ng is a declared dependency
     import zlib as _zlib
 
     DEFAULT_LEVEL = 6
+
+
+def write_failed(exc: OSError, path: Path) -> ExportError:
+    return ExportError(f"writing {path.name} in {path.parent} failed: {exc.strerror or exc}; the files "
+                       "committed before it are intact and no partial file was left")
 
 
 def compressed_packet(stream: bytes, level: int | None = None) -> bytes:
@@ -105,9 +113,16 @@ class TraceFile:
         self.bytes_written += len(data)
 
     def commit(self) -> Path:
+        self.sync()
+        return self.rename()
+
+    def sync(self) -> None:
+        """Put the written bytes on disk and close: the file may then be renamed into place."""
         self._file.flush()
         os.fsync(self._file.fileno())
         self._file.close()
+
+    def rename(self) -> Path:
         os.replace(self._tmp, self.path)
         return self.path
 
@@ -119,3 +134,43 @@ class TraceFile:
             pass
         finally:
             self._tmp.unlink(missing_ok=True)
+
+
+class CommitQueue:
+    """Trace files committed in the order they were written, their syncs overlapping on worker threads.
+
+    `TraceFile.commit` on the export's thread would wait for the disk once per file; here each file's
+    flush and fsync run on `pool` while the export writes the next ones, and the renames follow in
+    order, so the committed files are always a prefix of those written, as they were one by one.
+    """
+
+    def __init__(self, pool: Executor):
+        self._pool = pool
+        self._pending: deque[tuple[TraceFile, Future]] = deque()
+
+    def put(self, f: TraceFile) -> None:
+        """Commit `f`, completely written, once the files put before it are."""
+        self._pending.append((f, self._pool.submit(f.sync)))
+
+    def commit_ready(self, *, wait_all: bool = False) -> list[Path]:
+        """Rename into place the files whose sync has ended, in order (every file, when `wait_all`). A file
+        that failed is removed with every file after it, and `ExportError` names it."""
+        committed = []
+        while self._pending and (wait_all or self._pending[0][1].done()):
+            f, synced = self._pending[0]  # left in the queue until renamed: an interrupt here discards it
+            try:
+                synced.result()
+                committed.append(f.rename())
+            except OSError as exc:
+                self.discard()
+                raise write_failed(exc, f.path) from exc
+            self._pending.popleft()
+        return committed
+
+    def discard(self) -> None:
+        """Remove every file not yet committed."""
+        while self._pending:
+            f, synced = self._pending[0]
+            wait([synced])  # the file is its sync's until that ends
+            f.discard()
+            self._pending.popleft()
