@@ -154,7 +154,7 @@ class ProgramTemplate:
         peak = int(np.argmax(live)) if live else -1
 
         def counter(tick: int, value: int) -> None:
-            out.event(tick, memory, COUNTER, f_double(FieldNumber.DOUBLE_COUNTER_VALUE, float(value)), interned=False)
+            out.counter(tick, memory, float(value))
 
         counter(start, baseline_bytes)
 
