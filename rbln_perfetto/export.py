@@ -176,7 +176,6 @@ def export(capture: str | os.PathLike, out_dir: str | os.PathLike | None = None,
     interner = Interner()
     tracks = TrackIds()
     templates: dict[tuple[int, int, int, bool], ProgramTemplate] = {}
-    program_bytes: dict[int, bytes] = {}  # capture program id -> its serialized Program, the cache's key
     try:
         agg = (_AggregateFile(out / AGGREGATE_FILE_NAME, sorted(devices.values()), boot_offset, info.ranges > 0)
                if aggregate else None)
@@ -233,7 +232,8 @@ def export(capture: str | os.PathLike, out_dir: str | os.PathLike | None = None,
             agg.invocation(inv.program_id, template, compressed, int(ticks[template.layout.end]))
 
     try:
-        for offset, record in iter_records(capture):
+        # What read_info took in already is not parsed again.
+        for offset, record in iter_records(capture, skip={"header", "pipeline", "program", "end"}):
             kind = record.WhichOneof("kind")
             if kind == "host":
                 h = record.host
@@ -259,10 +259,8 @@ def export(capture: str | os.PathLike, out_dir: str | os.PathLike | None = None,
                 key = (inv.program_id, width, len(command_name_prefix(inv.sequence_index)), has_step)
                 template = templates.get(key)
                 if template is None:
-                    if inv.program_id not in program_bytes:
-                        program_bytes[inv.program_id] = program.SerializeToString()
                     template = templates[key] = TEMPLATES.get(
-                        program, program_bytes[inv.program_id], interner,
+                        program, info.program_records[inv.program_id], interner,
                         baseline.get((program.pipeline_id, program.device), program.weight_bytes), width, key[2],
                         command_budget=budgets.get(program.pipeline_id, 0), with_step=has_step)
                 name_iid = interner.reserve_names(1)

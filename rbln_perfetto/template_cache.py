@@ -28,7 +28,7 @@ def _size(key: tuple, template: ProgramTemplate) -> int:
 
 
 class TemplateCache:
-    """Templates by (program bytes, parameters); safe to share between threads."""
+    """Templates by (program record bytes, parameters); safe to share between threads."""
 
     def __init__(self, max_bytes: int = MAX_BYTES):
         self.max_bytes = max_bytes
@@ -36,10 +36,11 @@ class TemplateCache:
         self._bytes = 0
         self._lock = threading.Lock()
 
-    def get(self, program, program_bytes: bytes, interner: Interner, baseline_bytes: int, width: int, digits: int,
+    def get(self, program, program_record: bytes, interner: Interner, baseline_bytes: int, width: int, digits: int,
             command_budget: int = 0, with_step: bool = False) -> ProgramTemplate:
-        """The template of `program` (a capture `Program`, serialized as `program_bytes`) for this export."""
-        key = (program_bytes, baseline_bytes, width, digits, command_budget, with_step)
+        """The template of `program` (a capture `Program`, read from the capture record `program_record`)
+        for this export."""
+        key = (program_record, baseline_bytes, width, digits, command_budget, with_step)
         with self._lock:
             template = self._entries.get(key)
             if template is not None:

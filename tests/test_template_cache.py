@@ -10,8 +10,11 @@ from rbln_perfetto.template_cache import TemplateCache
 from rbln_perfetto.tracks import TrackIds
 
 
+INFO = read_info(CAPTURE)
+
+
 def _programs():
-    return list(read_info(CAPTURE).programs.values())
+    return list(INFO.programs.values())
 
 
 def _assembled(template: ProgramTemplate) -> bytes:
@@ -27,7 +30,7 @@ def _shifted() -> Interner:
 
 
 def _get(cache: TemplateCache, program, interner: Interner, baseline: int = 1024) -> ProgramTemplate:
-    return cache.get(program, program.SerializeToString(), interner, baseline, 4, 1)
+    return cache.get(program, INFO.program_records[program.program_id], interner, baseline, 4, 1)
 
 
 def test_a_program_seen_again_with_the_same_iids_reuses_its_template():
@@ -50,7 +53,7 @@ def test_other_parameters_or_other_iids_build_the_template_the_export_needs():
 
 def test_memory_stays_under_the_bound_dropping_the_least_recently_used():
     programs = _programs()[:3]
-    sizes = [ProgramTemplate(p, TrackIds(), Interner(), 1024, 4, 1).nbytes + len(p.SerializeToString())
+    sizes = [ProgramTemplate(p, TrackIds(), Interner(), 1024, 4, 1).nbytes + len(INFO.program_records[p.program_id])
              for p in programs]
     cache = TemplateCache(max_bytes=sizes[0] + max(sizes[1], sizes[2]))
     kept = [_get(cache, p, Interner()) for p in programs[:2]]
