@@ -2,8 +2,11 @@
 
 The capture streams through once: each invocation is assembled from its program's template,
 compressed once, and the same compressed packet goes into its own file and into the aggregate.
-Memory stays bounded by the programs' templates, whatever the number of invocations. Every file also
-carries the run's provenance (`provenance.TraceProvenance`): system info, its own trace UUID, the Run slice.
+Memory stays bounded by the programs' templates, whatever the number of invocations; templates
+outlive the export (`template_cache`), so exporting a program again costs no template building.
+Files are committed in capture order while their fsyncs run together on worker threads
+(`trace_file.CommitQueue`). Every file also carries the run's provenance
+(`provenance.TraceProvenance`): system info, its own trace UUID, the Run slice.
 """
 
 from __future__ import annotations

@@ -5,8 +5,8 @@ digits, step arg, memory baseline, command budget) and the iids the export's `In
 program's annotation strings. The first two make the key; the iids are checked on every use: the
 program's strings are interned in the order the template first used them, which is exactly what
 building it would do to the interner, and the template is reused when they get the iids it was
-built with (always, when the same capture is exported again). Otherwise it is built afresh, so an
-export's bytes never depend on what was exported before it in the process.
+built with (always, when the same capture is exported again with the same options). Otherwise one is
+built for those iids, so an export's bytes never depend on what was exported before it in the process.
 
 Memory is bounded by `MAX_BYTES` of template bytes; the least recently used templates go first.
 """
@@ -23,16 +23,21 @@ from .tracks import TrackIds
 MAX_BYTES = 256 << 20  # the templates of several SD3-medium runs (about 2 MB a transformer program)
 
 
-def _size(key: tuple, template: ProgramTemplate) -> int:
-    return len(key[0]) + template.nbytes
+def _size(key: tuple, group: dict) -> int:
+    return len(key[0]) + sum(t.nbytes for t in group.values())
 
 
 class TemplateCache:
-    """Templates by (program record bytes, parameters); safe to share between threads."""
+    """Templates by (program record bytes, parameters), then by string iids; safe to share between threads.
+
+    A program's strings, and their order, depend on the program and the parameters alone, so the
+    templates under one key differ only in their iids: exports with other interning (say, without
+    the aggregate, whose host events intern strings too) keep their own template beside the others.
+    """
 
     def __init__(self, max_bytes: int = MAX_BYTES):
         self.max_bytes = max_bytes
-        self._entries: OrderedDict[tuple, ProgramTemplate] = OrderedDict()
+        self._entries: OrderedDict[tuple, dict[tuple[int, ...], ProgramTemplate]] = OrderedDict()
         self._bytes = 0
         self._lock = threading.Lock()
 
@@ -42,19 +47,21 @@ class TemplateCache:
         for this export."""
         key = (program_record, baseline_bytes, width, digits, command_budget, with_step)
         with self._lock:
-            template = self._entries.get(key)
-            if template is not None:
+            group = self._entries.get(key)
+            if group is not None:
                 self._entries.move_to_end(key)
-        if template is not None and tuple(map(interner.string, template.strings)) == template.string_iids:
-            return template
+                strings = next(iter(group.values())).strings
+                template = group.get(tuple(map(interner.string, strings)))
+                if template is not None:
+                    return template
         template = ProgramTemplate(program, TrackIds(), interner, baseline_bytes, width, digits,
                                    command_budget=command_budget, with_step=with_step)
         with self._lock:
-            old = self._entries.pop(key, None)
-            if old is not None:
-                self._bytes -= _size(key, old)
-            self._entries[key] = template
-            self._bytes += _size(key, template)
+            group = self._entries.pop(key, {})
+            self._bytes -= _size(key, group) if group else 0
+            group[template.string_iids] = template
+            self._entries[key] = group
+            self._bytes += _size(key, group)
             while self._bytes > self.max_bytes and len(self._entries) > 1:
                 self._bytes -= _size(*self._entries.popitem(last=False))
         return template

@@ -49,6 +49,8 @@ def test_other_parameters_or_other_iids_build_the_template_the_export_needs():
     assert template is not cached and template.string_iids == fresh.string_iids != cached.string_iids
     assert _assembled(template) == _assembled(fresh) != _assembled(cached)
     assert template.static_interned == fresh.static_interned
+    # Both stay: exports with either interning find theirs.
+    assert _get(cache, program, Interner()) is cached and _get(cache, program, _shifted()) is template
 
 
 def test_memory_stays_under_the_bound_dropping_the_least_recently_used():
