@@ -220,6 +220,8 @@ class ProgramTemplate:
         # the timestamps; the per-call values (one short byte string, `_per_call_bytes`); the flow ids.
         slots = out.slot_table()
         ts_offsets, self.packet_ticks = slots.pop("ts")
+        # Each packet's timestamp is a delta from the one before (the first: from the call's start, tick 0).
+        self.previous_ticks = np.concatenate(([0], self.packet_ticks[:-1]))
         self.ts_at = _byte_positions(ts_offsets, width)
         flow_offsets, flow_refs = slots.pop("flow", (np.zeros(0, np.int64), np.zeros(0, np.int64)))
         self.flow_at = _byte_positions(flow_offsets, 8)
@@ -233,8 +235,8 @@ class ProgramTemplate:
             base += field_width
         self.per_call_at = np.concatenate(at)
         self.per_call_from = np.concatenate(source)
-        self.nbytes = sum(a.nbytes for a in (self.template, self.packet_ticks, self.ts_at, self.flow_at, self.flow_ids,
-                                             self.per_call_at, self.per_call_from))
+        self.nbytes = sum(a.nbytes for a in (self.template, self.packet_ticks, self.previous_ticks, self.ts_at,
+                                             self.flow_at, self.flow_ids, self.per_call_at, self.per_call_from))
 
     def _per_call_fields(self) -> tuple[tuple[str, int], ...]:
         """The slot kinds holding one value per call, with their widths, in `_per_call_bytes` order."""
@@ -255,7 +257,7 @@ class ProgramTemplate:
         `step` arg of a template made `with_step`."""
         buf = self.template.copy()
         stamps = ticks[self.packet_ticks]
-        buf[self.ts_at] = padded_varints(np.diff(stamps, prepend=ticks[0]), self.width).ravel()
+        buf[self.ts_at] = padded_varints(stamps - ticks[self.previous_ticks], self.width).ravel()
         start = int(ticks[0])
         per_call = b"".join((
             padded_varint(start, 9), padded_varint(start + boot_offset, 9), padded_varint(name_iid, NAME_IID_WIDTH),

@@ -137,13 +137,12 @@ class Slot:
 def padded_varints(values: np.ndarray, width: int) -> np.ndarray:
     """Encode uint64 values as `width`-byte varints: an array of shape (n, width)."""
     values = values.astype(np.uint64, copy=False)
-    # One row per byte position (a shift and a narrowing cast each), then the continuation bits.
-    out = np.empty((width, len(values)), dtype=np.uint8)
-    for i in range(width):
-        out[i] = (values >> np.uint64(7 * i)).astype(np.uint8)
+    out = np.empty((len(values), width), dtype=np.uint8)
+    for i in range(width):  # a column per byte: the value shifted, its low byte kept by the store
+        out[:, i] = values >> np.uint64(7 * i)
     out |= 0x80
-    out[-1] &= 0x7F
-    return out.T
+    out[:, -1] &= 0x7F
+    return out
 
 
 def padded_varint(value: int, width: int) -> bytes:
