@@ -108,7 +108,7 @@ class _AggregateFile:
 
     def __init__(self, path: Path, devices, boot_offset: int, with_ranges: bool = False):
         self.file = TraceFile(path)
-        self.file.write(preamble(devices, with_host=True))
+        self.file.write(preamble(tuple(devices), with_host=True))
         if with_ranges:
             self.file.write(ranges_track_packet(with_device_0=any(d[0] == 0 for d in devices)))
         self.boot_offset = boot_offset
@@ -191,7 +191,6 @@ def export(capture: str | os.PathLike, out_dir: str | os.PathLike | None = None,
     pool = compression_pool()
     pending: deque = deque()
     commits = CommitQueue(sync_pool())
-    file_preambles: dict[int, bytes] = {}  # device -> what its invocation files start with
     # Bytes of the capture read so far: a bar on a terminal once the export has run a second.
     bar = progress_bar(capture.stat().st_size, f"exporting {capture.name}")
     shown = 0
@@ -212,14 +211,12 @@ def export(capture: str | os.PathLike, out_dir: str | os.PathLike | None = None,
         compressed = compressed_packet(stream, compression_level) if future.cancel() else future.result()
         if per_invocation:
             path = out / invocation_file_name(inv.sequence_index, program.submodule, inv.call_index)
-            start = file_preambles.get(program.device)
-            if start is None:
-                start = file_preambles[program.device] = preamble([devices[program.device]], with_host=False)
+            head = preamble((devices[program.device],), with_host=False) + provenance.file_start(path.name)
             f = None
             try:
                 f = TraceFile(path)
-                f.write(b"".join((start, provenance.file_start(path.name), interned_packet(template.static_interned),
-                                  compressed, provenance.run_slice(int(ticks[0]), int(ticks[template.layout.end])))))
+                f.write(b"".join((head, interned_packet(template.static_interned), compressed,
+                                  provenance.run_slice(int(ticks[0]), int(ticks[template.layout.end])))))
             except BaseException as exc:
                 if f is not None:
                     f.discard()

@@ -10,6 +10,7 @@ import os
 import re
 from collections import deque
 from concurrent.futures import Executor, Future, wait
+from functools import lru_cache
 from pathlib import Path
 
 from perfetto.protos.perfetto.trace import perfetto_trace_pb2 as pt
@@ -48,9 +49,11 @@ def compressed_packet(stream: bytes, level: int | None = None) -> bytes:
     return f_bytes(FieldNumber.TRACE_PACKET, f_bytes(FieldNumber.COMPRESSED_PACKETS, data))
 
 
-def preamble(devices, *, with_host: bool) -> bytes:
+@lru_cache(maxsize=64)
+def preamble(devices: tuple, *, with_host: bool) -> bytes:
     """What every file starts with: a cleared sequence whose timestamps default to the incremental
-    clock, the debug annotation names, then the track descriptors."""
+    clock, the debug annotation names, then the track descriptors of `devices` (`DeviceTrack`s).
+    The same for every file of a device, so made once."""
     defaults = pt.TracePacketDefaults(timestamp_clock_id=CLOCK_INCREMENTAL)
     body = (
         f_varint(FieldNumber.SEQUENCE_ID, SEQUENCE_ID)
