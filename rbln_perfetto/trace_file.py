@@ -147,19 +147,21 @@ class CommitQueue:
     order, so the committed files are always a prefix of those written, as they were one by one.
     """
 
-    def __init__(self, pool: Executor):
+    def __init__(self, pool: Executor, max_pending: int = 64):
         self._pool = pool
         self._pending: deque[tuple[TraceFile, Future]] = deque()
+        self._max_pending = max_pending  # open files waiting for the disk, at most
 
     def put(self, f: TraceFile) -> None:
         """Commit `f`, completely written, once the files put before it are."""
         self._pending.append((f, self._pool.submit(f.sync)))
 
     def commit_ready(self, *, wait_all: bool = False) -> list[Path]:
-        """Rename into place the files whose sync has ended, in order (every file, when `wait_all`). A file
-        that failed is removed with every file after it, and `ExportError` names it."""
+        """Rename into place the files whose sync has ended, in order (every file, when `wait_all`; as many as
+        it takes to keep `max_pending` files open otherwise). A file that failed is removed with every file
+        after it, and `ExportError` names it."""
         committed = []
-        while self._pending and (wait_all or self._pending[0][1].done()):
+        while self._pending and (wait_all or self._pending[0][1].done() or len(self._pending) > self._max_pending):
             f, synced = self._pending[0]  # left in the queue until renamed: an interrupt here discards it
             try:
                 synced.result()
