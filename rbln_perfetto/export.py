@@ -217,16 +217,16 @@ def export(capture: str | os.PathLike, out_dir: str | os.PathLike | None = None,
                 f = TraceFile(path)
                 f.write(b"".join((head, interned_packet(template.static_interned), compressed,
                                   provenance.run_slice(int(ticks[0]), int(ticks[template.layout.end])))))
+                commits.put(f)
             except BaseException as exc:
-                if f is not None:
-                    f.discard()
-                else:  # interrupted between the file's creation and `f` naming it
+                if f is None:  # interrupted between the file's creation and `f` naming it
                     TraceFile.temporary(path).unlink(missing_ok=True)
+                elif f not in commits:  # once queued, the queue commits or discards it
+                    f.discard()
                 if isinstance(exc, OSError):
                     raise write_failed(exc, path) from exc
                 raise
             result.bytes_written += f.bytes_written
-            commits.put(f)
             result.invocation_files += commits.commit_ready()
         if agg is not None:
             agg.invocation(inv.program_id, template, compressed, int(ticks[template.layout.end]))

@@ -156,6 +156,10 @@ class CommitQueue:
         """Commit `f`, completely written, once the files put before it are."""
         self._pending.append((f, self._pool.submit(f.sync)))
 
+    def __contains__(self, f: TraceFile) -> bool:
+        """Whether `f` is waiting here (to be committed or discarded by the queue, not by its writer)."""
+        return any(g is f for g, _ in self._pending)
+
     def commit_ready(self, *, wait_all: bool = False) -> list[Path]:
         """Rename into place the files whose sync has ended, in order (every file, when `wait_all`; as many as
         it takes to keep `max_pending` files open otherwise). A file that failed is removed with every file
