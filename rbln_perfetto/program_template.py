@@ -217,7 +217,7 @@ class ProgramTemplate:
         self.string_iids = tuple(used_strings.values())
 
         # Where `assemble` writes, as byte positions, so that a call is filled by three fancy-index stores:
-        # the timestamps; the per-call values (one short byte string, `_per_call_bytes`); the flow ids.
+        # the timestamps; the values that are one per call (gathered from one short byte string); the flow ids.
         slots = out.slot_table()
         ts_offsets, self.packet_ticks = slots.pop("ts")
         # Each packet's timestamp is a delta from the one before (the first: from the call's start, tick 0).
@@ -239,7 +239,7 @@ class ProgramTemplate:
                                              self.flow_at, self.flow_ids, self.per_call_at, self.per_call_from))
 
     def _per_call_fields(self) -> tuple[tuple[str, int], ...]:
-        """The slot kinds holding one value per call, with their widths, in `_per_call_bytes` order."""
+        """The slot kinds holding one value per call, with their widths, in the order `assemble` joins them."""
         return (("mono", 9), ("boot", 9), ("name", NAME_IID_WIDTH), ("seq", INDEX_WIDTH), ("call", INDEX_WIDTH),
                 ("step", INDEX_WIDTH), ("prefix", self.digits))
 

@@ -108,16 +108,12 @@ class TraceFile:
 
     @staticmethod
     def temporary(path: Path) -> Path:
-        """Where the file for `path` is written until `commit` renames it into place."""
+        """Where the file for `path` is written until `rename` (after `sync`) puts it in place."""
         return path.with_name(f".{path.name}.{os.getpid()}.tmp")
 
     def write(self, data: bytes) -> None:
         self._file.write(data)
         self.bytes_written += len(data)
-
-    def commit(self) -> Path:
-        self.sync()
-        return self.rename()
 
     def sync(self) -> None:
         """Put the written bytes on disk and close: the file may then be renamed into place."""
@@ -142,9 +138,10 @@ class TraceFile:
 class CommitQueue:
     """Trace files committed in the order they were written, their syncs overlapping on worker threads.
 
-    `TraceFile.commit` on the export's thread would wait for the disk once per file; here each file's
-    flush and fsync run on `pool` while the export writes the next ones, and the renames follow in
-    order, so the committed files are always a prefix of those written, as they were one by one.
+    Syncing on the export's thread would wait for the disk once per file; here each file's flush and
+    fsync run on `pool` while the export writes the next ones (the file system commits concurrent
+    fsyncs together), and the renames follow in order, so the committed files are always a prefix of
+    those written, as they were one by one.
     """
 
     def __init__(self, pool: Executor, max_pending: int = 64):
