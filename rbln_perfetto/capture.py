@@ -191,6 +191,7 @@ class CaptureInfo:
     header: pb.RunHeader
     pipelines: list[pb.Pipeline] = field(default_factory=list)
     programs: dict[int, pb.Program] = field(default_factory=dict)
+    program_records: dict[int, bytes] = field(default_factory=dict)  # the bytes of each program's record
     end: pb.RunEnd | None = None
     truncation: Truncation | None = None
     invocations: int = 0
@@ -207,13 +208,42 @@ class CaptureInfo:
         return "truncated" if self.truncation else "incomplete"
 
 
-def iter_records(path: str | os.PathLike, *, strict: bool = False) -> Iterator[tuple[int, pb.Record]]:
+def iter_records(path: str | os.PathLike, *, strict: bool = False,
+                 skip: Set[str] = frozenset()) -> Iterator[tuple[int, pb.Record]]:
     """Yield (offset, record) in file order.
 
     A file that is not a capture, or a record that does not parse, raises `CaptureError` with the
     offset. A capture that ends inside a record (the writer was killed) stops cleanly and the
-    generator returns a `Truncation` (raised as `CaptureError` when `strict`).
+    generator returns a `Truncation` (raised as `CaptureError` when `strict`). Records of a kind in
+    `skip` (as `WhichOneof("kind")` names it) are passed over without being parsed.
     """
+    records = _records(path, strict, skip)
+    while True:
+        try:
+            offset, _, record = next(records)
+        except StopIteration as stop:
+            return stop.value
+        yield offset, record
+
+
+# The Record field that a record's first tag names, for `skip`: a record is one field of the oneof.
+_KIND_OF_TAG = {(f.number << 3) | 2: f.name for f in pb.Record.DESCRIPTOR.oneofs_by_name["kind"].fields}
+
+
+def _skipped(data: bytes, skip: Set[str]) -> bool:
+    """Whether record `data` is one field of a kind in `skip`, and nothing else."""
+    kind = _KIND_OF_TAG.get(data[0]) if data else None
+    if kind not in skip:
+        return False
+    try:
+        length, pos = read_varint(data, 1)
+    except VarintError:
+        return False
+    return pos + length == len(data)
+
+
+def _records(path: str | os.PathLike, strict: bool, skip: Set[str]) -> Iterator[tuple[int, bytes, pb.Record]]:
+    """`iter_records`, with each record's bytes: (offset, bytes, record)."""
     path = Path(path)
     with open(path, "rb") as f:
         magic = f.read(len(MAGIC))
@@ -239,14 +269,15 @@ def iter_records(path: str | os.PathLike, *, strict: bool = False) -> Iterator[t
             data = f.read(length)
             if len(data) < length:
                 return _truncated(path, offset, f"record of {length} bytes cut short after {len(data)}", strict)
-            record = pb.Record()
-            try:
-                record.ParseFromString(data)
-            except DecodeError as exc:
-                raise CaptureError(path, offset, f"corrupt record ({exc})") from None
-            if record.WhichOneof("kind") is None:
-                raise CaptureError(path, offset, "record of unknown kind (not an rbln-perfetto capture record)")
-            yield offset, record
+            if not (skip and _skipped(data, skip)):
+                record = pb.Record()
+                try:
+                    record.ParseFromString(data)
+                except DecodeError as exc:
+                    raise CaptureError(path, offset, f"corrupt record ({exc})") from None
+                if record.WhichOneof("kind") is None:
+                    raise CaptureError(path, offset, "record of unknown kind (not an rbln-perfetto capture record)")
+                yield offset, data, record
             offset += nread + length
 
 
@@ -259,10 +290,10 @@ def _truncated(path, offset, reason, strict) -> Truncation:
 def read_info(path: str | os.PathLike) -> CaptureInfo:
     """One pass over the capture collecting everything but the invocations (few, small records)."""
     info: CaptureInfo | None = None
-    records = iter_records(path)
+    records = _records(path, False, frozenset())
     while True:
         try:
-            offset, record = next(records)
+            offset, data, record = next(records)
         except StopIteration as stop:
             if info is None:
                 raise CaptureError(path, len(MAGIC), "capture has no header record") from None
@@ -280,6 +311,7 @@ def read_info(path: str | os.PathLike) -> CaptureInfo:
             info.pipelines.append(record.pipeline)
         elif kind == "program":
             info.programs[record.program.program_id] = record.program
+            info.program_records[record.program.program_id] = data
         elif kind == "invocation":
             if record.invocation.program_id not in info.programs:
                 raise CaptureError(path, offset, f"invocation of unknown program {record.invocation.program_id}")

@@ -2,8 +2,11 @@
 
 The capture streams through once: each invocation is assembled from its program's template,
 compressed once, and the same compressed packet goes into its own file and into the aggregate.
-Memory stays bounded by the programs' templates, whatever the number of invocations. Every file also
-carries the run's provenance (`provenance.TraceProvenance`): system info, its own trace UUID, the Run slice.
+Memory stays bounded by the programs' templates, whatever the number of invocations; templates
+outlive the export (`template_cache`), so exporting a program again costs no template building.
+Files are committed in capture order while their fsyncs run together on worker threads
+(`trace_file.CommitQueue`). Every file also carries the run's provenance
+(`provenance.TraceProvenance`): system info, its own trace UUID, the Run slice.
 """
 
 from __future__ import annotations
@@ -12,7 +15,6 @@ import json
 import os
 import time
 from collections import deque
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -31,23 +33,21 @@ from .progress import progress_bar
 from .proto_bytes import width_for
 from .run_directory import claim_run_directory, run_identity
 from .summary import RunStats, Summary
+from .template_cache import TEMPLATES
 from .trace_file import (
+    CommitQueue,
     TraceFile,
     compressed_packet,
     interned_packet,
     preamble,
     remove_stale_temporaries,
+    write_failed,
 )
 from .tracks import DeviceTrack, TrackIds
+from .worker_threads import COMPRESSION_THREADS, compression_pool, sync_pool
 
 # Files the browser UI opens comfortably; beyond this, trace_processor's HTTP mode is the way.
 UI_LIMIT_BYTES = 1 << 30
-COMPRESSION_THREADS = 2
-
-
-def _failed(exc: OSError, path: Path) -> ExportError:
-    return ExportError(f"writing {path.name} in {path.parent} failed: {exc.strerror or exc}; the files "
-                       "committed before it are intact and no partial file was left")
 
 
 @dataclass
@@ -108,7 +108,7 @@ class _AggregateFile:
 
     def __init__(self, path: Path, devices, boot_offset: int, file_start: bytes, with_ranges: bool = False):
         ranges = [ranges_track_packet(with_device_0=any(d[0] == 0 for d in devices))] if with_ranges else []
-        self.file = TraceFile.started(path, [preamble(devices, with_host=True), *ranges, file_start])
+        self.file = TraceFile.started(path, [preamble(tuple(devices), with_host=True), *ranges, file_start])
         self.boot_offset = boot_offset
         self.clock: int | None = None  # the incremental clock's value after the last packet
         self.programs_interned: set[int] = set()  # capture program ids whose static strings are interned
@@ -176,17 +176,18 @@ def export(capture: str | os.PathLike, out_dir: str | os.PathLike | None = None,
 
     interner = Interner()
     tracks = TrackIds()
-    templates: dict[tuple[int, int, int], ProgramTemplate] = {}
+    templates: dict[tuple[int, int, int, bool], ProgramTemplate] = {}
     try:
         agg = (_AggregateFile(out / AGGREGATE_FILE_NAME, sorted(devices.values()), boot_offset,
                               provenance.file_start(AGGREGATE_FILE_NAME), info.ranges > 0)
                if aggregate else None)
     except OSError as exc:
-        raise _failed(exc, out / AGGREGATE_FILE_NAME) from exc
+        raise write_failed(exc, out / AGGREGATE_FILE_NAME) from exc
     # Compression runs on worker threads (zlib releases the GIL) while this thread assembles the
     # next invocation; `pending` keeps every output in capture order.
-    pool = ThreadPoolExecutor(max_workers=COMPRESSION_THREADS)
+    pool = compression_pool()
     pending: deque = deque()
+    commits = CommitQueue(sync_pool())
     # Bytes of the capture read so far: a bar on a terminal once the export has run a second.
     bar = progress_bar(capture.stat().st_size, f"exporting {capture.name}")
     shown = 0
@@ -202,24 +203,26 @@ def export(capture: str | os.PathLike, out_dir: str | os.PathLike | None = None,
         if kind == "untraced":
             agg.untraced(tracks, payload)
             return
-        future, inv, program, template, ticks = payload
-        compressed = future.result()
+        future, stream, inv, program, template, ticks = payload
+        # A compression no worker has started yet runs here rather than being waited for.
+        compressed = compressed_packet(stream, compression_level) if future.cancel() else future.result()
         if per_invocation:
             path = out / invocation_file_name(inv.sequence_index, program.submodule, inv.call_index)
             try:
                 f = TraceFile.started(path, (
-                    preamble([devices[program.device]], with_host=False), provenance.file_start(path.name),
+                    preamble((devices[program.device],), with_host=False), provenance.file_start(path.name),
                     interned_packet(template.static_interned), compressed,
-                    provenance.run_slice(int(ticks[0]), int(ticks[template.layout.end]))), commit=True)
+                    provenance.run_slice(int(ticks[0]), int(ticks[template.layout.end]))), queue=commits)
             except OSError as exc:
-                raise _failed(exc, path) from exc
+                raise write_failed(exc, path) from exc
             result.bytes_written += f.bytes_written
-            result.invocation_files.append(f.path)
+            result.invocation_files += commits.commit_ready()
         if agg is not None:
             agg.invocation(inv.program_id, template, compressed, int(ticks[template.layout.end]))
 
     try:
-        for offset, record in iter_records(capture):
+        # What read_info took in already is not parsed again.
+        for offset, record in iter_records(capture, skip={"header", "pipeline", "program", "end"}):
             kind = record.WhichOneof("kind")
             if kind == "host":
                 h = record.host
@@ -245,9 +248,10 @@ def export(capture: str | os.PathLike, out_dir: str | os.PathLike | None = None,
                 key = (inv.program_id, width, len(command_name_prefix(inv.sequence_index)), has_step)
                 template = templates.get(key)
                 if template is None:
-                    template = templates[key] = ProgramTemplate(
-                        program, tracks, interner, baseline.get((program.pipeline_id, program.device), program.weight_bytes),
-                        width, key[2], command_budget=budgets.get(program.pipeline_id, 0), with_step=has_step)
+                    template = templates[key] = TEMPLATES.get(
+                        program, info.program_records[inv.program_id], interner,
+                        baseline.get((program.pipeline_id, program.device), program.weight_bytes), width, key[2],
+                        command_budget=budgets.get(program.pipeline_id, 0), with_step=has_step)
                 name_iid = interner.reserve_names(1)
                 stream = template.names_packet(inv.call_index, name_iid) + template.assemble(
                     ticks, inv.sequence_index, inv.call_index, name_iid, boot_offset, inv.step)
@@ -255,8 +259,8 @@ def export(capture: str | os.PathLike, out_dir: str | os.PathLike | None = None,
                     stream += measured_memory_packets(tracks.measured_memory(program.device), ticks[0],
                                                       ticks[template.layout.end], inv.memory_allocated, boot_offset)
                 future = pool.submit(compressed_packet, stream, compression_level)
-                pending.append(("invocation", (future, inv, program, template, ticks)))
-                result.stats.add_invocation(inv.program_id, program, ticks)
+                pending.append(("invocation", (future, stream, inv, program, template, ticks)))
+                result.stats.add_invocation(program, template.layout, template.split_commands, ticks)
                 result.slices += template.n_slices
             bar.update(offset - shown)
             shown = offset
@@ -269,21 +273,26 @@ def export(capture: str | os.PathLike, out_dir: str | os.PathLike | None = None,
         if agg is not None:
             agg.file.write(provenance.run_slice(result.stats.start_ns, result.stats.end_ns))
             result.bytes_written += agg.file.bytes_written
-            result.aggregate_file = agg.file.commit()
-    except ExportError:
+            commits.put(agg.file)  # synced beside the last invocation files, renamed after them
+        committed = commits.commit_ready(wait_all=True)
         if agg is not None:
-            agg.file.discard()
-        raise
-    except OSError as exc:
-        if agg is not None:
-            agg.file.discard()
-        raise _failed(exc, out / AGGREGATE_FILE_NAME) from exc
-    except BaseException:
-        if agg is not None:
-            agg.file.discard()
+            result.aggregate_file = committed.pop()
+        result.invocation_files += committed
+    except BaseException as exc:
+        try:
+            if isinstance(exc, Exception):  # the files written before a failure are kept, as when committed one by one
+                commits.commit_ready(wait_all=True)
+        finally:
+            commits.discard()  # after an interrupt: the files not yet committed
+            if agg is not None:
+                agg.file.discard()
+        if isinstance(exc, OSError) and not isinstance(exc, ExportError):
+            raise write_failed(exc, out / AGGREGATE_FILE_NAME) from exc
         raise
     finally:
-        pool.shutdown(wait=True, cancel_futures=True)
+        for kind, payload in pending:
+            if kind == "invocation":
+                payload[0].cancel()
         bar.close()
     result.seconds = time.perf_counter() - started
     return result

@@ -9,11 +9,12 @@ computed arithmetically, and the hot events (a command's begin and end) have str
 
 from __future__ import annotations
 
+import struct
 from functools import lru_cache
 
 import numpy as np
 
-from .proto_bytes import SEQ_NEEDS_STATE, SEQUENCE_ID, SLICE_END, FieldNumber, Slot, f_varint, tag, varint
+from .proto_bytes import COUNTER, SEQ_NEEDS_STATE, SEQUENCE_ID, SLICE_END, FieldNumber, Slot, f_varint, tag, varint
 
 INDEX_WIDTH = 3  # bytes of the slots that hold sequence and call indices: up to 2**21
 INLINE_NAME_FIELD = FieldNumber.NAME  # TrackEvent.name, written inline
@@ -25,6 +26,8 @@ _FLAGS = f_varint(FieldNumber.SEQUENCE_FLAGS, SEQ_NEEDS_STATE)
 _TE_TAG = tag(FieldNumber.TRACK_EVENT, 2)
 _TS_TAG = tag(FieldNumber.TIMESTAMP, 0)
 _END_FLOW_TAG = tag(FieldNumber.TERMINATING_FLOW_IDS, 1)
+_DOUBLE_TAG = tag(FieldNumber.DOUBLE_COUNTER_VALUE, 1)
+_DOUBLE = struct.Struct("<d")
 FLOW_TAG = tag(FieldNumber.FLOW_IDS, 1)  # followed by a fixed64 flow id
 INLINE_NAME_TAG = tag(INLINE_NAME_FIELD, 2)
 
@@ -54,6 +57,7 @@ class PacketBuilder:
         self.size = 0
         self._ts_tail = _TS_TAG + bytes(width)
         self._end_packets: dict[int, bytes] = {}
+        self._counter_heads: dict[int, bytes] = {}
         self._command_tail = bytes(INDEX_WIDTH)
 
     def _packet(self, head: bytes | None, fields, tail: bytes, tick: int | None) -> None:
@@ -98,6 +102,19 @@ class PacketBuilder:
             packet = self._end_packets[track] = _FRAME_TAG + varint(len(body)) + body
         self.chunks.append(packet)
         self.size += len(packet)
+        self.ts_offsets.append(self.size - self.width)
+        self.ticks.append(tick)
+
+    def counter(self, tick: int, track: int, value: float) -> None:
+        """A COUNTER event (not interned): the same bytes on a track every time, but for the value and the
+        timestamp. As `event(tick, track, COUNTER, f_double(DOUBLE_COUNTER_VALUE, value), interned=False)`."""
+        head = self._counter_heads.get(track)
+        if head is None:
+            te = event_head(COUNTER, track) + _DOUBLE_TAG
+            body = _SEQ + _TE_TAG + varint(len(te) + 8) + te
+            head = self._counter_heads[track] = _FRAME_TAG + varint(len(body) + 8 + len(self._ts_tail)) + body
+        self.chunks.append(head + _DOUBLE.pack(value) + self._ts_tail)
+        self.size += len(head) + 8 + len(self._ts_tail)
         self.ts_offsets.append(self.size - self.width)
         self.ticks.append(tick)
 

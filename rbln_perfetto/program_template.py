@@ -58,6 +58,7 @@ from .proto_bytes import (
     f_bytes,
     f_double,
     f_varint,
+    padded_varint,
     padded_varints,
     tag,
     varint,
@@ -153,7 +154,7 @@ class ProgramTemplate:
         peak = int(np.argmax(live)) if live else -1
 
         def counter(tick: int, value: int) -> None:
-            out.event(tick, memory, COUNTER, f_double(FieldNumber.DOUBLE_COUNTER_VALUE, float(value)), interned=False)
+            out.counter(tick, memory, float(value))
 
         counter(start, baseline_bytes)
 
@@ -207,11 +208,40 @@ class ProgramTemplate:
         out.end(layout.end, tracks.workload(dev))
 
         self.template = np.frombuffer(out.data(), dtype=np.uint8)
-        self.slots = out.slot_table()
-        self.packet_ticks = self.slots["ts"][1]
         self.n_slices = 1 + layout.inputs + layout.commands + layout.outputs + sum(opens)
+        self.split_commands = sum(1 for cmd in p.commands if cmd.command_count > 1)
         # What a file needs interned to read this template: the annotation string values.
         self.static_interned = interned_strings_payload(used_strings)
+        # The strings in the order the template first used them, and their iids (see `template_cache`).
+        self.strings = tuple(used_strings)
+        self.string_iids = tuple(used_strings.values())
+
+        # Where `assemble` writes, as byte positions, so that a call is filled by three fancy-index stores:
+        # the timestamps; the values that are one per call (gathered from one short byte string); the flow ids.
+        slots = out.slot_table()
+        ts_offsets, self.packet_ticks = slots.pop("ts")
+        # Each packet's timestamp is a delta from the one before (the first: from the call's start, tick 0).
+        self.previous_ticks = np.concatenate(([0], self.packet_ticks[:-1]))
+        self.ts_at = _byte_positions(ts_offsets, width)
+        flow_offsets, flow_refs = slots.pop("flow", (np.zeros(0, np.int64), np.zeros(0, np.int64)))
+        self.flow_at = _byte_positions(flow_offsets, 8)
+        self.flow_ids = (flow_refs + 1).astype(np.uint64)  # input i's flow: (sequence_index << 16) | (i + 1)
+        at, source, base = [np.zeros(0, np.intp)], [np.zeros(0, np.intp)], 0
+        for kind, field_width in self._per_call_fields():
+            if kind in slots:
+                offsets = slots[kind][0]
+                at.append(_byte_positions(offsets, field_width))
+                source.append(np.tile(np.arange(base, base + field_width), len(offsets)))
+            base += field_width
+        self.per_call_at = np.concatenate(at)
+        self.per_call_from = np.concatenate(source)
+        self.nbytes = sum(a.nbytes for a in (self.template, self.packet_ticks, self.previous_ticks, self.ts_at,
+                                             self.flow_at, self.flow_ids, self.per_call_at, self.per_call_from))
+
+    def _per_call_fields(self) -> tuple[tuple[str, int], ...]:
+        """The slot kinds holding one value per call, with their widths, in the order `assemble` joins them."""
+        return (("mono", 9), ("boot", 9), ("name", NAME_IID_WIDTH), ("seq", INDEX_WIDTH), ("call", INDEX_WIDTH),
+                ("step", INDEX_WIDTH), ("prefix", self.digits))
 
     def names_packet(self, call_index: int, iid: int) -> bytes:
         """A packet interning the name of one call's Workload slice, `transformer #3`, as `iid`."""
@@ -226,29 +256,23 @@ class ProgramTemplate:
         """The packets of one invocation with boundaries `ticks` (CLOCK_MONOTONIC ns); `step` fills the
         `step` arg of a template made `with_step`."""
         buf = self.template.copy()
-
-        def fill(kind: str, data: np.ndarray, width: int) -> None:
-            if kind in self.slots:
-                buf[self.slots[kind][0][:, None] + np.arange(width)] = data
-
-        def fill_varint(kind: str, values, width: int) -> None:
-            if kind in self.slots:
-                values = np.broadcast_to(np.asarray(values, dtype=np.int64), self.slots[kind][0].shape)
-                fill(kind, padded_varints(values, width), width)
-
         stamps = ticks[self.packet_ticks]
-        fill_varint("ts", np.diff(stamps, prepend=ticks[0]), self.width)
-        fill_varint("mono", ticks[0], 9)
-        fill_varint("boot", ticks[0] + boot_offset, 9)
-        fill_varint("name", name_iid, NAME_IID_WIDTH)
-        fill_varint("seq", sequence_index, INDEX_WIDTH)
-        fill_varint("call", call_index, INDEX_WIDTH)
-        fill_varint("step", step, INDEX_WIDTH)
-        fill("prefix", np.frombuffer(command_name_prefix(sequence_index).encode(), dtype=np.uint8), self.digits)
-        if "flow" in self.slots:  # programs without inputs have no flows
-            flows = (np.int64(sequence_index) << 16) | (self.slots["flow"][1] + 1)
-            fill("flow", flows.astype("<u8").view(np.uint8).reshape(-1, 8), 8)
+        buf[self.ts_at] = padded_varints(stamps - ticks[self.previous_ticks], self.width).ravel()
+        start = int(ticks[0])
+        per_call = b"".join((
+            padded_varint(start, 9), padded_varint(start + boot_offset, 9), padded_varint(name_iid, NAME_IID_WIDTH),
+            padded_varint(sequence_index, INDEX_WIDTH), padded_varint(call_index, INDEX_WIDTH),
+            padded_varint(step, INDEX_WIDTH), command_name_prefix(sequence_index).encode()))
+        buf[self.per_call_at] = np.frombuffer(per_call, dtype=np.uint8)[self.per_call_from]
+        if len(self.flow_ids):  # programs without inputs have no flows
+            flows = (np.uint64(sequence_index) << np.uint64(16)) | self.flow_ids
+            buf[self.flow_at] = flows.astype("<u8").view(np.uint8)
         return buf.tobytes()
+
+
+def _byte_positions(offsets: np.ndarray, width: int) -> np.ndarray:
+    """The positions of the bytes of slots `width` wide at `offsets`, slot after slot."""
+    return (offsets[:, None] + np.arange(width)).ravel().astype(np.intp)
 
 
 def measured_memory_packets(track: int, start_ns: int, end_ns: int, allocated, boot_offset: int) -> bytes:

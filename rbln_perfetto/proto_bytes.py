@@ -137,10 +137,20 @@ class Slot:
 def padded_varints(values: np.ndarray, width: int) -> np.ndarray:
     """Encode uint64 values as `width`-byte varints: an array of shape (n, width)."""
     values = values.astype(np.uint64, copy=False)
-    shifts = np.arange(width, dtype=np.uint64) * np.uint64(7)
-    out = ((values[:, None] >> shifts) & np.uint64(0x7F)).astype(np.uint8)
-    out[:, :-1] |= 0x80
+    out = np.empty((len(values), width), dtype=np.uint8)
+    for i in range(width):  # a column per byte: the value shifted, its low byte kept by the store
+        out[:, i] = values >> np.uint64(7 * i)
+    out |= 0x80
+    out[:, -1] &= 0x7F
     return out
+
+
+def padded_varint(value: int, width: int) -> bytes:
+    """One value as `padded_varints` encodes it: `width` bytes of its low 64 bits, high bits dropped."""
+    value &= 0xFFFF_FFFF_FFFF_FFFF
+    out = bytearray(((value >> shift) & 0x7F) | 0x80 for shift in range(0, 7 * width, 7))
+    out[-1] &= 0x7F
+    return bytes(out)
 
 
 def width_for(max_value: int) -> int:

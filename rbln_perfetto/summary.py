@@ -37,25 +37,19 @@ class RunStats:
     host_events: int = 0
     start_ns: int | None = None
     end_ns: int | None = None
-    # capture program id -> (its TickLayout, its number of split commands), worked out on its first call
-    _programs: dict = field(default_factory=dict, repr=False)
 
     def _span(self, start: int, end: int) -> None:
         self.start_ns = start if self.start_ns is None else min(self.start_ns, start)
         self.end_ns = end if self.end_ns is None else max(self.end_ns, end)
 
-    def add_invocation(self, program_id: int, program, ticks) -> None:
-        """One call of `program` (the capture's program `program_id`) with boundaries `ticks`."""
-        known = self._programs.get(program_id)
-        if known is None:
-            known = self._programs[program_id] = (TickLayout.of(program),
-                                                  sum(1 for c in program.commands if c.command_count > 1))
-        layout, splits = known
+    def add_invocation(self, program, layout: TickLayout, split_commands: int, ticks) -> None:
+        """One call of `program` (laid out as `layout`, with `split_commands` commands of split ops) with
+        boundaries `ticks`."""
         s = self.submodules[program.submodule]
         s.device = program.device
         s.calls += 1
         s.commands += layout.commands
-        s.split_commands += splits
+        s.split_commands += split_commands
         s.transfers += layout.inputs + layout.outputs
         first, compute_start, compute_end, last = (int(ticks[0]), int(ticks[layout.command(0)]),
                                                    int(ticks[layout.output(0)]), int(ticks[layout.end]))

@@ -31,13 +31,14 @@ VARIANTS = {
 }
 
 
-def export_digests(out_root: Path) -> dict[str, dict[str, str]]:
+def export_digests(out_root: Path, order=tuple(VARIANTS)) -> dict[str, dict[str, str]]:
+    """The digests of the exports of `VARIANTS`, made in `order`."""
     from rbln_perfetto import export
 
     digests = {}
-    for variant, options in VARIANTS.items():
+    for variant in order:
         out = out_root / variant
-        export(CAPTURE, out, **options)
+        export(CAPTURE, out, **VARIANTS[variant])
         digests[variant] = {f.name: hashlib.sha256(f.read_bytes()).hexdigest()
                             for f in sorted(out.iterdir()) if f.suffix == ".pb"}
     return digests

@@ -14,6 +14,7 @@ from trace_checks import check_trace
 import rbln_perfetto
 from rbln_perfetto.capture import MAGIC, CaptureError, iter_records, read_info
 from rbln_perfetto.cli import main
+from rbln_perfetto.proto_bytes import varint
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -56,6 +57,20 @@ def test_truncated_capture_exports_every_complete_invocation(capture, tmp_path):
         assert result.status == "truncated"
         for path in out.glob("*.pb"):
             check_trace(path)
+
+
+def test_skipped_records_are_passed_over_and_the_rest_read_as_before(capture, tmp_path):
+    every = [(offset, rec) for offset, rec in iter_records(capture)]
+    skip = {"program", "header"}
+    assert [(o, r) for o, r in iter_records(capture, skip=skip)] == [(o, r) for o, r in every
+                                                                    if r.WhichOneof("kind") not in skip]
+    # A record holding more than the one field its tag names is parsed: the last field of a oneof wins.
+    program = next(r for _, r in every if r.WhichOneof("kind") == "program")
+    host = next(r for _, r in every if r.WhichOneof("kind") == "host")
+    both = program.SerializeToString() + host.SerializeToString()
+    odd = tmp_path / "odd.rblncap"
+    odd.write_bytes(MAGIC + varint(len(both)) + both)
+    assert [r.WhichOneof("kind") for _, r in iter_records(odd, skip={"program"})] == ["host"]
 
 
 def test_capture_killed_mid_run_is_recoverable(compiled_dirs, tmp_path):
