@@ -29,7 +29,7 @@ import torch.distributed as dist
 from .config import ConfigError, RBLNConfig
 
 ENV_TEST_CLOCK_SKEW = "RBLN_TEST_CLOCK_SKEW_NS"
-CLOCK_ROUNDS = 16
+CLOCK_ROUNDS = 32
 # How long a rank waits for another before giving up (a dead peer usually fails faster: its socket closes).
 TIMEOUT = timedelta(seconds=float(os.environ.get("RBLN_RANK_TIMEOUT_S", "300")))
 

@@ -103,7 +103,9 @@ def _print_merged(merged) -> int:
     for rank, clock in sorted(merged.clocks.items()):
         if rank:
             drift = "" if clock.drift_ns is None else f", drift {clock.drift_ns / 1e3:+.1f} us start -> end"
-            state = "" if clock.measured else " (not measured: left unaligned)"
+            state = ((f" (exchanges alone: {clock.exchange_offset_ns / 1e3:+.1f} us +- "
+                      f"{clock.exchange_uncertainty_ns / 1e3:.1f} us; narrowed by the transfers)")
+                     if clock.transfers_bound else "" if clock.measured else " (not measured: left unaligned)")
             print(f"  rank {rank}: clock offset {clock.offset_ns / 1e3:+.1f} us +- {clock.uncertainty_ns / 1e3:.1f} us "
                   f"from rank 0{drift}{state}")
     for line in merged.problems:

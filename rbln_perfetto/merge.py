@@ -8,10 +8,10 @@ per-invocation files (sequence indices are the run's, so names do not collide) a
 
 - Names: every slice name gets the prefix `i{rank}_`, as RBLN's multi-instance traces name theirs.
 - Clocks: each rank recorded its offset from rank 0 (`pipeline.ranks.exchange_clocks`, at the
-  start and at the end of the run). A rank's times move by minus the mean of the two (one constant
-  per rank, so its durations and relative times stay as captured), within the larger uncertainty
-  plus half the drift between the two; these numbers are args of the rank's Run slice
-  (`clock_offset_ns`, `clock_uncertainty_ns`, `clock_drift_ns`).
+  start and at the end of the run); its transfers narrow it further (`RankClock`). A rank's times
+  move by minus one constant (so its durations and relative times stay as captured); the numbers are
+  args of the rank's Run slice (`clock_offset_ns`, `clock_uncertainty_ns`, `clock_exchange_offset_ns`,
+  `clock_exchange_uncertainty_ns`, `clock_drift_ns`).
 - Flows: each send to another rank gets a flow to the recv that took it (`flow_key`).
 - A rank whose capture is missing, unreadable or cut short (killed): what the others captured,
   and what it recorded before it died, is merged; `MergeResult.problems` names the rank (one line
@@ -23,6 +23,7 @@ absolute timestamps, flow ids), so a rank's slices in the merged file are exactl
 
 from __future__ import annotations
 
+import math
 import os
 import re
 import zlib
@@ -31,7 +32,7 @@ from pathlib import Path
 
 from perfetto.protos.perfetto.trace import perfetto_trace_pb2 as pt
 
-from .capture import CAPTURE_FILE, CaptureInfo, read_info
+from .capture import CAPTURE_FILE, CaptureInfo, iter_records, read_info
 from .errors import CaptureError, ExportError
 from .export import export
 from .host_events import TRANSFER_FLOW_KEY
@@ -55,15 +56,25 @@ def rank_dir(run_dir: str | os.PathLike, rank: int) -> Path:
 
 @dataclass
 class RankClock:
-    """How a rank's times are moved onto rank 0's clock."""
+    """How a rank's times are moved onto rank 0's clock: minus `offset_ns`, within `uncertainty_ns`.
 
-    offset_ns: int = 0  # this rank's clock minus rank 0's (mean of the exchanges)
+    The clock exchanges bound the offset (their mean, within the larger uncertainty plus half the drift
+    between them); every transfer bounds it too, since a message is received after it was sent: a
+    recv on this rank that started at r for a send of rank 0 that started at s means offset < r - s,
+    and a send of this rank received by rank 0 the other way round. The offset used is the middle of
+    what both allow (the exchanges alone when they contradict the transfers, which clock drift can do).
+    """
+
+    offset_ns: int = 0  # this rank's clock minus rank 0's
     uncertainty_ns: int = 0
+    exchange_offset_ns: int = 0  # as the clock exchanges alone measured it
+    exchange_uncertainty_ns: int = 0
     drift_ns: int | None = None  # end exchange minus start exchange; None without both
+    transfers_bound: bool = False  # the transfers narrowed it
     measured: bool = True  # False: no exchange recorded (the rank died first); left unaligned
 
     @classmethod
-    def of(cls, info: CaptureInfo) -> RankClock:
+    def of(cls, info: CaptureInfo, bounds: tuple[float, float] = (-math.inf, math.inf)) -> RankClock:
         if info.rank == 0:
             return cls()
         syncs = {s.label: s for s in info.clock_syncs}
@@ -75,19 +86,55 @@ class RankClock:
         if "start" in syncs and "end" in syncs:
             drift = syncs["end"].offset_ns - syncs["start"].offset_ns
             uncertainty += (abs(drift) + 1) // 2
-        return cls(round(sum(offsets) / len(offsets)), uncertainty, drift)
+        offset = round(sum(offsets) / len(offsets))
+        clock = cls(offset, uncertainty, offset, uncertainty, drift)
+        lo, hi = max(offset - uncertainty, bounds[0]), min(offset + uncertainty, bounds[1])
+        if lo <= hi and (lo, hi) != (offset - uncertainty, offset + uncertainty):
+            clock.offset_ns, clock.uncertainty_ns = (lo + hi) // 2, (hi - lo + 1) // 2
+            clock.transfers_bound = True
+        return clock
 
     def annotations(self, rank: int) -> list[pt.DebugAnnotation]:
+        if not self.measured:
+            how = "not aligned: the rank recorded no clock exchange"
+        else:
+            how = ("rank 0's clock; this rank's times moved by -clock_offset_ns (+-clock_uncertainty_ns), measured "
+                   "over the process group at the run's start and end (NTP style)"
+                   + (", narrowed by its transfers (each received after it was sent)" if self.transfers_bound else ""))
         out = [pt.DebugAnnotation(name="rank", int_value=rank),
                pt.DebugAnnotation(name="clock_offset_ns", int_value=self.offset_ns),
                pt.DebugAnnotation(name="clock_uncertainty_ns", int_value=self.uncertainty_ns),
-               pt.DebugAnnotation(name="clock_alignment", string_value=(
-                   "rank 0's clock; this rank's times moved by -clock_offset_ns, measured over the process group "
-                   "at the run's start and end (NTP style, +-clock_uncertainty_ns)" if self.measured else
-                   "not aligned: the rank recorded no clock exchange"))]
+               pt.DebugAnnotation(name="clock_exchange_offset_ns", int_value=self.exchange_offset_ns),
+               pt.DebugAnnotation(name="clock_exchange_uncertainty_ns", int_value=self.exchange_uncertainty_ns),
+               pt.DebugAnnotation(name="clock_alignment", string_value=how)]
         if self.drift_ns is not None:
             out.append(pt.DebugAnnotation(name="clock_drift_ns", int_value=self.drift_ns))
         return out
+
+
+def _transfer_starts(capture: Path) -> dict[int, tuple[str, int, int]]:
+    """flow key -> (direction, peer, start_ns) of every transfer a capture recorded."""
+    out = {}
+    for _, record in iter_records(capture):
+        if record.WhichOneof("kind") == "transfer":
+            t = record.transfer
+            out[t.flow] = (t.direction, t.peer, t.start_ns)
+    return out
+
+
+def causal_bounds(rank: int, own: dict, rank0: dict) -> tuple[float, float]:
+    """The (low, high) bounds on `rank`'s clock offset from rank 0 that its transfers with rank 0 set:
+    each message is received after it was sent (strictly, so a flow's ends sort in order)."""
+    lo, hi = -math.inf, math.inf
+    for flow, (direction, peer, start) in own.items():
+        other = rank0.get(flow)
+        if peer != 0 or other is None or other[1] != rank:
+            continue
+        if direction == "recv":  # rank 0 sent at other[2] (its clock): start - offset > other[2]
+            hi = min(hi, start - other[2] - 1)
+        else:  # rank 0 received at other[2]: other[2] > start - offset
+            lo = max(lo, start - other[2] + 1)
+    return lo, hi
 
 
 @dataclass
@@ -241,8 +288,9 @@ def merge(run_dir: str | os.PathLike, *, overwrite: bool = False) -> MergeResult
     boot0 = rank0.boottime_ns - rank0.monotonic_ns
     claim_run_directory(run_dir, "merged " + run_identity(infos[0].header), overwrite=overwrite)
     rewrites = {}
+    transfers = {rank: _transfer_starts(found[rank] / CAPTURE_FILE) for rank in infos}
     for rank, info in sorted(infos.items()):
-        clock = result.clocks[rank] = RankClock.of(info)
+        clock = result.clocks[rank] = RankClock.of(info, causal_bounds(rank, transfers[rank], transfers[0]))
         boot = info.header.clock.boottime_ns - info.header.clock.monotonic_ns
         # A time t on this rank's MONOTONIC is t - offset on rank 0's, and on BOOTTIME that plus boot0.
         rewrites[rank] = _RankRewrite(rank, clock, boot0 - clock.offset_ns - boot)
