@@ -25,6 +25,7 @@ from .errors import (
     UsageError,
 )
 from .export import ExportResult, export
+from .merge import MergeResult, merge
 from .query import REPORTS, Trace, open_trace
 from .ranges import range  # noqa: A004 - rbln_perfetto.range, like nvtx.range
 from .summary import Summary
@@ -37,6 +38,7 @@ __all__ = [
     "CheckResult",
     "ExportError",
     "ExportResult",
+    "MergeResult",
     "OutputExistsError",
     "PlotError",
     "PortUnavailableError",
@@ -55,6 +57,7 @@ __all__ = [
     "diff",
     "export",
     "idle",
+    "merge",
     "open_trace",
     "profile",
     "range",

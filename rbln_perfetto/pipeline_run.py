@@ -11,6 +11,7 @@ when `run` is the command, so every other command starts without torch.
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,7 +20,8 @@ import torch
 from pipeline.compile_cache import embedded_model, load_or_compile
 from pipeline.config import RBLNConfig
 from pipeline.placement import torch_devices
-from pipeline.ranks import check_ranks, launched_world
+from pipeline.ranks import check_ranks, exchange_clocks, join, launched_world, leave
+from pipeline.remote_calls import distribute, serve
 
 from .activation import default_out_dir, env_enabled, profile
 from .errors import UsageError
@@ -87,9 +89,6 @@ def run_calls(pipe, *, prompt: str, num_inference_steps: int, height, width, see
 def profile_ranks(model: str, config: dict, out: Path, call: dict, *, force: bool, profile_steps: str | None,
                   profile_calls: str | None, profile_submodules: str | None) -> ProfiledRun:
     """This process's rank of a run split across processes: rank 0 drives the pipeline, the others serve."""
-    from pipeline.ranks import exchange_clocks, join, leave
-    from pipeline.remote_calls import distribute, serve
-
     cfg = RBLNConfig.from_dict(config)
     group = join(cfg, torch_devices(cfg))  # first: a test clock skew must precede every clock the pipeline binds
     pipe = load_or_compile(model, config)
@@ -128,8 +127,6 @@ def profile_ranks(model: str, config: dict, out: Path, call: dict, *, force: boo
 
 
 def _merge_after_failure(out: Path) -> None:
-    import sys
-
     try:
         merged = merge(out)
     except Exception as exc:  # the run's own error is what the caller sees

@@ -6,6 +6,7 @@ environment), once through torchrun itself; rank 1's clocks are shifted by a kno
 """
 
 import json
+import math
 import os
 import signal
 import socket
@@ -22,7 +23,8 @@ from pipeline.config import ConfigError, RBLNConfig
 from pipeline.ranks import check_ranks
 from rbln_perfetto.capture import CAPTURE_FILE, iter_records, read_info
 from rbln_perfetto.cli import main
-from rbln_perfetto.merge import merge
+from rbln_perfetto import rbln_capture_pb2 as pb
+from rbln_perfetto.merge import RankClock, causal_bounds, merge
 from rbln_perfetto.query import open_trace
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -243,3 +245,24 @@ def test_a_rank_map_beyond_one_process_is_refused_before_loading(capsys, tmp_pat
     err = capsys.readouterr().err.strip()
     assert err == ("rbln-perfetto run: error: rbln_config['ranks'][1]=1 is not a rank of this run of 1 process(es); "
                    "valid: 0..0 (start more with torchrun --nproc-per-node N)")
+
+
+def test_transfers_narrow_a_clock_offset_to_what_causality_allows(tmp_path):
+    """Rank 1 received rank 0's message 30 us (its clock) after rank 0 sent it, and rank 0 received
+    rank 1's 50 us after: the offset lies in (-50 us, 30 us), whatever the exchanges said beyond that."""
+    rank0 = {0: ("send", 1, 1_000_000), 1: ("recv", 1, 2_050_000)}
+    rank1 = {0: ("recv", 0, 1_030_000), 1: ("send", 0, 2_000_000)}
+    assert causal_bounds(1, rank1, rank0) == (2_000_000 - 2_050_000 + 1, 1_030_000 - 1_000_000 - 1)
+    assert causal_bounds(1, {5: ("recv", 0, 0)}, rank0) == (-math.inf, math.inf)  # no matching flow: no bound
+
+    class Info:  # what RankClock reads of a capture
+        rank = 1
+        clock_syncs = [pb.ClockSync(label="start", rank=1, offset_ns=100_000, uncertainty_ns=200_000),
+                       pb.ClockSync(label="end", rank=1, offset_ns=100_000, uncertainty_ns=200_000)]
+
+    clock = RankClock.of(Info, causal_bounds(1, rank1, rank0))
+    assert (clock.exchange_offset_ns, clock.exchange_uncertainty_ns, clock.drift_ns) == (100_000, 200_000, 0)
+    assert clock.transfers_bound and (clock.offset_ns, clock.uncertainty_ns) == (-10_000, 39_999)  # [-49_999, 29_999]
+    # Bounds that contradict the exchanges (drift) leave the exchanges' answer.
+    clock = RankClock.of(Info, (400_000, 500_000))
+    assert not clock.transfers_bound and (clock.offset_ns, clock.uncertainty_ns) == (100_000, 200_000)
