@@ -31,17 +31,17 @@ def _worker(scale: str, repeats: int, steps: int) -> None:
     from pipeline.compile_cache import embedded_model, load_or_compile
     from pipeline.config import RBLNConfig
     from pipeline.placement import torch_devices
-    from pipeline.ranks import join, leave
+    from pipeline.ranks import join_process_group, leave_process_group
     from pipeline.remote_calls import distribute, serve
 
     cfg = RBLNConfig.from_dict(RANKS)
-    group = join(cfg, torch_devices(cfg))
+    group = join_process_group(cfg, torch_devices(cfg))
     model = embedded_model(scale)
     split = load_or_compile(model, RANKS)
     link = distribute(split, group)
     if link is None:
         serve(split, group)
-        leave()
+        leave_process_group()
         return
     single = load_or_compile(model, SPLIT)
     for pipe in (single, split):
@@ -54,7 +54,7 @@ def _worker(scale: str, repeats: int, steps: int) -> None:
     with torch.no_grad():
         t = interleaved({"single": call(single), "split": call(split)}, repeats)
     link.stop()
-    leave()
+    leave_process_group()
     print(json.dumps(t))
 
 

@@ -77,7 +77,7 @@ def backend_for(devices: list[torch.device]) -> str:
     return "nccl" if kinds == {"cuda"} else "gloo"
 
 
-def join(cfg: RBLNConfig, devices: list[torch.device]) -> RankGroup:
+def join_process_group(cfg: RBLNConfig, devices: list[torch.device]) -> RankGroup:
     """Join the process group the launcher set up (`launched_world`), after checking the rank map.
     A test clock skew (`RBLN_TEST_CLOCK_SKEW_NS`) is applied first, before anything reads a clock."""
     rank, world_size = launched_world() or (0, 1)
@@ -91,7 +91,7 @@ def join(cfg: RBLNConfig, devices: list[torch.device]) -> RankGroup:
     return RankGroup(rank, world_size, backend)
 
 
-def leave() -> None:
+def leave_process_group() -> None:
     if dist.is_initialized():
         dist.destroy_process_group()
 

@@ -276,11 +276,6 @@ def build_parser() -> argparse.ArgumentParser:
                           "$RBLN_PROFILER_SUBMODULES); activate_profiler in --config still decides for its submodule")
     run.set_defaults(func=cmd_run)
 
-    mrg = sub.add_parser("merge", help="merge the ranks of a run split across processes (torchrun) into one timeline")
-    mrg.add_argument("run_dir", help="the run's --out directory (holds rank0/, rank1/, ...)")
-    mrg.add_argument("--force", action="store_true", help="replace another run's merged files in RUN_DIR")
-    mrg.set_defaults(func=cmd_merge)
-
     exp = sub.add_parser("export", help="export a capture to Perfetto traces")
     exp.add_argument("capture", help="a capture.rblncap file")
     exp.add_argument("-o", "--out", help="output directory (default: beside the capture)")
@@ -328,6 +323,11 @@ def build_parser() -> argparse.ArgumentParser:
     opn.add_argument("--no-browser", dest="browser", action="store_false",
                      help="print the link instead of opening a browser")
     opn.set_defaults(func=cmd_open)
+
+    mrg = sub.add_parser("merge", help="merge the ranks of a run split across processes (torchrun) into one timeline")
+    mrg.add_argument("run_dir", help="the run's --out directory (holds rank0/, rank1/, ...)")
+    mrg.add_argument("--force", action="store_true", help="replace another run's merged files in RUN_DIR")
+    mrg.set_defaults(func=cmd_merge)
 
     from .cli_analysis import add_analysis_commands
 

@@ -20,7 +20,8 @@ import torch
 from pipeline.compile_cache import embedded_model, load_or_compile
 from pipeline.config import RBLNConfig
 from pipeline.placement import torch_devices
-from pipeline.ranks import check_ranks, exchange_clocks, join, launched_world, leave
+from pipeline.ranks import (check_ranks, exchange_clocks, join_process_group, launched_world,
+                            leave_process_group)
 from pipeline.remote_calls import distribute, serve
 
 from .activation import default_out_dir, env_enabled, profile
@@ -90,7 +91,8 @@ def profile_ranks(model: str, config: dict, out: Path, call: dict, *, force: boo
                   profile_calls: str | None, profile_submodules: str | None) -> ProfiledRun:
     """This process's rank of a run split across processes: rank 0 drives the pipeline, the others serve."""
     cfg = RBLNConfig.from_dict(config)
-    group = join(cfg, torch_devices(cfg))  # first: a test clock skew must precede every clock the pipeline binds
+    # First: a test clock skew (RBLN_TEST_CLOCK_SKEW_NS) must precede every clock the pipeline binds.
+    group = join_process_group(cfg, torch_devices(cfg))
     pipe = load_or_compile(model, config)
     pipe.set_progress_bar_config(disable=True)
     link = distribute(pipe, group)
@@ -118,7 +120,7 @@ def profile_ranks(model: str, config: dict, out: Path, call: dict, *, force: boo
     finally:
         if not failed:
             torch.distributed.barrier()  # every rank's export is written
-        leave()
+        leave_process_group()
     if link is None:
         return ProfiledRun(prof.result, None, model, group.rank)
     image_path = out / "image.png"
