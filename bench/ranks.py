@@ -39,6 +39,7 @@ def _worker(scale: str, repeats: int, steps: int) -> None:
     model = embedded_model(scale)
     split = load_or_compile(model, RANKS)
     link = distribute(split, group)
+    round_trip = _round_trip(group.rank)
     if link is None:
         serve(split, group)
         leave_process_group()
@@ -55,7 +56,29 @@ def _worker(scale: str, repeats: int, steps: int) -> None:
         t = interleaved({"single": call(single), "split": call(split)}, repeats)
     link.stop()
     leave_process_group()
-    print(json.dumps(t))
+    print(json.dumps({**t, "round_trip": round_trip}))
+
+
+def _round_trip(rank: int, rounds: int = 64) -> float:
+    """Median seconds of a 6-int64 ping-pong between the two ranks (what one header costs both ways)."""
+    import statistics
+    import time
+
+    import torch
+    import torch.distributed as dist
+
+    buf = torch.zeros(6, dtype=torch.int64)
+    samples = []
+    for _ in range(rounds):
+        start = time.perf_counter()
+        if rank == 0:
+            dist.send(buf, 1)
+            dist.recv(buf, 1)
+        else:
+            dist.recv(buf, 0)
+            dist.send(buf, 0)
+        samples.append(time.perf_counter() - start)
+    return statistics.median(samples)
 
 
 def run(scales=("tiny",), repeats: int = 7, steps: int = 1) -> list[Row]:
@@ -81,6 +104,8 @@ def run(scales=("tiny",), repeats: int = 7, steps: int = 1) -> list[Row]:
         rows.append(Row("rank split", f"{scale}: 2 ranks (text_encoder_3 on rank 1)", t["split"] * 1e3, "ms",
                         t["split"] / t["single"], "overhead of the split",
                         f"{steps} step(s), CFG, no profiler, gloo on 127.0.0.1"))
+        rows.append(Row("rank split", f"{scale}: gloo round trip of one header", t["round_trip"] * 1e6, "us",
+                        note="median of 64 ping-pongs between the 2 ranks; a remote call waits for 2 such wake-ups"))
     return rows
 
 

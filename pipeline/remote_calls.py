@@ -115,6 +115,7 @@ class RemoteSubmodule:
         return self.link.call(self, inputs, timed=on_ticks is not None)
 
 
+@torch.no_grad()  # as diffusers' __call__ runs the submodules on rank 0
 def serve(pipe, group: RankGroup) -> int:
     """A serving rank's loop: run the calls rank 0 sends until it says stop; returns the calls served."""
     comm = group.comm_device
