@@ -82,11 +82,12 @@ def _round_trip(rank: int, rounds: int = 64) -> float:
 
 
 def run(scales=("tiny",), repeats: int = 7, steps: int = 1) -> list[Row]:
-    from pipeline.compile_cache import embedded_model
+    from pipeline.compile_cache import embedded_model, load_or_compile
 
     rows = []
     for scale in scales:
-        embedded_model(scale)  # built once here, not by both ranks at once
+        for config in (RANKS, SPLIT):  # built and compiled once here, not by both ranks at once
+            load_or_compile(embedded_model(scale), config)
         with socket.socket() as s:
             s.bind(("127.0.0.1", 0))
             port = str(s.getsockname()[1])

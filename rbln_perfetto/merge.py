@@ -12,7 +12,8 @@ per-invocation files (sequence indices are the run's, so names do not collide) a
   move by minus one constant (so its durations and relative times stay as captured); the numbers are
   args of the rank's Run slice (`clock_offset_ns`, `clock_uncertainty_ns`, `clock_exchange_offset_ns`,
   `clock_exchange_uncertainty_ns`, `clock_drift_ns`).
-- Flows: each send to another rank gets a flow to the recv that took it (`flow_key`).
+- Flows: each send to another rank gets a flow to the recv that took it (`flow_key`), when both
+  ends were captured.
 - A rank whose capture is missing, unreadable or cut short (killed): what the others captured,
   and what it recorded before it died, is merged; `MergeResult.problems` names the rank (one line
   each), and the command exits 1 after writing.
@@ -145,19 +146,19 @@ class MergeResult:
     invocation_files: list[Path] = field(default_factory=list)
     aggregate_file: Path | None = None
     problems: list[str] = field(default_factory=list)  # one line per rank missing or cut short
-    flows: int = 0  # send -> recv flows drawn
+    flows: int = 0  # send -> recv flows drawn (both ends captured)
 
 
 class _RankRewrite:
     """Rewrites one rank's exported packets into the merged trace's place for that rank."""
 
-    def __init__(self, rank: int, clock: RankClock, boot_shift: int):
+    def __init__(self, rank: int, clock: RankClock, boot_shift: int, paired: set[int]):
         self.rank = rank
         self.clock = clock
         self.boot_shift = boot_shift  # added to the rank's BOOTTIME values
+        self.paired = paired  # flow keys whose send and recv are both in the merged trace
         self.keep_provenance = True
         self.prefix = f"i{rank}_"
-        self.flows = 0
 
     def file(self, data: bytes, *, keep_provenance: bool = True) -> bytes:
         """The rewritten packets of one of the rank's files; without `keep_provenance`, minus its system
@@ -227,13 +228,12 @@ class _RankRewrite:
             return
         args = {a.name: a for a in e.debug_annotations if a.HasField("name")}
         key = args.get(TRANSFER_FLOW_KEY)
-        if key is not None and "transfer" in args:
+        if key is not None and "transfer" in args and key.int_value in self.paired:
             flow = CROSS_RANK_FLOW | key.int_value
             if args["transfer"].string_value == "send":
                 e.flow_ids.append(flow)
             else:
                 e.terminating_flow_ids.append(flow)
-                self.flows += 1
 
 
 def _rank_dirs(run_dir: Path) -> dict[int, Path]:
@@ -289,21 +289,21 @@ def merge(run_dir: str | os.PathLike, *, overwrite: bool = False) -> MergeResult
     claim_run_directory(run_dir, "merged " + run_identity(infos[0].header), overwrite=overwrite)
     rewrites = {}
     transfers = {rank: _transfer_starts(found[rank] / CAPTURE_FILE) for rank in infos}
+    sent = {flow for t in transfers.values() for flow, (direction, _, _) in t.items() if direction == "send"}
+    paired = {flow for t in transfers.values() for flow, (direction, _, _) in t.items() if direction == "recv"} & sent
     for rank, info in sorted(infos.items()):
         clock = result.clocks[rank] = RankClock.of(info, causal_bounds(rank, transfers[rank], transfers[0]))
         boot = info.header.clock.boottime_ns - info.header.clock.monotonic_ns
         # A time t on this rank's MONOTONIC is t - offset on rank 0's, and on BOOTTIME that plus boot0.
-        rewrites[rank] = _RankRewrite(rank, clock, boot0 - clock.offset_ns - boot)
+        rewrites[rank] = _RankRewrite(rank, clock, boot0 - clock.offset_ns - boot, paired)
 
     files = sorted((parse_invocation_file_name(f.name)[0], f.name, rank)
                    for rank in infos for f in found[rank].iterdir() if parse_invocation_file_name(f.name))
     for _, name, rank in files:
         result.invocation_files.append(_write(run_dir / name, [rewrites[rank].file((found[rank] / name).read_bytes())]))
-    for rewrite in rewrites.values():
-        rewrite.flows = 0  # counted in the aggregate only
     result.aggregate_file = _write(run_dir / AGGREGATE_FILE_NAME, [
         rewrites[r].file((found[r] / AGGREGATE_FILE_NAME).read_bytes(), keep_provenance=r == 0) for r in sorted(infos)])
-    result.flows = sum(r.flows for r in rewrites.values())
+    result.flows = len(paired)
     return result
 
 
