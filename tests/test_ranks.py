@@ -266,3 +266,21 @@ def test_transfers_narrow_a_clock_offset_to_what_causality_allows(tmp_path):
     # Bounds that contradict the exchanges (drift) leave the exchanges' answer.
     clock = RankClock.of(Info, (400_000, 500_000))
     assert not clock.transfers_bound and (clock.offset_ns, clock.uncertainty_ns) == (100_000, 200_000)
+
+
+@pytest.mark.skipif(not os.environ.get("RBLN_PERFETTO_TP_BIN"), reason="RBLN_PERFETTO_TP_BIN is not set")
+def test_trace_processor_reads_the_merged_trace_as_the_embedded_backend_does(two):
+    """Several sequences, shifted clock snapshots and cross-rank flows: both backends agree, no data loss."""
+    out, _ = two
+    sql = {"slices": "select s.ts, s.dur, s.name, t.name as track from slice s join track t on s.track_id = t.id "
+                     "order by s.ts, s.name",
+           "flows": "select a.name as out_name, b.name as in_name from flow f join slice a on a.id = f.slice_out "
+                    "join slice b on b.id = f.slice_in order by a.ts, b.ts",
+           "losses": "select name, value from stats where value > 0 and severity in ('error', 'data_loss')"}
+    answers = []
+    for backend in ("sqlite", "trace_processor"):
+        with open_trace(out / "aggregate.pb", backend=backend, tp_bin=os.environ["RBLN_PERFETTO_TP_BIN"]) as tr:
+            answers.append({k: [tuple(r) for r in tr.query(q).itertuples(index=False)] for k, q in sql.items()})
+    assert answers[0] == answers[1]
+    assert answers[0]["losses"] == []
+    assert sum(o.startswith("i0_send") and i.startswith("i1_recv") for o, i in answers[0]["flows"]) == 2
