@@ -14,6 +14,7 @@ _EXPORTS = {
     "DeviceInfo": "contract",
     "PipelineInfo": "contract",
     "ProgramInfo": "contract",
+    "RankTransfer": "contract",
     "Profiler": "contract",
     "Sink": "contract",
     "TickLayout": "contract",
@@ -26,6 +27,10 @@ _EXPORTS = {
     "build_tiny_sd3": "embedded_model",
     "plan_memory": "compiler",
     "RBLNStableDiffusion3Pipeline": "pipeline_sd3",
+    "exchange_clocks": "ranks",
+    "join_process_group": "ranks",
+    "distribute": "remote_calls",
+    "serve": "remote_calls",
 }
 __all__ = sorted(_EXPORTS)
 

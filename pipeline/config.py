@@ -27,6 +27,7 @@ PIPELINE_KEYS = (
     "device_memory",
     "command_budget",
     "dtype",
+    "ranks",
 )
 _UNITS = {"": 1, "b": 1, "kib": 2**10, "mib": 2**20, "gib": 2**30, "kb": 10**3, "mb": 10**6, "gb": 10**9}
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([a-zA-Z]*)\s*$")
@@ -70,6 +71,35 @@ def _int(value: Any, key: str, minimum: int, maximum: int | None = None) -> int:
     return value
 
 
+def _ranks(value: Any, n_logical: int, submodules: dict) -> tuple[int, ...]:
+    """`ranks`: {logical device: rank} (keys ints, or their decimal strings as JSON writes them) or a
+    list indexed by logical device; every logical device needs one, and device 0 (the root, where the
+    host work runs) is rank 0's. Whether each rank exists is known only at run time (`pipeline.ranks`)."""
+    devices = f"0..{n_logical - 1}"
+    if isinstance(value, (list, tuple)):
+        value = dict(enumerate(value))
+    if not isinstance(value, dict):
+        raise ConfigError(f"rbln_config['ranks']={value!r} must map each logical device ({devices}) to a rank, "
+                          "as a dict like {0: 0, 1: 1} or a list like [0, 1]")
+    ranks: dict[int, int] = {}
+    for key, rank in value.items():
+        device = int(key) if isinstance(key, str) and key.isascii() and key.isdigit() else key
+        if isinstance(device, bool) or not isinstance(device, int) or not 0 <= device < n_logical:
+            raise ConfigError(f"rbln_config['ranks'] key {key!r} is not a logical device; valid: {devices}")
+        ranks[device] = _int(rank, f"rbln_config['ranks'][{device}]", 0)
+    for device in range(n_logical):
+        if device not in ranks:
+            users = [name for name, sub in submodules.items() if sub.device == device]
+            raise ConfigError(f"rbln_config['ranks'] has no rank for logical device {device}"
+                              f"{' (' + ', '.join(users) + ')' if users else ''}; valid: a rank for every "
+                              f"logical device {devices}")
+    if ranks[0] != 0:
+        raise ConfigError(f"rbln_config['ranks'][0]={ranks[0]} is not valid: logical device 0 is the root device, "
+                          "where the host work (tokenize, scheduler, postprocess) runs, and rank 0 drives the "
+                          "pipeline; valid: 0")
+    return tuple(ranks[d] for d in range(n_logical))
+
+
 @dataclass(frozen=True)
 class SubmoduleConfig:
     device: int = 0
@@ -89,6 +119,8 @@ class RBLNConfig:
     device_memory: tuple[int, ...] | int = DEFAULT_DEVICE_MEMORY
     command_budget: int = DEFAULT_COMMAND_BUDGET
     dtype: str = "float32"
+    # logical device i -> the torch.distributed rank (process) that runs it; None: all in this process
+    ranks: tuple[int, ...] | None = None
 
     @classmethod
     def from_dict(cls, rbln_config: dict | RBLNConfig | None) -> RBLNConfig:
@@ -175,6 +207,8 @@ class RBLNConfig:
                 kw["device_memory"] = tuple(parse_size(m, f"rbln_config['device_memory'][{i}]") for i, m in enumerate(mem))
             else:
                 kw["device_memory"] = parse_size(mem, "rbln_config['device_memory']")
+        if rbln_config.get("ranks") is not None:
+            kw["ranks"] = _ranks(rbln_config["ranks"], n_logical, submodules)
         return cls(**kw)
 
     def to_dict(self) -> dict:

@@ -141,6 +141,32 @@ class PipelineInfo:
     activate_profiler: dict  # submodule -> True / False / None (follow the profiler's default)
     # Asked when a profiled call starts (the thread count may have changed since the pipeline was built).
     runtime: Callable[[], RuntimeInfo] | None = None
+    # In a run split across processes (`rbln_config['ranks']`, under torchrun): this process's rank and
+    # how many there are. `devices` and `programs` then hold only what this rank runs.
+    rank: int = 0
+    world_size: int = 1
+
+
+@dataclass(frozen=True)
+class RankTransfer:
+    """The tensors of one submodule call that crossed processes (torch.distributed send or recv).
+
+    Each call to a submodule on another rank is two transfers each way: its inputs (rank 0 sends,
+    the submodule's rank receives) and its outputs (back). Both ends report one with the same `flow`,
+    which pairs a send with its recv. A send spans the sending; a recv starts when the message's
+    header has arrived (its wait for the peer is idle time, not transfer), so a recv never starts
+    before its send.
+    """
+
+    submodule: str
+    direction: str  # "send" | "recv"
+    peer: int  # the rank at the other end
+    device: int  # the logical device of this rank whose DMA track shows it
+    tensors: tuple[str, ...]
+    bytes: int
+    start_ns: int
+    end_ns: int
+    flow: int  # the same at both ends, unique within the run
 
 
 class Sink(Protocol):
@@ -150,6 +176,10 @@ class Sink(Protocol):
     it): `starts(submodule, step) -> bool` is asked as each submodule call starts (`step`: its denoising
     step within the pipeline call for the step submodule, else None) and replaces `profiled` and
     `unprofiled`; after it, the bool attribute `records_host` says whether host work is timed now.
+
+    Optional, for a run split across processes (`pipeline.remote_calls`): `elsewhere(calls)`: that many
+    submodule calls ran in other processes (their invocations are in those processes' captures) and
+    take their places in the run's order here; `transfer(t: RankTransfer)`: tensors crossed processes.
     """
 
     profiled: frozenset[str]  # the submodules whose invocations it records

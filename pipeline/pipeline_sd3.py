@@ -123,6 +123,7 @@ class RBLNStableDiffusion3Pipeline(StableDiffusion3Pipeline):
         pipe._rbln_model = model
         pipe._rbln_artifacts = artifacts
         pipe._rbln_devices = devices
+        pipe._rank_link = None
         pipe._pipeline_info = pipe._describe()
         pipe._install_host_timers()
         return pipe
@@ -145,16 +146,29 @@ class RBLNStableDiffusion3Pipeline(StableDiffusion3Pipeline):
         """What a profiler is told about this pipeline (built once, when it was assembled)."""
         return self._pipeline_info
 
-    def _describe(self) -> PipelineInfo:
+    def _describe(self, rank: int = 0, world_size: int = 1, ranks: tuple[int, ...] | None = None) -> PipelineInfo:
+        """What the profiler of rank `rank` is told: the devices `ranks` gives it (all, in one process)
+        and the programs on them."""
+        mine = [i for i in range(len(self._rbln_devices)) if ranks is None or ranks[i] == rank]
+        names = [name for name in SUBMODULES if getattr(self, name).compiled.device in mine]
         return PipelineInfo(
             model=self._rbln_model,
             rbln_config=self.rbln_config.to_dict(),
-            devices=tuple(DeviceInfo(i, str(d), self.rbln_config.capacity(i)) for i, d in enumerate(self._rbln_devices)),
-            programs=tuple(getattr(self, name).compiled.info for name in SUBMODULES),
-            activation_bytes={s.submodule: s.activation_bytes for s in self.memory_plan.submodules},
+            devices=tuple(DeviceInfo(i, str(self._rbln_devices[i]), self.rbln_config.capacity(i)) for i in mine),
+            programs=tuple(getattr(self, name).compiled.info for name in names),
+            activation_bytes={s.submodule: s.activation_bytes for s in self.memory_plan.submodules if s.submodule in names},
             activate_profiler={name: self.rbln_config.submodules[name].activate_profiler for name in SUBMODULES},
-            runtime=RuntimeProbe([getattr(self, name).compiled for name in SUBMODULES]),
+            runtime=RuntimeProbe([getattr(self, name).compiled for name in names]),
+            rank=rank,
+            world_size=world_size,
         )
+
+    def join_ranks(self, rank: int, world_size: int, ranks: tuple[int, ...], link) -> None:
+        """This pipeline is rank `rank`'s part of a run split across processes (`pipeline.remote_calls.distribute`):
+        its profiler is told only this rank's devices and programs; on rank 0, `link` brackets each call
+        on the other ranks."""
+        self._rank_link = link
+        self._pipeline_info = self._describe(rank, world_size, ranks)
 
     def _install_host_timers(self) -> None:
         """Time the host work inside diffusers' own __call__ at its seams: wrapped once, here, and
@@ -197,7 +211,10 @@ class RBLNStableDiffusion3Pipeline(StableDiffusion3Pipeline):
     def __call__(self, *args, **kwargs):
         self._check_guidance(_requested_guidance_scale(args, kwargs))  # before anything runs or is recorded
         with profiled_call(self._pipeline_info, STEP_SUBMODULE):
-            return super().__call__(*args, **kwargs)
+            if self._rank_link is None:
+                return super().__call__(*args, **kwargs)
+            with self._rank_link.pipeline_call():
+                return super().__call__(*args, **kwargs)
 
     def _check_guidance(self, guidance_scale) -> None:
         """diffusers guides (doubling the transformer's batch) exactly when guidance_scale > 1, and the

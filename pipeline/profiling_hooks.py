@@ -27,7 +27,7 @@ from contextvars import ContextVar
 from typing import Iterator, Sequence
 
 from .config import ConfigError
-from .contract import PipelineInfo, Profiler, Sink
+from .contract import PipelineInfo, Profiler, RankTransfer, Sink
 
 ENTRY_POINT_GROUP = "rbln_pipeline.profilers"
 ENV_ENABLE = "RBLN_PROFILER"
@@ -97,12 +97,14 @@ class ActiveCall:
     numbered from 0 within the pipeline call, and a sink that selects (`starts`) is told the number.
     """
 
-    __slots__ = ("sink", "step_submodule", "steps_started", "records_host", "_finished_ns", "_selects")
+    __slots__ = ("sink", "step_submodule", "steps_started", "calls_started", "records_host", "_finished_ns",
+                 "_selects")
 
     def __init__(self, sink: Sink, step_submodule: str | None = None):
         self.sink = sink
         self.step_submodule = step_submodule
         self.steps_started = 0
+        self.calls_started = 0  # submodule calls of this pipeline call so far, in any process
         self._selects = hasattr(sink, "starts")  # optional: a sink that chooses call by call
         self.records_host = getattr(sink, "records_host", True)
         self._finished_ns: dict[str, int] = {}
@@ -114,6 +116,7 @@ class ActiveCall:
         """A call of `submodule` starts: True when it is to be timed (and reported by `invocation`). One
         that is not is still reported (`Sink.unprofiled`, or `starts` returning False), so that every
         call keeps its place in the run."""
+        self.calls_started += 1
         if self._selects:
             step = None
             if submodule == self.step_submodule:
@@ -126,6 +129,31 @@ class ActiveCall:
             return True
         self.sink.unprofiled(submodule)
         return False
+
+    def ran_elsewhere(self, submodule: str) -> None:
+        """The call of `submodule` that `invocation_starts` just timed ran in another process, whose
+        capture holds it; its outputs are back on this host now."""
+        self._elsewhere(1)
+        self._finished_ns[submodule] = time.monotonic_ns()
+
+    def catch_up(self, calls_started: int) -> None:
+        """In a process that runs some submodules for another (`pipeline.remote_calls`): the driving
+        process had started `calls_started` submodule calls of this pipeline call; those this process
+        did not see ran elsewhere."""
+        missed = calls_started - self.calls_started
+        if missed > 0:
+            self.calls_started = calls_started
+            self._elsewhere(missed)
+
+    def _elsewhere(self, calls: int) -> None:
+        elsewhere = getattr(self.sink, "elsewhere", None)  # optional: a sink that numbers calls
+        if elsewhere is not None:
+            elsewhere(calls)
+
+    def transfer(self, transfer: RankTransfer) -> None:
+        record = getattr(self.sink, "transfer", None)  # optional
+        if record is not None:
+            record(transfer)
 
     def invocation(self, submodule: str, ticks: Sequence[int], memory_allocated: Sequence[int] = ()) -> None:
         if memory_allocated:  # CUDA only: a sink that measures nothing need not take the argument

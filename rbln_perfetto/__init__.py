@@ -26,6 +26,7 @@ from .errors import (
     WorkerError,
 )
 from .export import ExportResult, export
+from .merge import MergeResult, merge
 from .query import REPORTS, Trace, TraceSet, open_trace, open_traces
 from .ranges import range  # noqa: A004 - rbln_perfetto.range, like nvtx.range
 from .summary import Summary
@@ -38,6 +39,7 @@ __all__ = [
     "CheckResult",
     "ExportError",
     "ExportResult",
+    "MergeResult",
     "OutputExistsError",
     "PlotError",
     "PortUnavailableError",
@@ -58,6 +60,7 @@ __all__ = [
     "diff",
     "export",
     "idle",
+    "merge",
     "open_trace",
     "open_traces",
     "profile",

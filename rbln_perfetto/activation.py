@@ -185,6 +185,12 @@ class PipelineCall:
     def host(self, name: str, start_ns: int, end_ns: int, detail: str = "") -> None:
         self.writer.host(name, start_ns, end_ns, detail)
 
+    def elsewhere(self, calls: int) -> None:
+        self.writer.elsewhere(calls)
+
+    def transfer(self, transfer) -> None:
+        self.writer.transfer(transfer)
+
     def end(self, error: BaseException | None) -> None:
         if self.traced_call:
             self._end_untraced_steps()
@@ -314,6 +320,13 @@ class profile:
                 raise
             exc.add_note(f"rbln-perfetto: exporting the traces of {self.out_dir} also failed: {export_error}")
         return False
+
+    def clock_sync(self, label: str, rank: int, offset_ns: int, uncertainty_ns: int, round_trip_ns: int) -> None:
+        """Record this process's measured clock offset from rank 0 in the capture (a run split across
+        processes: `rbln-perfetto merge` aligns the ranks' captures by it)."""
+        if self.session is None:
+            raise ProfilerStateError("clock_sync() records into an active profile() block; enter it first")
+        self.session.writer.clock_sync(label, rank, offset_ns, uncertainty_ns, round_trip_ns)
 
     @property
     def result(self) -> ExportResult:

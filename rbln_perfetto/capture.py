@@ -19,7 +19,7 @@ from typing import BinaryIO, Iterator
 
 from google.protobuf.message import DecodeError
 
-from pipeline.contract import PipelineInfo, ProgramInfo, timing_method
+from pipeline.contract import PipelineInfo, ProgramInfo, RankTransfer, timing_method
 
 from . import rbln_capture_pb2 as pb
 from .errors import CaptureError
@@ -93,6 +93,8 @@ class CaptureWriter:
                                     profiled=p.submodule in profiled)
                        for p in info.programs],
             runtime=_runtime_record(info),
+            rank=info.rank,
+            world_size=info.world_size if info.world_size > 1 else 0,
         )))
         self._file.flush()
         return pipeline_id
@@ -140,6 +142,23 @@ class CaptureWriter:
         its place among `submodule`'s calls, so the traced calls keep the numbers of a full run."""
         self._calls[submodule] = self._calls.get(submodule, 0) + 1
         self._next_sequence += 1
+
+    def elsewhere(self, calls: int) -> None:
+        """`calls` submodule calls that ran in other processes (their invocations are in those processes'
+        captures): they take their sequence indices, so this capture's calls keep the run's numbers."""
+        self._next_sequence += calls
+
+    def transfer(self, t: RankTransfer) -> None:
+        """Tensors of a submodule call that crossed processes (`pipeline.contract.RankTransfer`)."""
+        self._write(pb.Record(transfer=pb.RankTransfer(
+            submodule=t.submodule, direction=t.direction, peer=t.peer, device=t.device, tensors=list(t.tensors),
+            bytes=t.bytes, start_ns=t.start_ns, end_ns=t.end_ns, flow=t.flow)))
+
+    def clock_sync(self, label: str, rank: int, offset_ns: int, uncertainty_ns: int, round_trip_ns: int) -> None:
+        """This process's clock against rank 0's, as measured (`pipeline.ranks.exchange_clocks`)."""
+        self._write(pb.Record(clock_sync=pb.ClockSync(label=label, rank=rank, offset_ns=offset_ns,
+                                                      uncertainty_ns=uncertainty_ns, round_trip_ns=round_trip_ns)))
+        self._file.flush()
 
     @property
     def next_sequence_index(self) -> int:
@@ -198,7 +217,14 @@ class CaptureInfo:
     host_events: int = 0
     ranges: int = 0
     untraced: int = 0  # stretches that ran untraced (`profile(steps=..., calls=...)`)
+    transfers: int = 0  # tensors sent to or received from other processes (a run split across ranks)
+    clock_syncs: list[pb.ClockSync] = field(default_factory=list)
     measured_devices: set[int] = field(default_factory=set)  # devices with measured memory (CUDA)
+
+    @property
+    def rank(self) -> int:
+        """The rank of the process that wrote it (0 when not split across processes)."""
+        return self.pipelines[0].rank if self.pipelines else 0
 
     @property
     def status(self) -> str:
@@ -324,5 +350,9 @@ def read_info(path: str | os.PathLike) -> CaptureInfo:
             info.ranges += 1
         elif kind == "untraced":
             info.untraced += 1
+        elif kind == "transfer":
+            info.transfers += 1
+        elif kind == "clock_sync":
+            info.clock_syncs.append(record.clock_sync)
         elif kind == "end":
             info.end = record.end

@@ -86,10 +86,39 @@ def cmd_run(args) -> int:
                            scale=args.scale, prompt=args.prompt, seed=args.seed, out=args.out, force=args.force,
                            repeat=args.repeat, profile_steps=args.profile_steps, profile_calls=args.profile_calls,
                            profile_submodules=args.profile_submodules)
+    if run.image_path is None:  # a serving rank of a run split across processes: rank 0 reports the run
+        print(f"rbln-perfetto: rank {run.rank} profiled {run.result.command_slices} commands in "
+              f"{len(run.result.invocation_files)} submodule invocations into {run.result.out_dir}")
+        return 0
     print(f"rbln-perfetto: profiled {run.result.command_slices} commands in {len(run.result.invocation_files)} "
           f"submodule invocations of {run.model} ({args.steps} steps); image saved to {run.image_path}")
+    if run.merged is not None:
+        return _print_merged(run.merged)
     _print_result(run.result)
     return 0
+
+
+def _print_merged(merged) -> int:
+    """The merged traces of a run split across processes; 1 when a rank is missing or cut short."""
+    print(f"merged {merged.world_size} ranks into {merged.out_dir}/: {len(merged.invocation_files)} invocation "
+          f"traces and {merged.aggregate_file.name} ({merged.flows} send -> recv flows)")
+    for rank, clock in sorted(merged.clocks.items()):
+        if rank:
+            drift = "" if clock.drift_ns is None else f", drift {clock.drift_ns / 1e3:+.1f} us start -> end"
+            state = ((f" (exchanges alone: {clock.exchange_offset_ns / 1e3:+.1f} us +- "
+                      f"{clock.exchange_uncertainty_ns / 1e3:.1f} us; narrowed by the transfers)")
+                     if clock.transfers_bound else "" if clock.measured else " (not measured: left unaligned)")
+            print(f"  rank {rank}: clock offset {clock.offset_ns / 1e3:+.1f} us +- {clock.uncertainty_ns / 1e3:.1f} us "
+                  f"from rank 0{drift}{state}")
+    for line in merged.problems:
+        print(f"rbln-perfetto merge: {line}", file=sys.stderr)
+    return 1 if merged.problems else 0
+
+
+def cmd_merge(args) -> int:
+    from .merge import merge
+
+    return _print_merged(merge(args.run_dir, overwrite=args.force))
 
 
 def cmd_export(args) -> int:
@@ -320,6 +349,11 @@ def build_parser() -> argparse.ArgumentParser:
     opn.add_argument("--no-browser", dest="browser", action="store_false",
                      help="print the link instead of opening a browser")
     opn.set_defaults(func=cmd_open)
+
+    mrg = sub.add_parser("merge", help="merge the ranks of a run split across processes (torchrun) into one timeline")
+    mrg.add_argument("run_dir", help="the run's --out directory (holds rank0/, rank1/, ...)")
+    mrg.add_argument("--force", action="store_true", help="replace another run's merged files in RUN_DIR")
+    mrg.set_defaults(func=cmd_merge)
 
     from .cli_analysis import add_analysis_commands
 

@@ -24,7 +24,7 @@ from pipeline.contract import TickLayout
 
 from .capture import Truncation, iter_records, read_info
 from .errors import CaptureError, ExportError
-from .host_events import host_event_packets, range_packets, ranges_track_packet, untraced_packets
+from .host_events import host_event_packets, range_packets, ranges_track_packet, transfer_packets, untraced_packets
 from .interning import Interner
 from .naming import AGGREGATE_FILE_NAME, command_name_prefix, invocation_file_name
 from .program_template import ProgramTemplate, measured_memory_packets
@@ -133,6 +133,10 @@ class _AggregateFile:
         packets, self.clock = untraced_packets(tracks, stretch, clock=self.clock, boot_offset=self.boot_offset)
         self.file.write(packets)
 
+    def transfer(self, tracks: TrackIds, transfer) -> None:
+        packets, self.clock = transfer_packets(tracks, transfer, clock=self.clock, boot_offset=self.boot_offset)
+        self.file.write(packets)
+
 
 def export(capture: str | os.PathLike, out_dir: str | os.PathLike | None = None, *, per_invocation: bool = True,
            aggregate: bool = True, compression_level: int | None = None, overwrite: bool = False) -> ExportResult:
@@ -203,6 +207,9 @@ def export(capture: str | os.PathLike, out_dir: str | os.PathLike | None = None,
         if kind == "untraced":
             agg.untraced(tracks, payload)
             return
+        if kind == "transfer":
+            agg.transfer(tracks, payload)
+            return
         future, stream, inv, program, template, ticks = payload
         # A compression no worker has started yet runs here rather than being waited for.
         compressed = compressed_packet(stream, compression_level) if future.cancel() else future.result()
@@ -229,7 +236,7 @@ def export(capture: str | os.PathLike, out_dir: str | os.PathLike | None = None,
                 result.stats.add_host(h.name, h.start_ns, h.end_ns)
                 if agg is not None:
                     pending.append(("host", (h.name, h.start_ns, h.end_ns, h.detail)))
-            elif kind in ("range", "untraced"):
+            elif kind in ("range", "untraced", "transfer"):
                 if agg is not None:
                     pending.append((kind, getattr(record, kind)))
             elif kind == "invocation":
@@ -269,7 +276,7 @@ def export(capture: str | os.PathLike, out_dir: str | os.PathLike | None = None,
         while pending:
             write(pending.popleft())
         # The aggregate also holds the host events, the user ranges, the untraced stretches and the Run slice.
-        result.slices += result.stats.host_events + info.ranges + info.untraced + 1
+        result.slices += result.stats.host_events + info.ranges + info.untraced + info.transfers + 1
         if agg is not None:
             agg.file.write(provenance.run_slice(result.stats.start_ns, result.stats.end_ns))
             result.bytes_written += agg.file.bytes_written

@@ -1,9 +1,11 @@
-"""Host-time slices on the aggregate's sequence: host events, user ranges and untraced stretches.
+"""Host-time slices on the aggregate's sequence: host events, user ranges, untraced stretches and
+tensors that crossed processes.
 
 Host events (tokenization, scheduler steps, ...) go on device 0's Host track; user ranges
 (`rbln_perfetto.range`) on device 0's Ranges track, which the aggregate gets only when the capture
 holds ranges; a stretch that ran untraced (`profile(steps=...)`) as one slice "not traced: steps 0-9"
-on its device's Workload track. All are only in the aggregate. A slice that starts after the previous packet of the
+on its device's Workload track; a send or recv to another rank (a run split across processes) on its
+device's DMA track, with the `flow_key` that `merge` pairs across ranks. All are only in the aggregate. A slice that starts after the previous packet of the
 sequence is stamped on the incremental clock; one before anything on that clock, or out of order
 (a range is recorded when it ends, after the ranges nested in it), gets absolute BOOTTIME stamps,
 and trace_processor's sort puts it in place.
@@ -14,7 +16,7 @@ from __future__ import annotations
 from perfetto.protos.perfetto.trace import perfetto_trace_pb2 as pt
 
 from .interning import Interner, annotation_string, interned_entry
-from .naming import untraced_slice_name
+from .naming import rank_transfer_slice_name, untraced_slice_name
 from .proto_bytes import (
     CLOCK_BOOTTIME,
     SEQ_NEEDS_STATE,
@@ -105,6 +107,26 @@ def untraced_packets(tracks: TrackIds, stretch, *, clock: int | None, boot_offse
                        pt.DebugAnnotation(name="invocations", int_value=stretch.invocations)):
         fields += f_bytes(FieldNumber.DEBUG_ANNOTATIONS, annotation.SerializeToString())
     return _slice_packets(tracks.workload(stretch.device), fields, stretch.start_ns, stretch.end_ns, b"", clock=clock,
+                          boot_offset=boot_offset)
+
+
+TRANSFER_FLOW_KEY = "flow_key"  # the arg pairing a send with its recv (`rbln_perfetto.merge`)
+
+
+def transfer_packets(tracks: TrackIds, transfer, *, clock: int | None, boot_offset: int) -> tuple[bytes, int | None]:
+    """The begin and end packets of one transfer to or from another rank (a capture `RankTransfer`) on
+    its device's DMA track, and the incremental clock after them. Named and annotated inline (few):
+    `transfer` (send or recv), `peer_rank`, `submodule`, `tensors`, `bytes`, `flow_key`."""
+    fields = f_bytes(FieldNumber.NAME, rank_transfer_slice_name(transfer.direction, transfer.submodule,
+                                                                transfer.peer).encode())
+    for annotation in (pt.DebugAnnotation(name="transfer", string_value=transfer.direction),
+                       pt.DebugAnnotation(name="peer_rank", int_value=transfer.peer),
+                       pt.DebugAnnotation(name="submodule", string_value=transfer.submodule),
+                       pt.DebugAnnotation(name="tensors", string_value=", ".join(transfer.tensors)),
+                       pt.DebugAnnotation(name="bytes", int_value=transfer.bytes),
+                       pt.DebugAnnotation(name=TRANSFER_FLOW_KEY, int_value=transfer.flow)):
+        fields += f_bytes(FieldNumber.DEBUG_ANNOTATIONS, annotation.SerializeToString())
+    return _slice_packets(tracks.dma(transfer.device), fields, transfer.start_ns, transfer.end_ns, b"", clock=clock,
                           boot_offset=boot_offset)
 
 

@@ -5,6 +5,7 @@
     Workload slice     `{submodule} #{call_index}`                   e.g. `transformer #3`
     untraced stretch   `not traced: {unit} {first}-{last}`           e.g. `not traced: steps 0-9` (Workload track)
     DMA slices         `dma {tensor} host -> device {d}`, `dma {tensor} device {d} -> host`
+    rank transfers     `send {submodule} -> rank {r}`, `recv {submodule} <- rank {r}`   (runs split across processes)
     invocation file    `{sequence_index:04d}_{submodule}_{call_index}.pb`   e.g. `0006_transformer_0.pb`
     aggregate file     `aggregate.pb`
 
@@ -107,6 +108,11 @@ def dma_to_device_slice_name(tensor: str, device: int) -> str:
 def dma_to_host_slice_name(tensor: str, device: int) -> str:
     """The DMA slice of an output copied back to the host."""
     return f"dma {tensor} device {device} -> host"
+
+
+def rank_transfer_slice_name(direction: str, submodule: str, peer: int) -> str:
+    """The DMA slice of a submodule call's tensors sent to, or received from, another process."""
+    return f"send {submodule} -> rank {peer}" if direction == "send" else f"recv {submodule} <- rank {peer}"
 
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]")

@@ -1,0 +1,173 @@
+"""Submodules that run in another process: rank 0 drives the pipeline, the other ranks serve calls.
+
+Every rank assembles the same compiled pipeline (the compile cache and the deterministic embedded
+model make them equal), so both ends know every program's input and output shapes and only tensors
+travel. Rank 0 runs diffusers' `__call__` (tokenize, scheduler, VAE postprocess: host work stays on
+the root device); a submodule placed on a logical device of another rank (`rbln_config['ranks']`)
+is called through a `RemoteSubmodule`, which sends a header and the inputs with `dist.send` and
+receives the outputs with `dist.recv`. The other ranks run `serve`: receive a header, run the
+compiled program (profiled by their own profiler, as any call), send the outputs, until rank 0
+says stop.
+
+A header is six int64s: `(op, submodule, call number, calls started, timed, 0)`. `BEGIN` and `END`
+bracket each pipeline call, so that a serving rank profiles the same pipeline calls as rank 0;
+`calls started` (rank 0's count of submodule calls in the pipeline call so far) keeps every
+rank's sequence indices those of the whole run. Inside a profiled call both ends report each
+message as a `RankTransfer`; the call number pairs a send with its recv (`flow`).
+"""
+
+from __future__ import annotations
+
+import time
+from contextlib import ExitStack, contextmanager
+
+import torch
+import torch.distributed as dist
+
+from .contract import SUBMODULES, RankTransfer
+from .dtypes import torch_dtype
+from .pipeline_sd3 import STEP_SUBMODULE
+from .profiling_hooks import active_call, profiled_call
+from .ranks import RankGroup
+
+BEGIN, CALL, END, STOP = range(4)
+HEADER_SIZE = 6
+INPUTS, OUTPUTS = 0, 1  # which message of a call: flow = 2 * call number + this
+
+
+def _header(op: int, submodule: int = 0, number: int = 0, started: int = -1, timed: bool = False) -> torch.Tensor:
+    return torch.tensor([op, submodule, number, started, int(timed), 0], dtype=torch.int64)
+
+
+class RankLink:
+    """Rank 0's end: the header of every remote call, and the pipeline-call brackets to every rank."""
+
+    def __init__(self, group: RankGroup):
+        self.group = group
+        self.calls = 0  # remote calls so far, on any rank: each one's number
+
+    def _send_header(self, header: torch.Tensor, peer: int) -> None:
+        dist.send(header.to(self.group.comm_device), peer)
+
+    @contextmanager
+    def pipeline_call(self):
+        """Bracket one pipeline call on every serving rank."""
+        for peer in range(1, self.group.world_size):
+            self._send_header(_header(BEGIN), peer)
+        try:
+            yield
+        finally:
+            call = active_call()
+            started = call.calls_started if call is not None else -1
+            for peer in range(1, self.group.world_size):
+                self._send_header(_header(END, started=started), peer)
+
+    def stop(self) -> None:
+        """End every serving rank's `serve` loop."""
+        for peer in range(1, self.group.world_size):
+            self._send_header(_header(STOP), peer)
+
+    def call(self, remote: RemoteSubmodule, inputs: tuple[torch.Tensor, ...], timed: bool) -> tuple:
+        info, peer, comm = remote.info, remote.rank, self.group.comm_device
+        call = active_call()
+        number, self.calls = self.calls, self.calls + 1
+        started = call.calls_started if call is not None else -1
+        t0 = time.monotonic_ns()
+        self._send_header(_header(CALL, SUBMODULES.index(info.submodule), number, started, timed), peer)
+        for x in inputs:
+            dist.send(x.contiguous().to(comm), peer)
+        t1 = time.monotonic_ns()
+        done = torch.empty(HEADER_SIZE, dtype=torch.int64, device=comm)
+        dist.recv(done, peer)
+        t2 = time.monotonic_ns()
+        outputs = []
+        for spec in info.outputs:
+            out = torch.empty(spec.shape, dtype=torch_dtype(spec.dtype), device=comm)
+            dist.recv(out, peer)
+            outputs.append(out.to("cpu"))
+        t3 = time.monotonic_ns()
+        if call is not None and timed:
+            call.transfer(_transfer(info, "send", INPUTS, peer, 0, number, t0, t1))
+            call.transfer(_transfer(info, "recv", OUTPUTS, peer, 0, number, t2, t3))
+            call.ran_elsewhere(info.submodule)
+        return tuple(outputs)
+
+
+def _transfer(info, direction: str, message: int, peer: int, device: int, number: int, start: int, end: int):
+    specs = info.inputs if message == INPUTS else info.outputs
+    return RankTransfer(submodule=info.submodule, direction=direction, peer=peer, device=device,
+                        tensors=tuple(s.name for s in specs), bytes=sum(s.bytes for s in specs),
+                        start_ns=start, end_ns=end, flow=2 * number + message)
+
+
+class RemoteSubmodule:
+    """Stands in for a `CompiledSubmodule` of another rank: same description, calls go over the link."""
+
+    def __init__(self, local, rank: int, link: RankLink):
+        self.local = local  # the same program, assembled here too: its shapes and description
+        self.rank = rank
+        self.link = link
+
+    def __getattr__(self, name):
+        return getattr(self.local, name)
+
+    def __call__(self, inputs: tuple[torch.Tensor, ...], on_ticks=None) -> tuple:
+        return self.link.call(self, inputs, timed=on_ticks is not None)
+
+
+@torch.no_grad()  # as diffusers' __call__ runs the submodules on rank 0
+def serve(pipe, group: RankGroup) -> int:
+    """A serving rank's loop: run the calls rank 0 sends until it says stop; returns the calls served."""
+    comm = group.comm_device
+    header = torch.empty(HEADER_SIZE, dtype=torch.int64, device=comm)
+    served = 0
+    with ExitStack() as pipeline_call:
+        while True:
+            dist.recv(header, 0)
+            t0 = time.monotonic_ns()  # what came before was waiting for rank 0, not a transfer
+            op, submodule_index, number, started, timed, _ = (int(v) for v in header.tolist())
+            call = active_call()
+            if op == STOP:
+                return served
+            if op == BEGIN:
+                pipeline_call.enter_context(profiled_call(pipe.pipeline_info(), STEP_SUBMODULE))
+                continue
+            if op == END:
+                if call is not None and started >= 0:
+                    call.catch_up(started)
+                pipeline_call.close()
+                continue
+            module = getattr(pipe, SUBMODULES[submodule_index])
+            info = module.compiled.info
+            inputs = [torch.empty(s.shape, dtype=torch_dtype(s.dtype), device=comm) for s in info.inputs]
+            for x in inputs:
+                dist.recv(x, 0)
+            t1 = time.monotonic_ns()
+            if call is not None and started >= 0:
+                call.catch_up(started - 1)  # the calls rank 0 started before this one
+            outputs = module._invoke(*[x.to("cpu") for x in inputs])
+            t2 = time.monotonic_ns()
+            dist.send(_header(CALL, submodule_index, number).to(comm), 0)
+            for out in outputs:
+                dist.send(out.contiguous().to(comm), 0)
+            t3 = time.monotonic_ns()
+            if call is not None and timed:
+                call.transfer(_transfer(info, "recv", INPUTS, 0, info.device, number, t0, t1))
+                call.transfer(_transfer(info, "send", OUTPUTS, 0, info.device, number, t2, t3))
+            served += 1
+
+
+def distribute(pipe, group: RankGroup) -> RankLink | None:
+    """Make `pipe` one rank's part of a run split across ranks: on rank 0, submodules of other ranks
+    are called remotely (returns the link that brackets calls and stops the others); on the others,
+    the pipeline describes only what the rank runs and is driven by `serve`. Returns None there."""
+    ranks = pipe.rbln_config.ranks or (0,) * pipe.rbln_config.num_logical_devices
+    link = RankLink(group) if group.rank == 0 else None
+    if link is not None:
+        for name in SUBMODULES:
+            module = getattr(pipe, name)
+            owner = ranks[module.compiled.device]
+            if owner != 0:
+                module.compiled = RemoteSubmodule(module.compiled, owner, link)
+    pipe.join_ranks(group.rank, group.world_size, ranks, link)
+    return link

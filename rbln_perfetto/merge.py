@@ -1,0 +1,331 @@
+"""`rbln-perfetto merge RUN_DIR`: one timeline from the captures of a run split across processes.
+
+A run under torchrun (`rbln_config['ranks']`) leaves one directory per rank, `RUN_DIR/rank{r}/`,
+each with its own capture (its clock, its devices, the tensors it sent and received) exported to
+its own traces. `merge` puts them on rank 0's clock and writes, into RUN_DIR, every rank's
+per-invocation files (sequence indices are the run's, so names do not collide) and one
+`aggregate.pb` with a track group per (rank, device): `Rank 1 / Device 1`, and `Rank r / Run`.
+
+- Names: every slice name gets the prefix `i{rank}_`, as RBLN's multi-instance traces name theirs.
+- Clocks: each rank recorded its offset from rank 0 (`pipeline.ranks.exchange_clocks`, at the
+  start and at the end of the run); its transfers narrow it further (`RankClock`). A rank's times
+  move by minus one constant (so its durations and relative times stay as captured); the numbers are
+  args of the rank's Run slice (`clock_offset_ns`, `clock_uncertainty_ns`, `clock_exchange_offset_ns`,
+  `clock_exchange_uncertainty_ns`, `clock_drift_ns`).
+- Flows: each send to another rank gets a flow to the recv that took it (`flow_key`), when both
+  ends were captured.
+- A rank whose capture is missing, unreadable or cut short (killed): what the others captured,
+  and what it recorded before it died, is merged; `MergeResult.problems` names the rank (one line
+  each), and the command exits 1 after writing.
+
+It rewrites each rank's own exported packets (track uuids, sequence id, names, clock snapshot and
+absolute timestamps, flow ids), so a rank's slices in the merged file are exactly its own.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+import zlib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from perfetto.protos.perfetto.trace import perfetto_trace_pb2 as pt
+
+from .capture import CAPTURE_FILE, CaptureInfo, iter_records, read_info
+from .errors import CaptureError, ExportError
+from .export import export
+from .host_events import TRANSFER_FLOW_KEY
+from .naming import AGGREGATE_FILE_NAME, parse_invocation_file_name
+from .proto_bytes import CLOCK_BOOTTIME, CLOCK_MONOTONIC, SEQUENCE_ID
+from .run_directory import claim_run_directory, run_identity
+from .trace_file import CommitQueue, TraceFile, write_failed
+from .tracks import RUN_TRACK
+from .worker_threads import sync_pool
+
+RANK_DIR = re.compile(r"^rank([0-9]+)\Z")
+UUID_STRIDE = 1 << 24  # a rank's track uuids: its own plus rank * this
+FLOW_STRIDE = 1 << 48  # a rank's own flow ids (DMA -> command): its own plus rank * this
+CROSS_RANK_FLOW = 1 << 62  # a send -> recv flow: this | the transfer's flow key
+ORDER_STRIDE = 1000  # top-level tracks: rank r's come after rank r-1's
+
+
+def rank_dir(run_dir: str | os.PathLike, rank: int) -> Path:
+    """Where rank `rank` of a run split across processes writes its capture and traces."""
+    return Path(run_dir) / f"rank{rank}"
+
+
+@dataclass
+class RankClock:
+    """How a rank's times are moved onto rank 0's clock: minus `offset_ns`, within `uncertainty_ns`.
+
+    The clock exchanges bound the offset (their mean, within the larger uncertainty plus half the drift
+    between them); every transfer bounds it too, since a message is received after it was sent: a
+    recv on this rank that started at r for a send of rank 0 that started at s means offset < r - s,
+    and a send of this rank received by rank 0 the other way round. The offset used is the middle of
+    what both allow (the exchanges alone when they contradict the transfers, which clock drift can do).
+    """
+
+    offset_ns: int = 0  # this rank's clock minus rank 0's
+    uncertainty_ns: int = 0
+    exchange_offset_ns: int = 0  # as the clock exchanges alone measured it
+    exchange_uncertainty_ns: int = 0
+    drift_ns: int | None = None  # end exchange minus start exchange; None without both
+    transfers_bound: bool = False  # the transfers narrowed it
+    measured: bool = True  # False: no exchange recorded (the rank died first); left unaligned
+
+    @classmethod
+    def of(cls, info: CaptureInfo, bounds: tuple[float, float] = (-math.inf, math.inf)) -> RankClock:
+        if info.rank == 0:
+            return cls()
+        syncs = {s.label: s for s in info.clock_syncs}
+        if not syncs:
+            return cls(measured=False)
+        offsets = [s.offset_ns for s in syncs.values()]
+        uncertainty = max(s.uncertainty_ns for s in syncs.values())
+        drift = None
+        if "start" in syncs and "end" in syncs:
+            drift = syncs["end"].offset_ns - syncs["start"].offset_ns
+            uncertainty += (abs(drift) + 1) // 2
+        offset = round(sum(offsets) / len(offsets))
+        clock = cls(offset, uncertainty, offset, uncertainty, drift)
+        lo, hi = max(offset - uncertainty, bounds[0]), min(offset + uncertainty, bounds[1])
+        if lo <= hi and (lo, hi) != (offset - uncertainty, offset + uncertainty):
+            clock.offset_ns, clock.uncertainty_ns = (lo + hi) // 2, (hi - lo + 1) // 2
+            clock.transfers_bound = True
+        return clock
+
+    def annotations(self, rank: int) -> list[pt.DebugAnnotation]:
+        if not self.measured:
+            how = "not aligned: the rank recorded no clock exchange"
+        else:
+            how = ("rank 0's clock; this rank's times moved by -clock_offset_ns (+-clock_uncertainty_ns), measured "
+                   "over the process group at the run's start and end (NTP style)"
+                   + (", narrowed by its transfers (each received after it was sent)" if self.transfers_bound else ""))
+        out = [pt.DebugAnnotation(name="rank", int_value=rank),
+               pt.DebugAnnotation(name="clock_offset_ns", int_value=self.offset_ns),
+               pt.DebugAnnotation(name="clock_uncertainty_ns", int_value=self.uncertainty_ns),
+               pt.DebugAnnotation(name="clock_exchange_offset_ns", int_value=self.exchange_offset_ns),
+               pt.DebugAnnotation(name="clock_exchange_uncertainty_ns", int_value=self.exchange_uncertainty_ns),
+               pt.DebugAnnotation(name="clock_alignment", string_value=how)]
+        if self.drift_ns is not None:
+            out.append(pt.DebugAnnotation(name="clock_drift_ns", int_value=self.drift_ns))
+        return out
+
+
+def _transfer_starts(capture: Path) -> dict[int, tuple[str, int, int]]:
+    """flow key -> (direction, peer, start_ns) of every transfer a capture recorded."""
+    out = {}
+    for _, record in iter_records(capture):
+        if record.WhichOneof("kind") == "transfer":
+            t = record.transfer
+            out[t.flow] = (t.direction, t.peer, t.start_ns)
+    return out
+
+
+def causal_bounds(rank: int, own: dict, rank0: dict) -> tuple[float, float]:
+    """The (low, high) bounds on `rank`'s clock offset from rank 0 that its transfers with rank 0 set:
+    each message is received after it was sent (strictly, so a flow's ends sort in order)."""
+    lo, hi = -math.inf, math.inf
+    for flow, (direction, peer, start) in own.items():
+        other = rank0.get(flow)
+        if peer != 0 or other is None or other[1] != rank:
+            continue
+        if direction == "recv":  # rank 0 sent at other[2] (its clock): start - offset > other[2]
+            hi = min(hi, start - other[2] - 1)
+        else:  # rank 0 received at other[2]: other[2] > start - offset
+            lo = max(lo, start - other[2] + 1)
+    return lo, hi
+
+
+@dataclass
+class MergeResult:
+    out_dir: Path
+    world_size: int
+    clocks: dict[int, RankClock] = field(default_factory=dict)
+    invocation_files: list[Path] = field(default_factory=list)
+    aggregate_file: Path | None = None
+    problems: list[str] = field(default_factory=list)  # one line per rank missing or cut short
+    flows: int = 0  # send -> recv flows drawn (both ends captured)
+
+
+class _RankRewrite:
+    """Rewrites one rank's exported packets into the merged trace's place for that rank."""
+
+    def __init__(self, rank: int, clock: RankClock, boot_shift: int, paired: set[int]):
+        self.rank = rank
+        self.clock = clock
+        self.boot_shift = boot_shift  # added to the rank's BOOTTIME values
+        self.paired = paired  # flow keys whose send and recv are both in the merged trace
+        self.keep_provenance = True
+        self.prefix = f"i{rank}_"
+
+    def file(self, data: bytes, *, keep_provenance: bool = True) -> bytes:
+        """The rewritten packets of one of the rank's files; without `keep_provenance`, minus its system
+        info and trace UUID (one trace holds one of each: rank 0's)."""
+        self.keep_provenance = keep_provenance
+        return self._trace(data).SerializeToString()
+
+    def _trace(self, data: bytes) -> pt.Trace:
+        out = pt.Trace()
+        for packet in pt.Trace.FromString(data).packet:
+            if self._packet(packet):
+                out.packet.append(packet)
+        return out
+
+    def _packet(self, p: pt.TracePacket) -> bool:
+        """Rewrite `p` in place; False to drop it."""
+        if p.HasField("compressed_packets"):
+            inner = self._trace(zlib.decompress(p.compressed_packets)).SerializeToString()
+            p.compressed_packets = zlib.compress(inner, 6)
+            return True
+        if p.HasField("trace_uuid") or p.HasField("system_info"):
+            return self.keep_provenance
+        if p.HasField("trusted_packet_sequence_id"):
+            p.trusted_packet_sequence_id = SEQUENCE_ID + self.rank
+        if p.HasField("timestamp_clock_id") and p.timestamp_clock_id == CLOCK_BOOTTIME:
+            p.timestamp += self.boot_shift
+        if p.HasField("clock_snapshot"):
+            for c in p.clock_snapshot.clocks:
+                if c.clock_id == CLOCK_BOOTTIME:
+                    c.timestamp += self.boot_shift
+                elif c.clock_id == CLOCK_MONOTONIC:  # onto rank 0's MONOTONIC, consistent with its BOOTTIME
+                    c.timestamp -= self.clock.offset_ns
+        if p.HasField("interned_data"):
+            for entry in p.interned_data.event_names:
+                entry.name = self.prefix + entry.name
+        if p.HasField("track_descriptor"):
+            self._track(p.track_descriptor)
+        if p.HasField("track_event"):
+            self._event(p.track_event)
+        return True
+
+    def _track(self, t: pt.TrackDescriptor) -> None:
+        base = self.rank * UUID_STRIDE
+        t.uuid += base
+        if t.HasField("parent_uuid"):
+            t.parent_uuid += base
+        else:  # a top-level track: Run, Device i
+            t.name = f"Rank {self.rank} / {t.name}"
+            t.sibling_order_rank = self.rank * ORDER_STRIDE + t.sibling_order_rank
+
+    def _event(self, e: pt.TrackEvent) -> None:
+        own_track = e.track_uuid
+        if e.HasField("track_uuid"):
+            e.track_uuid += self.rank * UUID_STRIDE
+        if e.HasField("name"):
+            e.name = self.prefix + e.name
+        if e.flow_ids or e.terminating_flow_ids:
+            flows = [f + self.rank * FLOW_STRIDE for f in e.flow_ids]
+            ends = [f + self.rank * FLOW_STRIDE for f in e.terminating_flow_ids]
+            del e.flow_ids[:], e.terminating_flow_ids[:]
+            e.flow_ids.extend(flows)
+            e.terminating_flow_ids.extend(ends)
+        if e.type != pt.TrackEvent.TYPE_SLICE_BEGIN:
+            return
+        if own_track == RUN_TRACK:
+            e.debug_annotations.extend(self.clock.annotations(self.rank))
+            return
+        args = {a.name: a for a in e.debug_annotations if a.HasField("name")}
+        key = args.get(TRANSFER_FLOW_KEY)
+        if key is not None and "transfer" in args and key.int_value in self.paired:
+            flow = CROSS_RANK_FLOW | key.int_value
+            if args["transfer"].string_value == "send":
+                e.flow_ids.append(flow)
+            else:
+                e.terminating_flow_ids.append(flow)
+
+
+def _rank_dirs(run_dir: Path) -> dict[int, Path]:
+    if not run_dir.is_dir():
+        raise ExportError(f"{run_dir} is not a directory: merge takes the --out directory of a run split across "
+                          "processes (it holds rank0/, rank1/, ...)")
+    found = {int(m.group(1)): e for e in sorted(run_dir.iterdir()) if e.is_dir() and (m := RANK_DIR.match(e.name))}
+    if not found:
+        raise ExportError(f"{run_dir} holds no rank directories (rank0/, rank1/, ...): merge takes the --out "
+                          "directory of a run split across processes (torchrun ... rbln-perfetto run --out DIR)")
+    return found
+
+
+def _needs_export(directory: Path, capture: Path) -> bool:
+    aggregate = directory / AGGREGATE_FILE_NAME
+    return not aggregate.is_file() or aggregate.stat().st_mtime_ns < capture.stat().st_mtime_ns
+
+
+def merge(run_dir: str | os.PathLike, *, overwrite: bool = False) -> MergeResult:
+    """Merge the ranks of the run in `run_dir` into its per-invocation files and `aggregate.pb`."""
+    run_dir = Path(run_dir)
+    infos: dict[int, CaptureInfo] = {}
+    missing: dict[int, str] = {}
+    found = _rank_dirs(run_dir)
+    for rank, directory in found.items():
+        capture = directory / CAPTURE_FILE
+        if not capture.is_file():
+            missing[rank] = f"rank {rank} is missing: {directory} holds no {CAPTURE_FILE}"
+            continue
+        try:
+            infos[rank] = read_info(capture)
+        except CaptureError as exc:
+            missing[rank] = f"rank {rank} is missing: {exc}"
+    if 0 not in infos:
+        raise ExportError(missing.get(0, f"rank 0 is missing: {run_dir} has no rank0/ directory")
+                          + "; rank 0 drove the run and holds the clock the others are aligned to: nothing merged")
+    world_size = max([p.world_size for info in infos.values() for p in info.pipelines] + [max(found) + 1])
+    for rank in range(world_size):
+        if rank not in infos and rank not in missing:
+            missing[rank] = f"rank {rank} is missing: {rank_dir(run_dir, rank)} does not exist"
+    result = MergeResult(run_dir, world_size, problems=[missing[r] for r in sorted(missing)])
+    for rank, info in infos.items():
+        if info.end is None:
+            result.problems.append(f"rank {rank}'s capture ends early ({info.status}; the process was killed?): "
+                                   f"merged the {info.invocations} invocations it recorded")
+        capture = found[rank] / CAPTURE_FILE
+        if _needs_export(found[rank], capture):
+            export(capture, found[rank])
+    result.problems.sort()
+
+    rank0 = infos[0].header.clock
+    boot0 = rank0.boottime_ns - rank0.monotonic_ns
+    claim_run_directory(run_dir, "merged " + run_identity(infos[0].header), overwrite=overwrite)
+    rewrites = {}
+    transfers = {rank: _transfer_starts(found[rank] / CAPTURE_FILE) for rank in infos}
+    sent = {flow for t in transfers.values() for flow, (direction, _, _) in t.items() if direction == "send"}
+    paired = {flow for t in transfers.values() for flow, (direction, _, _) in t.items() if direction == "recv"} & sent
+    for rank, info in sorted(infos.items()):
+        clock = result.clocks[rank] = RankClock.of(info, causal_bounds(rank, transfers[rank], transfers[0]))
+        boot = info.header.clock.boottime_ns - info.header.clock.monotonic_ns
+        # A time t on this rank's MONOTONIC is t - offset on rank 0's, and on BOOTTIME that plus boot0.
+        rewrites[rank] = _RankRewrite(rank, clock, boot0 - clock.offset_ns - boot, paired)
+
+    files = sorted((parse_invocation_file_name(f.name)[0], f.name, rank)
+                   for rank in infos for f in found[rank].iterdir() if parse_invocation_file_name(f.name))
+    written = _write_in_order([
+        *((run_dir / name, lambda name=name, rank=rank: [rewrites[rank].file((found[rank] / name).read_bytes())])
+          for _, name, rank in files),
+        (run_dir / AGGREGATE_FILE_NAME, lambda: [
+            rewrites[r].file((found[r] / AGGREGATE_FILE_NAME).read_bytes(), keep_provenance=r == 0)
+            for r in sorted(infos)]),
+    ])
+    result.aggregate_file = written.pop()
+    result.invocation_files += written
+    result.flows = len(paired)
+    return result
+
+
+def _write_in_order(files) -> list[Path]:
+    """Write each (path, parts()) as an atomic trace file, committed in order as export's are: a
+    failure keeps the files committed before it and leaves no temporary."""
+    commits = CommitQueue(sync_pool())
+    committed: list[Path] = []
+    try:
+        for path, parts in files:
+            try:
+                TraceFile.started(path, parts(), queue=commits)
+            except OSError as exc:
+                raise write_failed(exc, path) from exc
+            committed += commits.commit_ready()
+        return committed + commits.commit_ready(wait_all=True)
+    except BaseException:
+        commits.discard()
+        raise
