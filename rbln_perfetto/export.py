@@ -113,29 +113,35 @@ class _AggregateFile:
         self.clock: int | None = None  # the incremental clock's value after the last packet
         self.programs_interned: set[int] = set()  # capture program ids whose static strings are interned
 
+    def write(self, data: bytes) -> None:
+        try:
+            self.file.write(data)
+        except OSError as exc:
+            raise write_failed(exc, self.file.path) from exc
+
     def invocation(self, program_id: int, template: ProgramTemplate, compressed: bytes, end_ns: int) -> None:
         if program_id not in self.programs_interned:
             self.programs_interned.add(program_id)
-            self.file.write(interned_packet(template.static_interned))
-        self.file.write(compressed)
+            self.write(interned_packet(template.static_interned))
+        self.write(compressed)
         self.clock = end_ns
 
     def host(self, interner: Interner, tracks: TrackIds, name: str, start: int, end: int, detail: str) -> None:
         packets, self.clock = host_event_packets(interner, tracks.host(0), name, start, end, detail,
                                                  clock=self.clock, boot_offset=self.boot_offset)
-        self.file.write(packets)
+        self.write(packets)
 
     def range(self, user_range) -> None:
         packets, self.clock = range_packets(user_range, clock=self.clock, boot_offset=self.boot_offset)
-        self.file.write(packets)
+        self.write(packets)
 
     def untraced(self, tracks: TrackIds, stretch) -> None:
         packets, self.clock = untraced_packets(tracks, stretch, clock=self.clock, boot_offset=self.boot_offset)
-        self.file.write(packets)
+        self.write(packets)
 
     def transfer(self, tracks: TrackIds, transfer) -> None:
         packets, self.clock = transfer_packets(tracks, transfer, clock=self.clock, boot_offset=self.boot_offset)
-        self.file.write(packets)
+        self.write(packets)
 
 
 def export(capture: str | os.PathLike, out_dir: str | os.PathLike | None = None, *, per_invocation: bool = True,
@@ -181,12 +187,6 @@ def export(capture: str | os.PathLike, out_dir: str | os.PathLike | None = None,
     interner = Interner()
     tracks = TrackIds()
     templates: dict[tuple[int, int, int, bool], ProgramTemplate] = {}
-    try:
-        agg = (_AggregateFile(out / AGGREGATE_FILE_NAME, sorted(devices.values()), boot_offset,
-                              provenance.file_start(AGGREGATE_FILE_NAME), info.ranges > 0)
-               if aggregate else None)
-    except OSError as exc:
-        raise write_failed(exc, out / AGGREGATE_FILE_NAME) from exc
     # Compression runs on worker threads (zlib releases the GIL) while this thread assembles the
     # next invocation; `pending` keeps every output in capture order.
     pool = compression_pool()
@@ -227,9 +227,18 @@ def export(capture: str | os.PathLike, out_dir: str | os.PathLike | None = None,
         if agg is not None:
             agg.invocation(inv.program_id, template, compressed, int(ticks[template.layout.end]))
 
+    try:  # (right before the main loop's guard, which discards it)
+        agg = (_AggregateFile(out / AGGREGATE_FILE_NAME, sorted(devices.values()), boot_offset,
+                              provenance.file_start(AGGREGATE_FILE_NAME), info.ranges > 0)
+               if aggregate else None)
+    except BaseException as exc:
+        bar.close()
+        if isinstance(exc, OSError):
+            raise write_failed(exc, out / AGGREGATE_FILE_NAME) from exc
+        raise
     try:
-        # What read_info took in already is not parsed again.
-        for offset, record in iter_records(capture, skip={"header", "pipeline", "program", "end"}):
+        # What read_info took in already, and the clock exchanges only merge reads, are not parsed again.
+        for offset, record in iter_records(capture, skip={"header", "pipeline", "program", "end", "clock_sync"}):
             kind = record.WhichOneof("kind")
             if kind == "host":
                 h = record.host
@@ -278,7 +287,7 @@ def export(capture: str | os.PathLike, out_dir: str | os.PathLike | None = None,
         # The aggregate also holds the host events, the user ranges, the untraced stretches and the Run slice.
         result.slices += result.stats.host_events + info.ranges + info.untraced + info.transfers + 1
         if agg is not None:
-            agg.file.write(provenance.run_slice(result.stats.start_ns, result.stats.end_ns))
+            agg.write(provenance.run_slice(result.stats.start_ns, result.stats.end_ns))
             result.bytes_written += agg.file.bytes_written
             commits.put(agg.file)  # synced beside the last invocation files, renamed after them
         committed = commits.commit_ready(wait_all=True)
@@ -287,14 +296,13 @@ def export(capture: str | os.PathLike, out_dir: str | os.PathLike | None = None,
         result.invocation_files += committed
     except BaseException as exc:
         try:
-            if isinstance(exc, Exception):  # the files written before a failure are kept, as when committed one by one
-                commits.commit_ready(wait_all=True)
+            commits.settle(exc)
         finally:
-            commits.discard()  # after an interrupt: the files not yet committed
             if agg is not None:
                 agg.file.discard()
-        if isinstance(exc, OSError) and not isinstance(exc, ExportError):
-            raise write_failed(exc, out / AGGREGATE_FILE_NAME) from exc
+        if isinstance(exc, OSError) and not isinstance(exc, ExportError):  # (the files' own writes name them)
+            raise ExportError(f"exporting {capture} failed: {exc.strerror or exc}; the files committed before "
+                              "it are intact and no partial file was left") from exc
         raise
     finally:
         for kind, payload in pending:

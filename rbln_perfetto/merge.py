@@ -26,25 +26,24 @@ from __future__ import annotations
 
 import math
 import os
-import re
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from google.protobuf.message import DecodeError
 from perfetto.protos.perfetto.trace import perfetto_trace_pb2 as pt
 
 from .capture import CAPTURE_FILE, CaptureInfo, iter_records, read_info
 from .errors import CaptureError, ExportError
-from .export import export
+from .export import check_writable, export
 from .host_events import TRANSFER_FLOW_KEY
 from .naming import AGGREGATE_FILE_NAME, parse_invocation_file_name
 from .proto_bytes import CLOCK_BOOTTIME, CLOCK_MONOTONIC, SEQUENCE_ID
-from .run_directory import claim_run_directory, run_identity
+from .run_directory import MERGED, RANK_DIR, claim_run_directory, run_identity
 from .trace_file import CommitQueue, TraceFile, write_failed
 from .tracks import RUN_TRACK
 from .worker_threads import sync_pool
 
-RANK_DIR = re.compile(r"^rank([0-9]+)\Z")
 UUID_STRIDE = 1 << 24  # a rank's track uuids: its own plus rank * this
 FLOW_STRIDE = 1 << 48  # a rank's own flow ids (DMA -> command): its own plus rank * this
 CROSS_RANK_FLOW = 1 << 62  # a send -> recv flow: this | the transfer's flow key
@@ -287,7 +286,8 @@ def merge(run_dir: str | os.PathLike, *, overwrite: bool = False) -> MergeResult
 
     rank0 = infos[0].header.clock
     boot0 = rank0.boottime_ns - rank0.monotonic_ns
-    claim_run_directory(run_dir, "merged " + run_identity(infos[0].header), overwrite=overwrite)
+    check_writable(run_dir)  # (and clears what a killed merge left there)
+    claim_run_directory(run_dir, MERGED + run_identity(infos[0].header), overwrite=overwrite)
     rewrites = {}
     transfers = {rank: _transfer_starts(found[rank] / CAPTURE_FILE) for rank in infos}
     sent = {flow for t in transfers.values() for flow, (direction, _, _) in t.items() if direction == "send"}
@@ -300,12 +300,19 @@ def merge(run_dir: str | os.PathLike, *, overwrite: bool = False) -> MergeResult
 
     files = sorted((parse_invocation_file_name(f.name)[0], f.name, rank)
                    for rank in infos for f in found[rank].iterdir() if parse_invocation_file_name(f.name))
+
+    def rewritten(rank: int, name: str, keep_provenance: bool = True) -> bytes:
+        source = found[rank] / name
+        try:
+            return rewrites[rank].file(source.read_bytes(), keep_provenance=keep_provenance)
+        except (OSError, DecodeError, zlib.error) as exc:
+            raise ExportError(f"reading {source} to merge it failed: {getattr(exc, 'strerror', None) or exc}; "
+                              "the merged files written before it are intact") from exc
+
     written = _write_in_order([
-        *((run_dir / name, lambda name=name, rank=rank: [rewrites[rank].file((found[rank] / name).read_bytes())])
-          for _, name, rank in files),
-        (run_dir / AGGREGATE_FILE_NAME, lambda: [
-            rewrites[r].file((found[r] / AGGREGATE_FILE_NAME).read_bytes(), keep_provenance=r == 0)
-            for r in sorted(infos)]),
+        *((run_dir / name, lambda name=name, rank=rank: [rewritten(rank, name)]) for _, name, rank in files),
+        (run_dir / AGGREGATE_FILE_NAME,
+         lambda: [rewritten(r, AGGREGATE_FILE_NAME, keep_provenance=r == 0) for r in sorted(infos)]),
     ])
     result.aggregate_file = written.pop()
     result.invocation_files += written
@@ -315,17 +322,18 @@ def merge(run_dir: str | os.PathLike, *, overwrite: bool = False) -> MergeResult
 
 def _write_in_order(files) -> list[Path]:
     """Write each (path, parts()) as an atomic trace file, committed in order as export's are: a
-    failure keeps the files committed before it and leaves no temporary."""
+    failure keeps the files written completely before it and leaves no temporary."""
     commits = CommitQueue(sync_pool())
     committed: list[Path] = []
     try:
         for path, parts in files:
+            chunks = parts()  # (read and rewritten before the file is made: a read error names its source)
             try:
-                TraceFile.started(path, parts(), queue=commits)
+                TraceFile.started(path, chunks, queue=commits)
             except OSError as exc:
                 raise write_failed(exc, path) from exc
             committed += commits.commit_ready()
         return committed + commits.commit_ready(wait_all=True)
-    except BaseException:
-        commits.discard()
+    except BaseException as exc:
+        commits.settle(exc)
         raise

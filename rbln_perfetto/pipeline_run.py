@@ -115,22 +115,25 @@ def profile_ranks(model: str, config: dict, out: Path, call: dict, *, force: boo
     except BaseException:
         failed = True
         if group.rank == 0:  # what every rank captured stays mergeable: say so, with the missing rank
-            _merge_after_failure(out)
+            _merge_after_failure(out, force)
         raise
     finally:
-        if not failed:
-            torch.distributed.barrier()  # every rank's export is written
-        leave_process_group()
+        try:
+            if not failed:
+                torch.distributed.barrier()  # every rank's export is written
+        finally:
+            leave_process_group()
     if link is None:
         return ProfiledRun(prof.result, None, model, group.rank)
+    merged = merge(out, overwrite=force)  # first: with --force it removes the previous run's files, image too
     image_path = out / "image.png"
     image.save(image_path)
-    return ProfiledRun(prof.result, image_path, model, 0, merge(out, overwrite=force))
+    return ProfiledRun(prof.result, image_path, model, 0, merged)
 
 
-def _merge_after_failure(out: Path) -> None:
+def _merge_after_failure(out: Path, force: bool) -> None:
     try:
-        merged = merge(out)
+        merged = merge(out, overwrite=force)
     except Exception as exc:  # the run's own error is what the caller sees
         print(f"rbln-perfetto: merging {out} after the failure failed too: {exc}", file=sys.stderr)
         return

@@ -193,6 +193,15 @@ class CommitQueue:
             self._pending.popleft()
         return committed
 
+    def settle(self, failure: BaseException) -> None:
+        """After `failure`: an error keeps the files written completely before it (committed, as when
+        committed one by one); an interrupt (Ctrl-C) keeps none of those not yet committed."""
+        try:
+            if isinstance(failure, Exception):
+                self.commit_ready(wait_all=True)
+        finally:
+            self.discard()
+
     def discard(self) -> None:
         """Remove every file not yet committed."""
         while self._pending:

@@ -25,7 +25,7 @@ from rbln_perfetto.capture import CAPTURE_FILE, iter_records, read_info
 from rbln_perfetto.cli import main
 from rbln_perfetto import rbln_capture_pb2 as pb
 from rbln_perfetto.merge import RankClock, causal_bounds, merge
-from rbln_perfetto.query import open_trace
+from rbln_perfetto.query import open_trace, open_traces
 
 ROOT = Path(__file__).resolve().parent.parent
 TORCHRUN = Path(sys.executable).parent / "torchrun"
@@ -147,6 +147,32 @@ def test_merged_slices_equal_each_ranks_own(two):
             assert b.name == f"i{rank}_{a.name}"
             track = f"Rank {rank} / {a.track}" if a.track == a.top else a.track  # top-level tracks are renamed
             assert (b.dur, b.ts - m0, b.depth, b.track, b.top) == (a.dur, a.ts - t0, a.depth, track, f"Rank {rank} / {a.top}")
+
+
+def test_open_traces_on_a_merged_run_gives_its_merged_traces_once(two):
+    """The rank directories' own traces repeat the merged ones: a run directory gives each invocation once."""
+    out, _ = two
+    with open_traces(out, backend="sqlite") as ts:
+        assert ts.traces == sorted(p.name for p in out.glob("0*.pb"))
+        assert ts.query("select count(*) as n from slice")["n"].sum() == sum(
+            len(_slices(p)) for p in sorted(out.glob("0*.pb")))
+    with open_traces(out, backend="sqlite", files="aggregate") as ts:
+        assert ts.traces == ["aggregate.pb"]
+    with open_traces(out / "rank1", backend="sqlite") as ts:  # a rank directory given itself is read
+        assert ts.traces == ["0002_text_encoder_3_0.pb", "0005_text_encoder_3_1.pb"]
+
+
+def test_dma_report_names_the_other_rank_of_each_transfer(two):
+    out, _ = two
+    with open_trace(out / "rank0" / "aggregate.pb", backend="sqlite") as tr:
+        df = tr.report("dma")
+    sends, recvs = df[df.destination == "rank 1"], df[df.source == "rank 1"]
+    # text_encoder_3 on rank 1: its inputs go there and its outputs come back, twice (prompt, negative)
+    assert set(sends.submodule) == set(recvs.submodule) == {"text_encoder_3"}
+    assert set(sends.source) == set(recvs.destination) == {"device 0"}
+    assert sends.transfers.sum() == recvs.transfers.sum() == 2
+    assert (sends.bytes > 0).all() and sends.tensor.notna().all() and recvs.tensor.notna().all()
+    assert df.source.notna().all() and df.destination.notna().all()
 
 
 def test_flows_point_from_each_send_to_its_recv(two):

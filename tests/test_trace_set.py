@@ -221,6 +221,36 @@ def test_a_worker_that_dies_is_reported_and_the_others_end(runs):
     assert not other.is_alive()
 
 
+def test_an_interrupted_query_ends_the_pool_so_no_stale_reply_answers_the_next(runs):
+    """Ctrl-C while the replies are read leaves the other workers' replies in their pipes: the pool ends
+    rather than hand them to the next query as its rows."""
+    root, _ = runs
+
+    class Interrupted:
+        def __init__(self, conn):
+            self.conn = conn
+
+        def send(self, request):
+            self.conn.send(request)
+
+        def recv(self):
+            raise KeyboardInterrupt
+
+        def close(self):
+            self.conn.close()
+
+    ts = open_traces(root / "run-a", backend="sqlite", workers=2)
+    processes = [process for process, _ in ts._impl.workers]
+    (first, first_conn), (second, second_conn) = ts._impl.workers
+    ts._impl.workers = [(first, first_conn), (second, Interrupted(second_conn))]
+    with pytest.raises(KeyboardInterrupt):
+        ts.query("select 'first query'")
+    assert not any(p.is_alive() for p in processes)
+    with pytest.raises(rbln_perfetto.QueryError, match="a query was interrupted; open_traces opens the traces again"):
+        ts.query("select 'second query'")
+    ts.close()
+
+
 def test_workers_are_forked_only_while_no_other_thread_runs(runs):
     """Forked from the caller when it runs one thread; from a fork server while others run (one could hold a
     lock that the forked child then waits on forever). The same rows either way."""

@@ -124,23 +124,28 @@ WHERE p.depth = 0
 GROUP BY layer, o.submodule, a.op, a.command_count
 ORDER BY total_ms DESC, layer
 """),
+    # A transfer to or from another rank (a run split across processes) goes from or to `rank N`; its
+    # other end is the device of its track.
     "dma": Report("DMA transfers", f"""
-WITH t AS (
-  SELECT extract_arg(s.arg_set_id, 'debug.submodule') AS submodule,
-         extract_arg(s.arg_set_id, 'debug.tensor') AS tensor,
-         extract_arg(s.arg_set_id, 'debug.src') AS src,
-         extract_arg(s.arg_set_id, 'debug.dst') AS dst,
-         extract_arg(s.arg_set_id, 'debug.bytes') AS size,
-         s.dur
-  FROM slice s WHERE {on_tracks('DMA')})
+WITH {arg_sets('submodule', 'tensor', 'tensors', 'src', 'dst', 'bytes', 'transfer', 'peer_rank')},
+t AS (
+  SELECT a.submodule, coalesce(a.tensor, a.tensors) AS tensor, a.src, a.dst, a.bytes AS size, a.transfer,
+         a.peer_rank, s.track_id, s.dur
+  FROM slice s LEFT JOIN arg_sets a ON a.arg_set_id = s.arg_set_id
+  WHERE {on_tracks('DMA')}),
+here AS (
+  SELECT t.id AS track_id, lower(p.name) AS device FROM track t JOIN track p ON p.id = t.parent_id
+  WHERE t.name = 'DMA')
 SELECT submodule, tensor,
-       CASE WHEN src < 0 THEN 'host' ELSE 'device ' || src END AS source,
-       CASE WHEN dst < 0 THEN 'host' ELSE 'device ' || dst END AS destination,
+       CASE WHEN transfer = 'recv' THEN 'rank ' || peer_rank WHEN transfer = 'send' THEN here.device
+            WHEN src < 0 THEN 'host' ELSE 'device ' || src END AS source,
+       CASE WHEN transfer = 'send' THEN 'rank ' || peer_rank WHEN transfer = 'recv' THEN here.device
+            WHEN dst < 0 THEN 'host' ELSE 'device ' || dst END AS destination,
        count(*) AS transfers,
        sum(size) AS bytes,
        sum(dur) / 1e6 AS total_ms,
        CAST(sum(size) AS REAL) / max(sum(dur), 1) AS gb_per_s
-FROM t
+FROM t LEFT JOIN here USING (track_id)
 GROUP BY submodule, tensor, source, destination
 ORDER BY bytes DESC, submodule, tensor, source
 """),

@@ -1,7 +1,8 @@
 """Which trace files a set of paths names, and the label each is shown under.
 
 A file is taken as given. A directory contributes the `.pb` files under it (searched recursively, so
-a directory of run directories gives every run), chosen by `files`:
+a directory of run directories gives every run; a merged run split across processes gives its merged
+traces, not its `rank<N>/` directories' own again), chosen by `files`:
 
     "invocations"  a run's per-invocation traces (`0006_transformer_0.pb`), not `aggregate.pb`, which
                    holds the same slices again (the default: all invocations of a run, or of many runs)
@@ -20,6 +21,7 @@ from pathlib import Path
 
 from ..errors import TraceNotFoundError, UsageError
 from ..naming import AGGREGATE_FILE_NAME, parse_invocation_file_name
+from ..run_directory import RANK_DIR, merged_ranks
 
 FILES = ("invocations", "aggregate", "all")
 _SHOWN = 3  # file names an error lists before "..."
@@ -33,8 +35,19 @@ def _chosen(name: str, files: str) -> bool:
     return True
 
 
+def _pb_files(folder: Path) -> list[Path]:
+    """Every `.pb` file under `folder`, but not those of a merged run's `rank<N>/` directories (the
+    merged traces beside them hold the same slices again)."""
+    found = []
+    for parent, dirs, names in os.walk(folder):
+        if merged_ranks(Path(parent)):
+            dirs[:] = [d for d in dirs if not RANK_DIR.match(d)]
+        found += [Path(parent) / n for n in names if n.endswith(".pb") and (Path(parent) / n).is_file()]
+    return sorted(found)
+
+
 def _directory_traces(folder: Path, files: str) -> list[Path]:
-    found = sorted(p for p in folder.rglob("*.pb") if p.is_file())
+    found = _pb_files(folder)
     chosen = [p for p in found if _chosen(p.name, files)]
     if chosen:
         return chosen

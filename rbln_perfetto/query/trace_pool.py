@@ -115,6 +115,7 @@ class TracePool:
         self.shards = shards([p.stat().st_size for p in paths], workers)
         self.workers = []
         self._answering = False  # a request was sent and not all of its replies read (interrupted)
+        self.ended_by = "closed"  # why `workers` is empty, once it is
         try:
             for _ in self.shards:
                 mine, theirs = context.Pipe()
@@ -138,19 +139,28 @@ class TracePool:
             raise min(failures, key=lambda f: f[0])[1]  # the first trace, in set order, that failed
 
     def _gather(self, fn, per_shard_args: list) -> list:
-        """`fn(arg)` in each shard's worker, all at once; their results in shard order."""
+        """`fn(arg)` in each shard's worker, all at once; their results in shard order. Interrupted (Ctrl-C,
+        a dead worker), the pool ends: replies left unread in the pipes would answer the next request."""
+        if not self.workers:
+            raise QueryError(f"SQL error: this trace set's workers were ended ({self.ended_by}); "
+                             "open_traces opens the traces again")
         self._answering = True
-        for shard, (_, conn), arg in zip(self.shards, self.workers, per_shard_args):
-            try:
-                conn.send((fn, arg))
-            except OSError:  # (a broken pipe here is no reader of stdout going away)
-                raise _worker_died(self.paths, shard) from None
-        replies = []
-        for shard, (_, conn) in zip(self.shards, self.workers):
-            try:
-                replies.append(conn.recv())
-            except (EOFError, OSError):
-                raise _worker_died(self.paths, shard) from None
+        try:
+            for shard, (_, conn), arg in zip(self.shards, self.workers, per_shard_args):
+                try:
+                    conn.send((fn, arg))
+                except OSError:  # (a broken pipe here is no reader of stdout going away)
+                    raise _worker_died(self.paths, shard) from None
+            replies = []
+            for shard, (_, conn) in zip(self.shards, self.workers):
+                try:
+                    replies.append(conn.recv())
+                except (EOFError, OSError):
+                    raise _worker_died(self.paths, shard) from None
+        except BaseException as exc:
+            self.ended_by = "a query was interrupted" if isinstance(exc, KeyboardInterrupt) else str(exc)
+            self.close()
+            raise
         self._answering = False
         for ok, value in replies:
             if not ok:
