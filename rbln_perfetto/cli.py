@@ -195,9 +195,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="rbln-perfetto", description=__doc__.splitlines()[0])
     parser.add_argument("--debug", action="store_true", help="show tracebacks on errors")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=_Parser)
-    from .cli_run import add_run_commands
+    from .cli_run import add_merge_command, add_run_command
 
-    add_run_commands(sub)  # run, merge
+    add_run_command(sub)
 
     exp = sub.add_parser("export", help="export a capture to Perfetto traces")
     exp.add_argument("capture", help="a capture.rblncap file")
@@ -246,6 +246,7 @@ def build_parser() -> argparse.ArgumentParser:
     opn.add_argument("--no-browser", dest="browser", action="store_false",
                      help="print the link instead of opening a browser")
     opn.set_defaults(func=cmd_open)
+    add_merge_command(sub)
 
     from .cli_analysis import add_analysis_commands
 

@@ -92,8 +92,8 @@ def cmd_merge(args) -> int:
     return _print_merged(merge(args.run_dir, overwrite=args.force))
 
 
-def add_run_commands(sub) -> None:
-    """Add `run` and `merge` to the `rbln-perfetto` subcommands `sub`."""
+def add_run_command(sub) -> None:
+    """Add `run` to the `rbln-perfetto` subcommands `sub`."""
     run = sub.add_parser("run", help="profile one SD3 pipeline call and write Perfetto traces")
     run.add_argument("--steps", type=int, default=2, help="denoising steps (default 2)")
     run.add_argument("--height", type=int, help="image height (default: the model's sample size)")
@@ -119,6 +119,9 @@ def add_run_commands(sub) -> None:
                           "$RBLN_PROFILER_SUBMODULES); activate_profiler in --config still decides for its submodule")
     run.set_defaults(func=cmd_run)
 
+
+def add_merge_command(sub) -> None:
+    """Add `merge` to the `rbln-perfetto` subcommands `sub`."""
     mrg = sub.add_parser("merge", help="merge the ranks of a run split across processes (torchrun) into one timeline")
     mrg.add_argument("run_dir", help="the run's --out directory (holds rank0/, rank1/, ...)")
     mrg.add_argument("--force", action="store_true", help="replace another run's merged files in RUN_DIR")

@@ -246,7 +246,7 @@ def test_an_interrupted_query_ends_the_pool_so_no_stale_reply_answers_the_next(r
     with pytest.raises(KeyboardInterrupt):
         ts.query("select 'first query'")
     assert not any(p.is_alive() for p in processes)
-    with pytest.raises(rbln_perfetto.QueryError, match="a query was interrupted; open_traces opens the traces again"):
+    with pytest.raises(rbln_perfetto.QueryError, match=r"workers were ended \(a query was interrupted\); open_traces opens the traces again"):
         ts.query("select 'second query'")
     ts.close()
 

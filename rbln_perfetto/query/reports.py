@@ -53,25 +53,30 @@ ORDER BY min(s.ts)
 """),
     # `items` counts what `counted` names: a split op's parent slice is no command, so Compute counts
     # the slices that carry a command_index. The span is that of the invocations and host work, as
-    # `rbln-perfetto run` computes it (`summary.RunStats`). Untraced stretches (`profile(steps=...)`) are no work.
+    # `rbln-perfetto run` computes it (`summary.RunStats`). Untraced stretches (`profile(steps=...)`)
+    # are no work; only Workload slices at depth 0 can be one, so no other slice's name is read.
     "devices": Report("per-device busy time and utilisation (% of the run span) per track category", f"""
 WITH span AS (
   SELECT max(s.ts + s.dur) - min(s.ts) AS ns
   FROM slice s
   WHERE {on_tracks('Workload', 'Host')} AND s.dur >= 0 AND {NOT_UNTRACED_SQL}),
-{arg_sets('command_index')},
 per_track AS (
-  SELECT s.track_id, count(*) AS slices,
-         sum(coalesce(s.arg_set_id IN (SELECT arg_set_id FROM arg_sets WHERE command_index IS NOT NULL), 0))
-           AS commands,
-         sum(CASE WHEN s.depth = 0 THEN s.dur ELSE 0 END) AS busy_ns
+  SELECT s.track_id, count(*) AS slices, sum(CASE WHEN s.depth = 0 THEN s.dur ELSE 0 END) AS busy_ns
   FROM slice s
-  WHERE {on_tracks('Workload', 'Host', 'Compute', 'DMA')} AND {NOT_UNTRACED_SQL}
+  WHERE {on_tracks('Workload', 'Host', 'Compute', 'DMA')}
+    AND (s.depth > 0 OR NOT {on_tracks('Workload')} OR {NOT_UNTRACED_SQL})
+  GROUP BY s.track_id),
+commands AS (
+  SELECT s.track_id, count(*) AS commands
+  FROM slice s
+  WHERE {on_tracks('Compute')} AND extract_arg(s.arg_set_id, 'debug.command_index') IS NOT NULL
   GROUP BY s.track_id),
 busy AS (
   SELECT p.name AS device, t.name AS category,
-         sum(CASE WHEN t.name = 'Compute' THEN pt.commands ELSE pt.slices END) AS items, sum(pt.busy_ns) AS busy_ns
+         sum(CASE WHEN t.name = 'Compute' THEN coalesce(c.commands, 0) ELSE pt.slices END) AS items,
+         sum(pt.busy_ns) AS busy_ns
   FROM per_track pt JOIN track t ON t.id = pt.track_id JOIN track p ON t.parent_id = p.id
+       LEFT JOIN commands c ON c.track_id = pt.track_id
   GROUP BY p.name, t.name)
 SELECT device, category, items,
        CASE category WHEN 'Workload' THEN 'invocations' WHEN 'Host' THEN 'host events'
@@ -127,12 +132,16 @@ ORDER BY total_ms DESC, layer
     # A transfer to or from another rank (a run split across processes) goes from or to `rank N`; its
     # other end is the device of its track.
     "dma": Report("DMA transfers", f"""
-WITH {arg_sets('submodule', 'tensor', 'tensors', 'src', 'dst', 'bytes', 'transfer', 'peer_rank')},
-t AS (
-  SELECT a.submodule, coalesce(a.tensor, a.tensors) AS tensor, a.src, a.dst, a.bytes AS size, a.transfer,
-         a.peer_rank, s.track_id, s.dur
-  FROM slice s LEFT JOIN arg_sets a ON a.arg_set_id = s.arg_set_id
-  WHERE {on_tracks('DMA')}),
+WITH t AS (
+  SELECT extract_arg(s.arg_set_id, 'debug.submodule') AS submodule,
+         coalesce(extract_arg(s.arg_set_id, 'debug.tensor'), extract_arg(s.arg_set_id, 'debug.tensors')) AS tensor,
+         extract_arg(s.arg_set_id, 'debug.src') AS src,
+         extract_arg(s.arg_set_id, 'debug.dst') AS dst,
+         extract_arg(s.arg_set_id, 'debug.bytes') AS size,
+         extract_arg(s.arg_set_id, 'debug.transfer') AS transfer,
+         extract_arg(s.arg_set_id, 'debug.peer_rank') AS peer_rank,
+         s.track_id, s.dur
+  FROM slice s WHERE {on_tracks('DMA')}),
 here AS (
   SELECT t.id AS track_id, lower(p.name) AS device FROM track t JOIN track p ON p.id = t.parent_id
   WHERE t.name = 'DMA')
