@@ -26,6 +26,12 @@ class Row:
     note: str = ""
 
 
+def judged(target: str, value: float, limit: float, *, at_most: bool, fmt: str = "{:,.0f}", unit: str = "") -> str:
+    """`target` with its verdict on `value`: `<= 16 (met)`, `>= 1M (missed by 512,000 slices/s)`."""
+    met = value <= limit if at_most else value >= limit
+    return f"{target} (met)" if met else f"{target} (missed by {fmt.format(abs(value - limit))}{unit})"
+
+
 def interleaved(variants: dict, repeats: int, warmup: int = 1) -> dict[str, float]:
     """Median seconds per call of each variant, calling them round-robin `repeats` times."""
     for _ in range(warmup):

@@ -20,7 +20,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from bench.common import Row, print_rows, run_child
+from bench.common import Row, judged, print_rows, run_child
 
 PROMPT = "a photo of a cat holding a sign that says hello world"
 TARGET = 500_000
@@ -105,7 +105,8 @@ def run(steps: int = 1, commands: int = 1_000_000, repeats: int = 3) -> list[Row
             seconds, rss = r["seconds"], max(o["rss"] for o in ours)
             path = ("C scanner" if r["scanner"] else "pure-Python reader (C scanner not built or disabled)") + \
                 (", C table writer" if r["tables"] else ", tables by Python INSERTs (C table writer not built or disabled)")
-            rows.append(Row("sqlite load", f"{label}", r["slices"] / seconds, "slices/s", None, f">= {TARGET / 1e3:.0f}k",
+            rows.append(Row("sqlite load", f"{label}", r["slices"] / seconds, "slices/s", None,
+                            judged(f">= {TARGET / 1e3:.0f}k", r["slices"] / seconds, TARGET, at_most=False, unit=" slices/s"),
                             f"{r['slices']:,} slices in {seconds:.2f} s (best of {repeats} fresh processes; first "
                             f"{ours[0]['seconds']:.2f} s); {path}"))
             if not theirs:
@@ -115,11 +116,13 @@ def run(steps: int = 1, commands: int = 1_000_000, repeats: int = 3) -> list[Row
             tp_seconds, tp_rss = min(s for s, _ in theirs), max(m for _, m in theirs)
             rows.append(Row("sqlite load", f"{label}: trace_processor", tp_seconds, "s", 1.0, "yardstick",
                             f"trace_processor_shell -q <count(*) from slice>, fresh process, best of {repeats}"))
-            rows.append(Row("sqlite load", f"{label}: embedded", seconds, "s", seconds / tp_seconds, "<= 0.5x",
+            rows.append(Row("sqlite load", f"{label}: embedded", seconds, "s", seconds / tp_seconds,
+                            judged("<= 0.5x", seconds / tp_seconds, 0.5, at_most=True, fmt="{:.3f}", unit="x"),
                             "open_trace(backend='sqlite') in a fresh process, best of the same interleaved runs"))
             rows.append(Row("sqlite load", f"{label}: trace_processor peak RSS", tp_rss, "MB", 1.0, "yardstick",
                             f"rusage ru_maxrss of the child, max of {repeats}; trace {trace.stat().st_size / 1e6:.1f} MB"))
-            rows.append(Row("sqlite load", f"{label}: embedded peak RSS", rss, "MB", rss / tp_rss, "<= 1.0x",
+            rows.append(Row("sqlite load", f"{label}: embedded peak RSS", rss, "MB", rss / tp_rss,
+                            judged("<= 1.0x", rss / tp_rss, 1.0, at_most=True, fmt="{:.3f}", unit="x"),
                             f"VmHWM of the loading process (Python, numpy and pandas included), max of {repeats}"))
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
