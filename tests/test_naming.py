@@ -81,17 +81,12 @@ def test_layer_sql_is_the_text_the_reports_always_used():
     assert naming.LAYER_SQL == (
         "substr(s.name, instr(s.name, '_') + 1, length(s.name) - instr(s.name, '_') "
         "- length(cast(extract_arg(s.arg_set_id, 'debug.command_index') AS text)) - 1)")
-    # top_layers cuts the sequence index off first (`rest`) and applies layer_sql to `'_' || rest`.
-    assert f"SELECT {naming.layer_sql(TOP_LAYERS_NAME, 'command_index')} AS layer," in REPORTS["top_layers"].sql
-    assert "substr(s.name, instr(s.name, '_') + 1) AS rest" in REPORTS["top_layers"].sql
-
-
-TOP_LAYERS_NAME = "'_' || rest"
+    # top_layers names a command outside a split op by its name (a split op's commands by the op's name).
+    assert f"SELECT {naming.LAYER_SQL} AS layer," in REPORTS["top_layers"].sql
 
 
 def _layers_by_sql(rows):
-    """Run `LAYER_SQL` (the reports' exact text), `layer_sql()` over columns, and top_layers' form
-    (over the name less its sequence index), on stdlib sqlite3."""
+    """Run `LAYER_SQL` (the reports' exact text) and `layer_sql()` over columns, on stdlib sqlite3."""
     db = sqlite3.connect(":memory:")
     db.execute("CREATE TABLE slice (name TEXT, arg_set_id INTEGER, command_index INTEGER)")
     db.executemany("INSERT INTO slice VALUES (?, ?, ?)", [(n, i, c) for i, (n, c) in enumerate(rows)])
@@ -99,12 +94,8 @@ def _layers_by_sql(rows):
     db.create_function("extract_arg", 2, lambda arg_set_id, key: args[arg_set_id] if key == "debug.command_index" else None)
     exact = [r[0] for r in db.execute(f"SELECT {naming.LAYER_SQL} FROM slice s ORDER BY s.arg_set_id")]
     by_column = [r[0] for r in db.execute(f"SELECT {naming.layer_sql('name', 'command_index')} FROM slice ORDER BY arg_set_id")]
-    by_rest = [r[0] for r in db.execute(
-        f"SELECT {naming.layer_sql(TOP_LAYERS_NAME, 'command_index')} FROM "
-        "(SELECT substr(name, instr(name, '_') + 1) AS rest, command_index, arg_set_id FROM slice) "
-        "ORDER BY arg_set_id")]
     db.close()
-    assert exact == by_column == by_rest
+    assert exact == by_column
     return exact
 
 

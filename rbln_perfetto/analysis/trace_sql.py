@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..naming import NOT_UNTRACED_SQL, parse_command_slice_name
+from ..naming import COMMAND_SLICE_NAME, NOT_UNTRACED_SQL
 
 # `Device 3` -> 3: the device tracks' children, with their category and logical device.
 DEVICE_TRACKS = """device_tracks AS (
@@ -101,14 +101,19 @@ def ops(tr, *, names: bool = False, invocations=None):
     else:
         out["seq"], out["submodule"], out["call_index"] = -1, None, -1
     if names:
-        out["layer"] = [_layer(name, seq) for name, seq in zip(out.name.tolist(), out.seq.tolist())]
+        out["layer"] = _layers(out.name.tolist(), out.seq.tolist())
     return out
 
 
-def _layer(name: str, seq: int) -> str:
-    """A command's layer (its name says its invocation's sequence index); else a split op's name."""
-    parts = parse_command_slice_name(name)
-    return parts.layer if parts is not None and parts.sequence_index == seq else name
+def _layers(names: list[str], seqs: list[int]) -> list[str]:
+    """Each op's layer: a command's (its name says its invocation's sequence index), else the split
+    op's name. (One regex match per op, as `parse_command_slice_name` makes, without its object.)"""
+    match = COMMAND_SLICE_NAME.match
+    out = []
+    for name, seq in zip(names, seqs):
+        m = match(name)
+        out.append(m.group(2) if m is not None and int(m.group(1)) == seq else name)
+    return out
 
 
 def op_args(tr, ids) -> dict[int, tuple]:

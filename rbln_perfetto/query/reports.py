@@ -1,17 +1,17 @@
 """Canned reports: each one SQL string that runs unchanged on trace_processor and the embedded backend.
 
-A run has about a million commands but a few tens of thousands of distinct arg sets (a layer's
-commands carry the same args in every call), so the reports read commands' args from the args
-table, one row per arg set (`arg_sets`), and join them, instead of calling `extract_arg` per
-command and key; and they test a slice's track first, so that no name or arg of a slice of another
-track is read.
+A run has about a million commands, most of them a split op's; the reports test a slice's track
+first, so that no name or arg of a slice of another track is read, and they read a command's name
+only where nothing else gives what they group by: commands are summed per split op (an integer key)
+before the few ops are named. An arg is read with `extract_arg`, which both backends answer in C
+(the embedded backend's `_sqlite_tables` extension; where it is not built, a Python function).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..naming import NOT_UNTRACED_SQL, layer_sql
+from ..naming import LAYER_SQL, NOT_UNTRACED_SQL
 
 
 @dataclass(frozen=True)
@@ -23,18 +23,6 @@ class Report:
 def on_tracks(*names: str, alias: str = "s") -> str:
     """SQL condition: slice `alias` is on a track named one of `names` (an IN over the few track ids)."""
     return f"{alias}.track_id IN (SELECT id FROM track WHERE name IN ({', '.join(repr(n) for n in names)}))"
-
-
-def arg_sets(*keys: str) -> str:
-    """CTE `arg_sets`: per arg set that has any of the `debug.<key>` args, a column per key holding
-    what `extract_arg(arg_set_id, 'debug.<key>')` gives (the value in the column of its type; NULL
-    for an arg set without that key)."""
-    value = "coalesce(int_value, string_value, real_value)"  # (an arg fills only its type's column)
-    columns = "".join(f",\n         max(CASE WHEN key = 'debug.{k}' THEN {value} END) AS {k}" for k in keys)
-    return f"""arg_sets AS MATERIALIZED (
-  SELECT arg_set_id{columns}
-  FROM args WHERE key IN ({', '.join(f"'debug.{k}'" for k in keys)})
-  GROUP BY arg_set_id)"""
 
 
 REPORTS = {
@@ -61,22 +49,17 @@ WITH span AS (
   FROM slice s
   WHERE {on_tracks('Workload', 'Host')} AND s.dur >= 0 AND {NOT_UNTRACED_SQL}),
 per_track AS (
-  SELECT s.track_id, count(*) AS slices, sum(CASE WHEN s.depth = 0 THEN s.dur ELSE 0 END) AS busy_ns
+  SELECT s.track_id, count(*) AS slices, count(extract_arg(s.arg_set_id, 'debug.command_index')) AS commands,
+         sum(CASE WHEN s.depth = 0 THEN s.dur ELSE 0 END) AS busy_ns
   FROM slice s
   WHERE {on_tracks('Workload', 'Host', 'Compute', 'DMA')}
     AND (s.depth > 0 OR NOT {on_tracks('Workload')} OR {NOT_UNTRACED_SQL})
   GROUP BY s.track_id),
-commands AS (
-  SELECT s.track_id, count(*) AS commands
-  FROM slice s
-  WHERE {on_tracks('Compute')} AND extract_arg(s.arg_set_id, 'debug.command_index') IS NOT NULL
-  GROUP BY s.track_id),
 busy AS (
   SELECT p.name AS device, t.name AS category,
-         sum(CASE WHEN t.name = 'Compute' THEN coalesce(c.commands, 0) ELSE pt.slices END) AS items,
+         sum(CASE WHEN t.name = 'Compute' THEN pt.commands ELSE pt.slices END) AS items,
          sum(pt.busy_ns) AS busy_ns
   FROM per_track pt JOIN track t ON t.id = pt.track_id JOIN track p ON t.parent_id = p.id
-       LEFT JOIN commands c ON c.track_id = pt.track_id
   GROUP BY p.name, t.name)
 SELECT device, category, items,
        CASE category WHEN 'Workload' THEN 'invocations' WHEN 'Host' THEN 'host events'
@@ -85,48 +68,59 @@ SELECT device, category, items,
 FROM busy, span
 ORDER BY device, CASE category WHEN 'Workload' THEN 0 WHEN 'Host' THEN 1 WHEN 'Compute' THEN 2 ELSE 3 END
 """),
-    # Summed per name less its sequence index first (`rest`: the layer and the command index), so
-    # that the name is cut once per command; the few groups then get their layer (`layer_sql`).
+    # Most commands are a split op's (depth 1): summed per split op first (an integer key, no name
+    # read; one command's args name the submodule of all), then named after it: a split op is named
+    # after its layer and holds its op (`naming`). The other commands (depth 0) get their layer from
+    # their names (`layer_sql`).
     "top_layers": Report("top layers by total command time", f"""
-WITH {arg_sets('command_index', 'submodule', 'op')},
-per_name AS (
-  SELECT substr(s.name, instr(s.name, '_') + 1) AS rest, a.command_index, a.submodule, a.op,
+WITH per_op AS (
+  SELECT s.parent_id, extract_arg(min(s.arg_set_id), 'debug.submodule') AS submodule,
          count(*) AS commands, sum(s.dur) AS total_ns
-  FROM slice s CROSS JOIN arg_sets a ON a.arg_set_id = s.arg_set_id
-  WHERE {on_tracks('Compute')} AND a.command_index IS NOT NULL
-  GROUP BY rest, a.command_index, a.submodule, a.op)
-SELECT {layer_sql("'_' || rest", 'command_index')} AS layer,
-       submodule,
-       op,
+  FROM slice s
+  WHERE {on_tracks('Compute')} AND s.depth = 1 AND extract_arg(s.arg_set_id, 'debug.command_index') IS NOT NULL
+  GROUP BY s.parent_id),
+per_layer AS (
+  SELECT p.name AS layer, o.submodule, extract_arg(p.arg_set_id, 'debug.op') AS op,
+         sum(o.commands) AS commands, sum(o.total_ns) AS total_ns
+  FROM per_op o JOIN slice p ON p.id = o.parent_id
+  GROUP BY layer, o.submodule, op
+  UNION ALL
+  SELECT {LAYER_SQL} AS layer, extract_arg(s.arg_set_id, 'debug.submodule') AS submodule,
+         extract_arg(s.arg_set_id, 'debug.op') AS op, count(*) AS commands, sum(s.dur) AS total_ns
+  FROM slice s
+  WHERE {on_tracks('Compute')} AND s.depth = 0 AND extract_arg(s.arg_set_id, 'debug.command_index') IS NOT NULL
+  GROUP BY layer, submodule, op)
+SELECT layer, submodule, op,
        sum(commands) AS commands,
        sum(total_ns) / 1e6 AS total_ms,
        CAST(sum(total_ns) AS REAL) / sum(commands) / 1e6 AS mean_ms
-FROM per_name
+FROM per_layer
 GROUP BY layer, submodule, op
 ORDER BY total_ms DESC, layer
 LIMIT 25
 """),
-    # The commands are summed per split op (and submodule) first, so only the split ops, twenty times
-    # fewer, are joined to their names and args and grouped by them.
+    # The commands are summed per split op first, so only the split ops, twenty times fewer, are joined
+    # to their names and args and grouped by them. A split op's commands are all of one invocation, so
+    # any one's args name their submodule (the op's args hold its op and command count, no submodule).
     "split_ops": Report("ops split into several commands", f"""
-WITH {arg_sets('submodule', 'op', 'command_count')},
-per_op AS (
-  SELECT c.parent_id, a.submodule, count(*) AS commands, sum(c.dur) AS total_ns, max(c.dur) AS max_ns
-  FROM slice c LEFT JOIN arg_sets a ON a.arg_set_id = c.arg_set_id
+WITH per_op AS (
+  SELECT c.parent_id, extract_arg(min(c.arg_set_id), 'debug.submodule') AS submodule, count(*) AS commands,
+         sum(c.dur) AS total_ns, max(c.dur) AS max_ns
+  FROM slice c
   WHERE {on_tracks('Compute', alias='c')} AND c.depth = 1
-  GROUP BY c.parent_id, a.submodule)
+  GROUP BY c.parent_id)
 SELECT p.name AS layer,
        o.submodule AS submodule,
-       a.op AS op,
-       a.command_count AS command_count,
+       extract_arg(p.arg_set_id, 'debug.op') AS op,
+       extract_arg(p.arg_set_id, 'debug.command_count') AS command_count,
        count(DISTINCT p.id) AS occurrences,
        sum(o.commands) AS commands,
        sum(o.total_ns) / 1e6 AS total_ms,
        CAST(sum(o.total_ns) AS REAL) / sum(o.commands) / 1e6 AS mean_ms,
        max(o.max_ns) / 1e6 AS max_ms
-FROM per_op o JOIN slice p ON p.id = o.parent_id LEFT JOIN arg_sets a ON a.arg_set_id = p.arg_set_id
+FROM per_op o JOIN slice p ON p.id = o.parent_id
 WHERE p.depth = 0
-GROUP BY layer, o.submodule, a.op, a.command_count
+GROUP BY layer, o.submodule, op, command_count
 ORDER BY total_ms DESC, layer
 """),
     # A transfer to or from another rank (a run split across processes) goes from or to `rank N`; its
