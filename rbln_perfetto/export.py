@@ -41,7 +41,6 @@ from .trace_file import (
     interned_packet,
     preamble,
     remove_stale_temporaries,
-    write_failed,
 )
 from .tracks import DeviceTrack, TrackIds
 from .worker_threads import COMPRESSION_THREADS, compression_pool, sync_pool
@@ -113,35 +112,29 @@ class _AggregateFile:
         self.clock: int | None = None  # the incremental clock's value after the last packet
         self.programs_interned: set[int] = set()  # capture program ids whose static strings are interned
 
-    def write(self, data: bytes) -> None:
-        try:
-            self.file.write(data)
-        except OSError as exc:
-            raise write_failed(exc, self.file.path) from exc
-
     def invocation(self, program_id: int, template: ProgramTemplate, compressed: bytes, end_ns: int) -> None:
         if program_id not in self.programs_interned:
             self.programs_interned.add(program_id)
-            self.write(interned_packet(template.static_interned))
-        self.write(compressed)
+            self.file.write(interned_packet(template.static_interned))
+        self.file.write(compressed)
         self.clock = end_ns
 
     def host(self, interner: Interner, tracks: TrackIds, name: str, start: int, end: int, detail: str) -> None:
         packets, self.clock = host_event_packets(interner, tracks.host(0), name, start, end, detail,
                                                  clock=self.clock, boot_offset=self.boot_offset)
-        self.write(packets)
+        self.file.write(packets)
 
     def range(self, user_range) -> None:
         packets, self.clock = range_packets(user_range, clock=self.clock, boot_offset=self.boot_offset)
-        self.write(packets)
+        self.file.write(packets)
 
     def untraced(self, tracks: TrackIds, stretch) -> None:
         packets, self.clock = untraced_packets(tracks, stretch, clock=self.clock, boot_offset=self.boot_offset)
-        self.write(packets)
+        self.file.write(packets)
 
     def transfer(self, tracks: TrackIds, transfer) -> None:
         packets, self.clock = transfer_packets(tracks, transfer, clock=self.clock, boot_offset=self.boot_offset)
-        self.write(packets)
+        self.file.write(packets)
 
 
 def export(capture: str | os.PathLike, out_dir: str | os.PathLike | None = None, *, per_invocation: bool = True,
@@ -215,13 +208,10 @@ def export(capture: str | os.PathLike, out_dir: str | os.PathLike | None = None,
         compressed = compressed_packet(stream, compression_level) if future.cancel() else future.result()
         if per_invocation:
             path = out / invocation_file_name(inv.sequence_index, program.submodule, inv.call_index)
-            try:
-                f = TraceFile.started(path, (
-                    preamble((devices[program.device],), with_host=False), provenance.file_start(path.name),
-                    interned_packet(template.static_interned), compressed,
-                    provenance.run_slice(int(ticks[0]), int(ticks[template.layout.end]))), queue=commits)
-            except OSError as exc:
-                raise write_failed(exc, path) from exc
+            f = TraceFile.started(path, (
+                preamble((devices[program.device],), with_host=False), provenance.file_start(path.name),
+                interned_packet(template.static_interned), compressed,
+                provenance.run_slice(int(ticks[0]), int(ticks[template.layout.end]))), queue=commits)
             result.bytes_written += f.bytes_written
             result.invocation_files += commits.commit_ready()
         if agg is not None:
@@ -231,10 +221,8 @@ def export(capture: str | os.PathLike, out_dir: str | os.PathLike | None = None,
         agg = (_AggregateFile(out / AGGREGATE_FILE_NAME, sorted(devices.values()), boot_offset,
                               provenance.file_start(AGGREGATE_FILE_NAME), info.ranges > 0)
                if aggregate else None)
-    except BaseException as exc:
+    except BaseException:
         bar.close()
-        if isinstance(exc, OSError):
-            raise write_failed(exc, out / AGGREGATE_FILE_NAME) from exc
         raise
     try:
         # What read_info took in already, and the clock exchanges only merge reads, are not parsed again.
@@ -287,7 +275,7 @@ def export(capture: str | os.PathLike, out_dir: str | os.PathLike | None = None,
         # The aggregate also holds the host events, the user ranges, the untraced stretches and the Run slice.
         result.slices += result.stats.host_events + info.ranges + info.untraced + info.transfers + 1
         if agg is not None:
-            agg.write(provenance.run_slice(result.stats.start_ns, result.stats.end_ns))
+            agg.file.write(provenance.run_slice(result.stats.start_ns, result.stats.end_ns))
             result.bytes_written += agg.file.bytes_written
             commits.put(agg.file)  # synced beside the last invocation files, renamed after them
         committed = commits.commit_ready(wait_all=True)

@@ -40,7 +40,7 @@ from .host_events import TRANSFER_FLOW_KEY
 from .naming import AGGREGATE_FILE_NAME, parse_invocation_file_name
 from .proto_bytes import CLOCK_BOOTTIME, CLOCK_MONOTONIC, SEQUENCE_ID
 from .run_directory import MERGED, RANK_DIR, claim_run_directory, run_identity
-from .trace_file import CommitQueue, TraceFile, write_failed
+from .trace_file import CommitQueue, TraceFile
 from .tracks import RUN_TRACK
 from .worker_threads import sync_pool
 
@@ -328,10 +328,7 @@ def _write_in_order(files) -> list[Path]:
     try:
         for path, parts in files:
             chunks = parts()  # (read and rewritten before the file is made: a read error names its source)
-            try:
-                TraceFile.started(path, chunks, queue=commits)
-            except OSError as exc:
-                raise write_failed(exc, path) from exc
+            TraceFile.started(path, chunks, queue=commits)
             committed += commits.commit_ready()
         return committed + commits.commit_ready(wait_all=True)
     except BaseException as exc:

@@ -112,7 +112,11 @@ class TraceFile:
         return path.with_name(f".{path.name}.{os.getpid()}.tmp")
 
     def write(self, data: bytes) -> None:
-        self._file.write(data)
+        """Append `data`; a write that fails (a full disk) is an `ExportError` naming the file."""
+        try:
+            self._file.write(data)
+        except OSError as exc:
+            raise write_failed(exc, self.path) from exc
         self.bytes_written += len(data)
 
     def sync(self) -> None:
@@ -137,7 +141,8 @@ class TraceFile:
     @classmethod
     def started(cls, path: Path, chunks, queue: CommitQueue | None = None) -> TraceFile:
         """A new file for `path` holding `chunks`, and with `queue` handed to it to be committed; a
-        failure or Ctrl-C on the way leaves no temporary (once queued, the queue commits or discards it)."""
+        failure or Ctrl-C on the way leaves no temporary (once queued, the queue commits or discards it),
+        and a file that cannot be made or written is an `ExportError` naming it."""
         f = None
         try:
             f = cls(path)
@@ -146,12 +151,14 @@ class TraceFile:
             if queue is not None:
                 queue.put(f)
             return f
-        except BaseException:
+        except BaseException as exc:
             if f is not None:
                 if queue is None or f not in queue:
                     f.discard()
             else:  # interrupted between the file's creation and `f` naming it
                 cls.temporary(path).unlink(missing_ok=True)
+            if isinstance(exc, OSError):
+                raise write_failed(exc, path) from exc
             raise
 
 
