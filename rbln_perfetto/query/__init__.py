@@ -14,15 +14,12 @@ import os
 import warnings
 from pathlib import Path
 
-from ..errors import QueryError, TraceNotFoundError, UsageError
+from ..errors import QueryError, TraceNotFoundError
 from ..reader.diagnosis import unfinished_slices_warning
-from .reports import REPORTS, Report
+from .reports import REPORTS, Report, report_sql
 from .sqlite_backend import SqliteBackend
-from .tp_backend import TP_BIN_ENV, TraceProcessorBackend, find_binary
+from .tp_backend import BACKENDS, TP_BIN_ENV, TraceProcessorBackend, chosen_backend
 from .trace_set import TraceSet, open_traces
-
-BACKENDS = ("auto", "sqlite", "trace_processor")
-
 
 def require_trace_file(path: str | os.PathLike) -> Path:
     """`path` as a Path; FileNotFoundError saying what is there instead when it is not a file."""
@@ -37,11 +34,8 @@ class Trace:
     """One trace file opened for SQL; results are pandas DataFrames."""
 
     def __init__(self, path: str | os.PathLike, backend: str = "auto", tp_bin: str | None = None):
-        if backend not in BACKENDS:
-            raise UsageError(f"backend={backend!r} is not valid; valid: {', '.join(BACKENDS)}")
+        backend = chosen_backend(backend, tp_bin)
         self.path = require_trace_file(path)
-        if backend == "auto":
-            backend = "trace_processor" if find_binary(tp_bin) else "sqlite"
         self._impl = SqliteBackend(self.path) if backend == "sqlite" else TraceProcessorBackend(self.path, tp_bin)
         self.backend = backend
         unfinished = self._impl.unfinished_slices()
@@ -57,9 +51,7 @@ class Trace:
         return self._impl.query(sql)
 
     def report(self, name: str):
-        if name not in REPORTS:
-            raise UsageError(f"report {name!r} is not known; valid: {', '.join(REPORTS)}")
-        return self.query(REPORTS[name].sql)
+        return self.query(report_sql(name))
 
     def reports(self) -> dict:
         return {name: self.report(name) for name in REPORTS}

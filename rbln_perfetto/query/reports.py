@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from ..errors import UsageError
 from ..naming import LAYER_SQL, NOT_UNTRACED_SQL
 
 
@@ -192,3 +193,10 @@ FROM r JOIN inside i ON i.rid = r.id
 ORDER BY r.ts, r.depth
 """),
 }
+
+
+def report_sql(name: str) -> str:
+    """The SQL of canned report `name`; `UsageError` listing the valid names for any other."""
+    if name not in REPORTS:
+        raise UsageError(f"report {name!r} is not known; valid: {', '.join(REPORTS)}")
+    return REPORTS[name].sql

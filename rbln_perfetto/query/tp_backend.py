@@ -13,10 +13,11 @@ import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 
-from ..errors import QueryError, TraceProcessorBinaryError, TraceProcessorError, TraceReadError
+from ..errors import QueryError, TraceProcessorBinaryError, TraceProcessorError, TraceReadError, UsageError
 from ..reader.diagnosis import trace_file_problem
 
 TP_BIN_ENV = "RBLN_PERFETTO_TP_BIN"
+BACKENDS = ("auto", "sqlite", "trace_processor")
 
 
 def configured_binary(tp_bin: str | None = None) -> str | None:
@@ -156,3 +157,13 @@ def _cannot_start(binary: str, reason: str) -> TraceProcessorError:
     return TraceProcessorError(
         f"trace_processor binary {binary} cannot start ({reason[:300]}); point {TP_BIN_ENV} or --tp-bin at a "
         "working trace_processor_shell, or use the embedded backend (backend='sqlite')")
+
+
+def chosen_backend(backend: str, tp_bin: str | None = None) -> str:
+    """"sqlite" or "trace_processor" for `backend`, one of BACKENDS ("auto": trace_processor when a binary
+    is configured or cached); `UsageError` for any other."""
+    if backend not in BACKENDS:
+        raise UsageError(f"backend={backend!r} is not valid; valid: {', '.join(BACKENDS)}")
+    if backend == "auto":
+        return "trace_processor" if find_binary(tp_bin) else "sqlite"
+    return backend

@@ -17,8 +17,8 @@ import os
 import warnings
 
 from ..errors import QueryError, UsageError
-from .reports import REPORTS
-from .tp_backend import find_binary
+from .reports import report_sql
+from .tp_backend import chosen_backend
 from .trace_paths import FILES, trace_labels, trace_paths
 from .trace_pool import TracePool, default_workers
 
@@ -47,16 +47,11 @@ class TraceSet:
 
     def __init__(self, paths_or_dir, backend: str = "auto", tp_bin: str | None = None, workers: int | None = None,
                  files: str = "invocations"):
-        from . import BACKENDS
-
-        if backend not in BACKENDS:
-            raise UsageError(f"backend={backend!r} is not valid; valid: {', '.join(BACKENDS)}")
+        backend = chosen_backend(backend, tp_bin)
         if workers is not None and (type(workers) is not int or workers < 1):
             raise UsageError(f"workers={workers!r} is not valid; valid: a whole number >= 1 (default: the CPU count)")
         self.paths = trace_paths(paths_or_dir, files)
         self.traces = trace_labels(self.paths)  # the `trace` column's values, in set order
-        if backend == "auto":
-            backend = "trace_processor" if find_binary(tp_bin) else "sqlite"
         if backend == "sqlite":
             self._impl = TracePool(self.paths, min(workers or default_workers(), len(self.paths)))
         else:
@@ -91,9 +86,7 @@ class TraceSet:
         return frames
 
     def report(self, name: str):
-        if name not in REPORTS:
-            raise UsageError(f"report {name!r} is not known; valid: {', '.join(REPORTS)}")
-        return self.query(REPORTS[name].sql)
+        return self.query(report_sql(name))
 
     def __len__(self) -> int:
         return len(self.paths)
