@@ -31,7 +31,7 @@ def _median_export(capture: Path, out: Path, repeats: int, cold: bool = False, *
     """Median seconds of `repeats` exports of `capture`; `cold`: each builds its program templates, as the
     first export of a capture in a process does (`rbln-perfetto export`), instead of finding them kept."""
     import rbln_perfetto
-    from rbln_perfetto.template_cache import TEMPLATES
+    from rbln_perfetto.exporter.template_cache import TEMPLATES
 
     times, result = [], None
     for i in range(repeats):

@@ -36,7 +36,7 @@ def run(scale: str = "medium", steps: int = 1, repeats: int = 7) -> list[Row]:
             call()
 
     with tempfile.TemporaryDirectory() as out, rbln_perfetto.profile(out):
-        from rbln_perfetto import activation
+        from rbln_perfetto.recorder import activation
 
         session = activation._active
 
@@ -67,8 +67,8 @@ def run_selected_steps(scale: str = "medium", steps: int = 28, traced: str = "20
     interleaved; the export at the end of each block is not timed (`bench.export_speed` measures it)."""
     import rbln_perfetto
     from pipeline.compile_cache import embedded_model, load_or_compile
-    from rbln_perfetto import activation
-    from rbln_perfetto.selection import parse_numbers
+    from rbln_perfetto.recorder import activation
+    from rbln_perfetto.recorder.selection import parse_numbers
 
     pipe = load_or_compile(embedded_model(scale), {"text_encoder_3": {"device": 1}})
     pipe.set_progress_bar_config(disable=True)

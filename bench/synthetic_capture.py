@@ -73,7 +73,7 @@ def _durations(program, rng) -> np.ndarray:
 
 def write_capture(path: str | Path, commands: int, seed: int = 0) -> dict:
     """Write a capture of at least `commands` commands (whole invocations); returns its size."""
-    from rbln_perfetto.capture import CaptureWriter
+    from rbln_perfetto.recorder.capture import CaptureWriter
 
     info = sd3_medium_pipeline()
     by_name = {p.submodule: p for p in info.programs}

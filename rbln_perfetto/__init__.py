@@ -5,10 +5,7 @@ then profiles only inside `profile()`, with `RBLN_PROFILER` on, or where an rbln
 `activate_profiler` asks for it.
 """
 
-from .activation import install as _install
-from .activation import profile
 from .analysis import CheckResult, check, critical_path, diff, idle, variance, write_overlay
-from .capture import read_info
 from .errors import (
     CaptureError,
     ExportError,
@@ -25,11 +22,14 @@ from .errors import (
     UsageError,
     WorkerError,
 )
-from .export import ExportResult, export
-from .merge import MergeResult, merge
+from .exporter.export import ExportResult, export
+from .exporter.merge import MergeResult, merge
+from .exporter.summary import Summary
 from .query import REPORTS, Trace, TraceSet, open_trace, open_traces
-from .ranges import range  # noqa: A004 - rbln_perfetto.range, like nvtx.range
-from .summary import Summary
+from .recorder.activation import install as _install
+from .recorder.activation import profile
+from .recorder.capture import read_info
+from .recorder.ranges import range  # noqa: A004 - rbln_perfetto.range, like nvtx.range
 
 _install()
 

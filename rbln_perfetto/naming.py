@@ -8,6 +8,8 @@
     rank transfers     `send {submodule} -> rank {r}`, `recv {submodule} <- rank {r}`   (runs split across processes)
     invocation file    `{sequence_index:04d}_{submodule}_{call_index}.pb`   e.g. `0006_transformer_0.pb`
     aggregate file     `aggregate.pb`
+    a run directory    its traces, `capture.rblncap`, `run-id.txt` (`merged ...` after a merge), `image.png`,
+                       and `rank{r}/` per rank of a run split across processes
 
 A layer may hold `_`, digits and any other character, so a command slice name is read from both
 ends: the sequence index is everything before the first `_`, the command index everything after
@@ -18,9 +20,23 @@ index's digits from the slice's `command_index` arg instead.
 from __future__ import annotations
 
 import re
+from pathlib import Path
 from typing import NamedTuple
 
 AGGREGATE_FILE_NAME = "aggregate.pb"
+CAPTURE_FILE = "capture.rblncap"
+RUN_ID_FILE = "run-id.txt"
+IMAGE_FILE = "image.png"  # what `rbln-perfetto run` saves; a run's file only beside the others
+RANK_DIR = re.compile(r"^rank([0-9]+)\Z")  # a rank's own run, inside the directory of a run split across processes
+MERGED = "merged "  # how `run-id.txt` of a merged run starts (`rbln-perfetto merge`)
+
+
+def merged_ranks(out_dir: Path) -> bool:
+    """Whether `out_dir` holds the merged traces of its `rank<N>/` directories (whose own traces they repeat)."""
+    try:
+        return (out_dir / RUN_ID_FILE).read_text().startswith(MERGED)
+    except (OSError, UnicodeDecodeError):
+        return False
 
 
 class CommandName(NamedTuple):

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 
 from pipeline.contract import CommandSpec, DeviceInfo, PipelineInfo, ProgramInfo, TransferSpec
-from rbln_perfetto.capture import CaptureWriter, iter_records, read_info
+from rbln_perfetto.recorder.capture import CaptureWriter, iter_records, read_info
 
 
 def program(submodule, device, commands, inputs=(), outputs=(), weight_bytes=0):

@@ -13,7 +13,7 @@ from conftest import run
 
 import rbln_perfetto
 from rbln_perfetto.analysis import diff
-from rbln_perfetto.capture import iter_records, read_info
+from rbln_perfetto.recorder.capture import iter_records, read_info
 from rbln_perfetto.cli import main
 
 TP_BIN = os.environ.get("RBLN_PERFETTO_TP_BIN")

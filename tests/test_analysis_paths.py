@@ -14,7 +14,7 @@ from conftest import run
 import rbln_perfetto
 from rbln_perfetto.analysis import critical_path, idle, write_overlay
 from rbln_perfetto.analysis.idle import CAUSES
-from rbln_perfetto.capture import iter_records, read_info
+from rbln_perfetto.recorder.capture import iter_records, read_info
 from rbln_perfetto.query import open_trace
 
 TP_BIN = os.environ.get("RBLN_PERFETTO_TP_BIN")

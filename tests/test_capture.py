@@ -12,7 +12,7 @@ from conftest import run
 from trace_checks import check_trace
 
 import rbln_perfetto
-from rbln_perfetto.capture import MAGIC, CaptureError, iter_records, read_info
+from rbln_perfetto.recorder.capture import MAGIC, CaptureError, iter_records, read_info
 from rbln_perfetto.cli import main
 from rbln_perfetto.proto_bytes import varint
 
@@ -147,7 +147,7 @@ def test_export_replaces_earlier_traces_atomically(capture, tmp_path):
 
 
 def test_traces_too_large_for_the_browser_get_the_serve_hint(capture, tmp_path, monkeypatch, capsys):
-    export_module = sys.modules["rbln_perfetto.export"]  # (the package re-exports the function under that name)
+    export_module = sys.modules["rbln_perfetto.exporter.export"]  # (the package re-exports the function under that name)
     sizes = {p.name: p.stat().st_size for p in rbln_perfetto.export(capture, tmp_path / "sizes").invocation_files}
     limit = sorted(sizes.values())[-2]  # only the largest invocation file (and the aggregate) exceed it
     monkeypatch.setattr(export_module, "UI_LIMIT_BYTES", limit)

@@ -5,7 +5,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 
 from rbln_perfetto.errors import ExportError
-from rbln_perfetto.trace_file import CommitQueue, TraceFile
+from rbln_perfetto.exporter.trace_file import CommitQueue, TraceFile
 
 
 def _written(path, data: bytes) -> TraceFile:

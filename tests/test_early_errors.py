@@ -7,7 +7,7 @@ from conftest import PROMPT, run
 
 import rbln_perfetto
 from pipeline import ConfigError
-from rbln_perfetto.capture import read_info
+from rbln_perfetto.recorder.capture import read_info
 
 CASES = [
     (7.0, 1.0, r"guidance_scale=1\.0 does not fit the compiled transformer: it was compiled with "

@@ -12,7 +12,7 @@ from conftest import run
 from golden_export import CAPTURE
 
 import rbln_perfetto
-from rbln_perfetto.capture import read_info
+from rbln_perfetto.recorder.capture import read_info
 from rbln_perfetto.cli import main
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -45,7 +45,7 @@ def test_bad_rbln_profiler_fails_a_pipeline_call_inside_profile(make_pipe, tmp_p
 
 
 def test_bad_rbln_profiler_fails_run_before_loading_or_compiling(tmp_path, monkeypatch, capsys):
-    import rbln_perfetto.pipeline_run as pipeline_run
+    import rbln_perfetto.cli.pipeline_run as pipeline_run
 
     for name in ("embedded_model", "load_or_compile"):
         monkeypatch.setattr(pipeline_run, name, lambda *a, _name=name, **k: pytest.fail(f"{_name} was called"))
@@ -93,7 +93,7 @@ def test_summary_into_a_closed_pipe_exits_quietly(trace):
 def test_a_broken_pipe_that_is_not_stdout_is_still_an_error(trace, monkeypatch, capsys):
     """Only a reader that left makes a broken pipe quiet: one inside the work (a trace_processor
     connection, say) is reported like any other error."""
-    import rbln_perfetto.cli as cli
+    import rbln_perfetto.cli.main as cli
 
     def broken(args):
         raise BrokenPipeError(32, "Broken pipe")

@@ -24,7 +24,7 @@ from trace_checks import check_trace
 
 import rbln_perfetto
 from rbln_perfetto import rbln_capture_pb2 as pb
-from rbln_perfetto.capture import MAGIC
+from rbln_perfetto.recorder.capture import MAGIC
 from rbln_perfetto.cli import main
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -96,7 +96,8 @@ def check_recoverable(run_dir: Path, tmp_path: Path) -> int:
 CHILD = """
 import builtins, os, signal, sys
 import rbln_perfetto
-from rbln_perfetto import capture, trace_file
+from rbln_perfetto.recorder import capture
+from rbln_perfetto.exporter import trace_file
 from pipeline import RBLNStableDiffusion3Pipeline
 
 where, at = sys.argv[1], int(sys.argv[2])

@@ -14,7 +14,7 @@ from trace_objects import read_trace
 import rbln_perfetto
 from pipeline.contract import DeviceInfo, PipelineInfo, ProgramInfo
 from pipeline.partition import partition
-from rbln_perfetto.capture import CaptureWriter
+from rbln_perfetto.recorder.capture import CaptureWriter
 from rbln_perfetto.query import open_trace
 
 BACKENDS = ["sqlite"] + (["trace_processor"] if os.environ.get("RBLN_PERFETTO_TP_BIN") else [])

@@ -15,7 +15,7 @@ from rbln_perfetto import errors
 ROOT = Path(__file__).resolve().parent.parent
 # The only pipeline modules rbln_perfetto may import (torch-free), and the one module allowed more.
 CONTRACT_MODULES = {"pipeline.contract", "pipeline.profiling_hooks"}
-PIPELINE_RUNNER = ROOT / "rbln_perfetto" / "pipeline_run.py"
+PIPELINE_RUNNER = ROOT / "rbln_perfetto" / "cli" / "pipeline_run.py"
 MAX_LINES = 400
 
 

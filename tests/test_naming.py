@@ -9,10 +9,10 @@ from hypothesis import strategies as st
 from pipeline.contract import CommandSpec, ProgramInfo, TransferSpec
 
 from rbln_perfetto import naming
-from rbln_perfetto.interning import Interner
-from rbln_perfetto.program_template import ProgramTemplate
+from rbln_perfetto.exporter.interning import Interner
+from rbln_perfetto.exporter.program_template import ProgramTemplate
 from rbln_perfetto.query.reports import REPORTS
-from rbln_perfetto.tracks import TrackIds
+from rbln_perfetto.exporter.tracks import TrackIds
 
 LAYERS = ["blocks.0.attn", "to_q", "a_1", "a_1_2", "x_0_", "_lead", "3", "0_0", "conv+relu", "attn#2", "a + b # c_7",
           "ünïcode_9", "tail_"]

@@ -10,10 +10,10 @@ import pytest
 from conftest import run
 
 import rbln_perfetto
-from rbln_perfetto.capture import iter_records, read_info
+from rbln_perfetto.recorder.capture import iter_records, read_info
 from rbln_perfetto.cli import main
 from rbln_perfetto.errors import UsageError
-from rbln_perfetto.plot import HOST_COLOR, draw_timeline
+from rbln_perfetto.analysis.plot import HOST_COLOR, draw_timeline
 from rbln_perfetto.query import open_trace
 
 

@@ -10,7 +10,7 @@ from trace_objects import read_trace
 
 import rbln_perfetto
 from pipeline.profiling_hooks import active_call
-from rbln_perfetto.capture import read_info
+from rbln_perfetto.recorder.capture import read_info
 
 SPLIT = {"text_encoder_3": {"device": 1}, "command_budget": "64KiB"}
 ENCODERS = ["text_encoder", "text_encoder_2", "text_encoder_3"]

@@ -25,10 +25,10 @@ from pipeline.contract import (
     timing_method,
 )
 from pipeline.runtime import weights_digest
-from rbln_perfetto.capture import CaptureWriter, read_info
-from rbln_perfetto.provenance import CLOCK, trace_uuid
+from rbln_perfetto.recorder.capture import CaptureWriter, read_info
+from rbln_perfetto.exporter.provenance import CLOCK, trace_uuid
 from rbln_perfetto.query import open_trace
-from rbln_perfetto.run_directory import run_identity
+from rbln_perfetto.recorder.run_directory import run_identity
 
 SPLIT = {"text_encoder_3": {"device": 1}}
 OLD_CAPTURE = Path(__file__).parent / "data" / "golden" / "capture.rblncap"  # written before provenance existed

@@ -18,7 +18,7 @@ from trace_checks import check_scanner_agrees
 from perfetto.protos.perfetto.trace import perfetto_trace_pb2 as pt
 
 import rbln_perfetto
-from rbln_perfetto.capture import iter_records, read_info
+from rbln_perfetto.recorder.capture import iter_records, read_info
 from rbln_perfetto.cli import main
 from rbln_perfetto.query import REPORTS, QueryError, open_trace
 

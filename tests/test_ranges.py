@@ -11,11 +11,11 @@ from trace_checks import check_scanner_agrees, check_trace
 from trace_objects import iter_packets, read_trace
 
 import rbln_perfetto
-from rbln_perfetto.capture import iter_records, read_info
+from rbln_perfetto.recorder.capture import iter_records, read_info
 from rbln_perfetto.cli import main
-from rbln_perfetto.host_events import RANGES_TRACK
+from rbln_perfetto.exporter.host_events import RANGES_TRACK
 from rbln_perfetto.query import open_trace
-from rbln_perfetto.tracks import CHILDREN, TrackIds
+from rbln_perfetto.exporter.tracks import CHILDREN, TrackIds
 
 TP_BIN = os.environ.get("RBLN_PERFETTO_TP_BIN")
 needs_tp = pytest.mark.skipif(not TP_BIN, reason="RBLN_PERFETTO_TP_BIN is not set")

@@ -15,10 +15,10 @@ from trace_checks import check_trace
 from trace_objects import read_trace
 
 import rbln_perfetto
-from rbln_perfetto.capture import read_info
+from rbln_perfetto.recorder.capture import read_info
 from rbln_perfetto.cli import main
 from rbln_perfetto.naming import parse_workload_slice_name
-from rbln_perfetto.run_directory import RUN_ID_FILE
+from rbln_perfetto.naming import RUN_ID_FILE
 
 # What a user may keep beside a run; no option of the tool ever touches them.
 USER_FILES = {"notes.txt": b"mine", "mine.pb": b"not a trace of ours", "timeline.png": b"a plot"}
@@ -183,7 +183,7 @@ def test_profile_overwrite_replaces_the_earlier_run(make_pipe, tmp_path, capsys)
 
 
 def test_run_refuses_another_runs_directory_before_loading_or_compiling(run_a, tmp_path, monkeypatch, capsys):
-    import rbln_perfetto.pipeline_run as pipeline_run
+    import rbln_perfetto.cli.pipeline_run as pipeline_run
 
     for name in ("embedded_model", "load_or_compile"):
         monkeypatch.setattr(pipeline_run, name, lambda *a, _name=name, **k: pytest.fail(f"{_name} was called"))

@@ -15,7 +15,7 @@ import rbln_perfetto
 from rbln_perfetto.cli import main
 from rbln_perfetto.errors import UsageError
 from rbln_perfetto.naming import parse_invocation_file_name
-from rbln_perfetto.selection import ENV_CALLS, ENV_STEPS, ENV_SUBMODULES, parse_numbers
+from rbln_perfetto.recorder.selection import ENV_CALLS, ENV_STEPS, ENV_SUBMODULES, parse_numbers
 
 TRANSFORMER_ON_1 = {"transformer": {"device": 1}}  # so that the steps' gaps are on device 1, not the root
 STEPS, CALLS = 5, 2
@@ -198,7 +198,7 @@ def test_rbln_profiler_selection_from_the_environment(make_pipe, tmp_path, monke
     monkeypatch.setenv(ENV_STEPS, "0")
     monkeypatch.setenv(ENV_SUBMODULES, "transformer")
     # `calls` counts the process's RBLN_PROFILER calls: start this process's count afresh (other tests made some).
-    from rbln_perfetto import activation
+    from rbln_perfetto.recorder import activation
 
     monkeypatch.setattr(activation, "_env_calls", 0)
     pipe = make_pipe(TRANSFORMER_ON_1)
@@ -221,7 +221,7 @@ def test_run_flags_select_steps_calls_and_submodules(tmp_path, capsys):
 
 @pytest.mark.parametrize("where", ["api", "env", "cli", "rbln-profiler"])
 def test_a_bad_value_fails_before_anything_runs(make_pipe, tmp_path, monkeypatch, capsys, where):
-    import rbln_perfetto.pipeline_run as pipeline_run
+    import rbln_perfetto.cli.pipeline_run as pipeline_run
 
     def never(*args, **kwargs):
         raise AssertionError("a model was loaded despite a bad selection")

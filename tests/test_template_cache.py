@@ -3,11 +3,11 @@
 import numpy as np
 from golden_export import CAPTURE
 
-from rbln_perfetto.capture import read_info
-from rbln_perfetto.interning import Interner
-from rbln_perfetto.program_template import ProgramTemplate
-from rbln_perfetto.template_cache import TemplateCache
-from rbln_perfetto.tracks import TrackIds
+from rbln_perfetto.recorder.capture import read_info
+from rbln_perfetto.exporter.interning import Interner
+from rbln_perfetto.exporter.program_template import ProgramTemplate
+from rbln_perfetto.exporter.template_cache import TemplateCache
+from rbln_perfetto.exporter.tracks import TrackIds
 
 
 INFO = read_info(CAPTURE)

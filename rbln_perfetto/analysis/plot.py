@@ -12,8 +12,8 @@ import os
 import zlib
 from pathlib import Path
 
-from .errors import PlotError, UsageError
-from .naming import NOT_UNTRACED_SQL
+from ..errors import PlotError, UsageError
+from ..naming import NOT_UNTRACED_SQL
 
 LEVELS = ("auto", "invocations", "commands")  # auto: commands for a one-invocation file, else invocations
 
@@ -153,7 +153,7 @@ def draw_timeline(trace, *, level: str = "auto", width_in: float = 12.0, dpi: in
 
 def _label_longest_commands(trace, ax, devices, start: int, scale: float, min_width: float) -> None:
     """The layer names of the longest commands, written on their bars where they fit."""
-    from .naming import parse_command_slice_name
+    from ..naming import parse_command_slice_name
 
     longest = trace.query(_LONGEST.format(n=LABELLED_COMMANDS))
     px_per_unit = MIN_BAR_PX / min_width

@@ -12,15 +12,15 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from .analysis import check, critical_path, diff, idle, plot_diff, variance, write_overlay, write_summary_spec
-from .analysis.check import DEFAULT_REGRESSION_METRICS
-from .analysis.diff import BY as DIFF_BY
-from .analysis.idle import CAUSES, DEFAULT_MIN_GAP_MS
-from .analysis.sources import trace_path
-from .analysis.variance import RULE
-from .errors import UsageError
-from .naming import AGGREGATE_FILE_NAME
-from .query import BACKENDS, REPORTS
+from ..analysis import check, critical_path, diff, idle, plot_diff, variance, write_overlay, write_summary_spec
+from ..analysis.check import DEFAULT_REGRESSION_METRICS
+from ..analysis.diff import BY as DIFF_BY
+from ..analysis.idle import CAUSES, DEFAULT_MIN_GAP_MS
+from ..analysis.sources import trace_path
+from ..analysis.variance import RULE
+from ..errors import UsageError
+from ..naming import AGGREGATE_FILE_NAME
+from ..query import BACKENDS, REPORTS
 
 ANALYSES = {
     "idle": "idle time per device, each gap attributed to what the run did instead (" + ", ".join(CAUSES) + ")",
@@ -66,7 +66,7 @@ def cmd_diff(args) -> int:
 
 
 def cmd_report(args) -> int:
-    from .cli import _open
+    from .main import _open
 
     name = args.name
     if name not in REPORTS and name not in ANALYSES:

@@ -13,11 +13,11 @@ import sys
 from contextlib import contextmanager
 from pathlib import Path
 
-from .errors import RblnPerfettoError, TraceProcessorError, UsageError
-from .export import UI_LIMIT_BYTES, ExportResult, export
-from .progress import activity
-from .query import BACKENDS
-from .query.trace_paths import FILES
+from ..errors import RblnPerfettoError, TraceProcessorError, UsageError
+from ..exporter.export import UI_LIMIT_BYTES, ExportResult, export
+from ..progress import activity
+from ..query import BACKENDS
+from ..query.trace_paths import FILES
 
 
 def _print_result(result: ExportResult) -> None:
@@ -52,7 +52,7 @@ def cmd_export(args) -> int:
 def _open(args, trace: str | None = None):
     """The trace (`args.trace` unless given), opened; what the backend warns about it (unfinished slices, ...)
     printed as one line each."""
-    from .query import open_trace
+    from ..query import open_trace
 
     trace = trace or args.trace
     with _warnings_printed(args), activity(f"loading {Path(trace).name}"):  # on a terminal, for loads over a second
@@ -61,7 +61,7 @@ def _open(args, trace: str | None = None):
 
 def _open_set(args):
     """`args.trace` (several traces, or directories) opened as one set; warnings printed as `_open` prints them."""
-    from .query import open_traces
+    from ..query import open_traces
 
     with _warnings_printed(args), activity(f"loading {len(args.trace)} paths"):
         return open_traces(args.trace, backend=args.backend, tp_bin=args.tp_bin, workers=args.workers, files=args.files)
@@ -84,7 +84,7 @@ def _warnings_printed(args):
 def cmd_summary(args) -> int:
     import pandas as pd
 
-    from .query import REPORTS
+    from ..query import REPORTS
 
     with _open(args) as tr, pd.option_context("display.width", 200, "display.max_columns", 20,
                                               "display.max_colwidth", 60, "display.float_format", "{:.3f}".format):
@@ -93,7 +93,7 @@ def cmd_summary(args) -> int:
             df = tr.report(name)
             print(f"\n{report.title} [{name}]:")
             print(df.to_string(index=False) if not df.empty else "  (none)")
-        from .analysis import stands_out
+        from ..analysis import stands_out
 
         print("\nwhat stands out:")
         print("\n".join(f"  {line}" for line in stands_out(tr)) or "  (nothing: no device tracks)")
@@ -107,7 +107,7 @@ def cmd_query(args) -> int:
     with _open(args, args.trace[0]) if one else _open_set(args) as tr:
         df = tr.query(args.sql)
     if args.csv:
-        from .query.shell_csv import write_shell_csv
+        from ..query.shell_csv import write_shell_csv
 
         write_shell_csv(df, sys.stdout)
     elif args.json:
@@ -119,7 +119,7 @@ def cmd_query(args) -> int:
 
 
 def cmd_plot(args) -> int:
-    from .plot import plot_timeline
+    from ..analysis.plot import plot_timeline
 
     with _open(args) as tr:
         path = plot_timeline(tr, args.out, level=args.level)
@@ -130,8 +130,8 @@ def cmd_plot(args) -> int:
 def cmd_serve(args) -> int:
     import subprocess
 
-    from .query import require_trace_file
-    from .query.tp_backend import find_binary, no_binary_message
+    from ..query import require_trace_file
+    from ..query.tp_backend import find_binary, no_binary_message
 
     require_trace_file(args.trace)
     binary = find_binary(args.tp_bin, download=True)
@@ -150,7 +150,7 @@ def cmd_serve(args) -> int:
 
 def cmd_open(args) -> int:
     from .open_in_ui import open_in_ui
-    from .query import require_trace_file
+    from ..query import require_trace_file
 
     path = require_trace_file(args.trace)
     if path.stat().st_size > UI_LIMIT_BYTES:
@@ -195,7 +195,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="rbln-perfetto", description=__doc__.splitlines()[0])
     parser.add_argument("--debug", action="store_true", help="show tracebacks on errors")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=_Parser)
-    from .cli_run import add_merge_command, add_run_command
+    from .run_commands import add_merge_command, add_run_command
 
     add_run_command(sub)
 
@@ -248,7 +248,7 @@ def build_parser() -> argparse.ArgumentParser:
     opn.set_defaults(func=cmd_open)
     add_merge_command(sub)
 
-    from .cli_analysis import add_analysis_commands
+    from .analysis_commands import add_analysis_commands
 
     add_analysis_commands(sub)  # diff, report, check
     return parser
@@ -302,6 +302,3 @@ def main(argv: list[str] | None = None) -> int:
         print(f"rbln-perfetto {args.command}: error: {message}", file=sys.stderr)
         return 2 if isinstance(exc, UsageError) else 1
 
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -21,7 +21,7 @@ import webbrowser
 from pathlib import Path
 from urllib.parse import quote, unquote, urlsplit
 
-from .errors import PortUnavailableError, UsageError
+from ..errors import PortUnavailableError, UsageError
 
 HOST = "127.0.0.1"
 DEFAULT_PORT = 9001

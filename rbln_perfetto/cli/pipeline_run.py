@@ -3,7 +3,7 @@
 Under torchrun (`RANK`/`WORLD_SIZE` set) it is one rank of a run split across processes
 (`rbln_config['ranks']`, `pipeline.remote_calls`): each rank profiles into `OUT/rank{r}/`, the
 ranks exchange clock readings at the start and the end (recorded in each capture), and rank 0
-merges them into OUT (`rbln_perfetto.merge`), also after a rank died.
+merges them into OUT (`rbln_perfetto.exporter.merge`), also after a rank died.
 
 The one module of rbln_perfetto that imports the pipeline's torch side; the CLI imports it only
 when `run` is the command, so every other command starts without torch.
@@ -24,12 +24,12 @@ from pipeline.ranks import (check_ranks, exchange_clocks, join_process_group, la
                             leave_process_group)
 from pipeline.remote_calls import distribute, serve
 
-from .activation import default_out_dir, env_enabled, profile
-from .errors import UsageError
-from .export import ExportResult, check_creatable
-from .merge import MergeResult, merge, rank_dir
-from .run_directory import refuse_other_runs
-from .selection import Selection
+from ..recorder.activation import default_out_dir, env_enabled, profile
+from ..errors import UsageError
+from ..exporter.export import ExportResult, check_creatable
+from ..exporter.merge import MergeResult, merge, rank_dir
+from ..recorder.run_directory import refuse_other_runs
+from ..recorder.selection import Selection
 
 SELECTION_FLAGS = ("--profile-steps", "--profile-calls", "--profile-submodules")
 

@@ -8,8 +8,8 @@ import json
 import sys
 from pathlib import Path
 
-from .cli import _print_result
-from .errors import UsageError
+from .main import _print_result
+from ..errors import UsageError
 
 PROMPT = "a photo of a cat holding a sign that says hello world"
 DEFAULT_SPLIT = {"text_encoder_3": {"device": 1}}
@@ -87,7 +87,7 @@ def _print_merged(merged) -> int:
 
 
 def cmd_merge(args) -> int:
-    from .merge import merge
+    from ..exporter.merge import merge
 
     return _print_merged(merge(args.run_dir, overwrite=args.force))
 

@@ -22,16 +22,16 @@ import numpy as np
 
 from pipeline.contract import TickLayout
 
-from .capture import Truncation, iter_records, read_info
-from .errors import CaptureError, ExportError
+from ..recorder.capture import Truncation, iter_records, read_info
+from ..errors import CaptureError, ExportError
 from .host_events import host_event_packets, range_packets, ranges_track_packet, transfer_packets, untraced_packets
 from .interning import Interner
-from .naming import AGGREGATE_FILE_NAME, command_name_prefix, invocation_file_name
+from ..naming import AGGREGATE_FILE_NAME, command_name_prefix, invocation_file_name
 from .program_template import ProgramTemplate, measured_memory_packets
 from .provenance import TraceProvenance
-from .progress import progress_bar
-from .proto_bytes import width_for
-from .run_directory import claim_run_directory, run_identity
+from ..progress import progress_bar
+from ..proto_bytes import width_for
+from ..recorder.run_directory import claim_run_directory, run_identity
 from .summary import RunStats, Summary
 from .template_cache import TEMPLATES
 from .trace_file import (

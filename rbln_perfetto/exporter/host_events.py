@@ -16,8 +16,8 @@ from __future__ import annotations
 from perfetto.protos.perfetto.trace import perfetto_trace_pb2 as pt
 
 from .interning import Interner, annotation_string, interned_entry
-from .naming import rank_transfer_slice_name, untraced_slice_name
-from .proto_bytes import (
+from ..naming import rank_transfer_slice_name, untraced_slice_name
+from ..proto_bytes import (
     CLOCK_BOOTTIME,
     SEQ_NEEDS_STATE,
     SEQUENCE_ID,
@@ -110,7 +110,7 @@ def untraced_packets(tracks: TrackIds, stretch, *, clock: int | None, boot_offse
                           boot_offset=boot_offset)
 
 
-TRANSFER_FLOW_KEY = "flow_key"  # the arg pairing a send with its recv (`rbln_perfetto.merge`)
+TRANSFER_FLOW_KEY = "flow_key"  # the arg pairing a send with its recv (`rbln_perfetto.exporter.merge`)
 
 
 def transfer_packets(tracks: TrackIds, transfer, *, clock: int | None, boot_offset: int) -> tuple[bytes, int | None]:

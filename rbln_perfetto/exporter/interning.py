@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from functools import lru_cache
 
-from .errors import ExportError
-from .proto_bytes import FieldNumber, Slot, f_bytes, f_varint, tag, varint
+from ..errors import ExportError
+from ..proto_bytes import FieldNumber, Slot, f_bytes, f_varint, tag, varint
 
 NAME_IID_WIDTH = 4  # bytes of the slot that holds a Workload slice's name iid: up to 2**28 names per export
 MAX_NAMES = 1 << (7 * NAME_IID_WIDTH)

@@ -33,13 +33,13 @@ from pathlib import Path
 from google.protobuf.message import DecodeError
 from perfetto.protos.perfetto.trace import perfetto_trace_pb2 as pt
 
-from .capture import CAPTURE_FILE, CaptureInfo, iter_records, read_info
-from .errors import CaptureError, ExportError
+from ..recorder.capture import CaptureInfo, iter_records, read_info
+from ..errors import CaptureError, ExportError
 from .export import check_writable, export
 from .host_events import TRANSFER_FLOW_KEY
-from .naming import AGGREGATE_FILE_NAME, parse_invocation_file_name
-from .proto_bytes import CLOCK_BOOTTIME, CLOCK_MONOTONIC, SEQUENCE_ID
-from .run_directory import MERGED, RANK_DIR, claim_run_directory, run_identity
+from ..naming import AGGREGATE_FILE_NAME, CAPTURE_FILE, MERGED, RANK_DIR, parse_invocation_file_name
+from ..proto_bytes import CLOCK_BOOTTIME, CLOCK_MONOTONIC, SEQUENCE_ID
+from ..recorder.run_directory import claim_run_directory, run_identity
 from .trace_file import CommitQueue, TraceFile
 from .tracks import RUN_TRACK
 from .worker_threads import sync_pool

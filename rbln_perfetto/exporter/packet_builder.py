@@ -14,7 +14,7 @@ from functools import lru_cache
 
 import numpy as np
 
-from .proto_bytes import COUNTER, SEQ_NEEDS_STATE, SEQUENCE_ID, SLICE_END, FieldNumber, Slot, f_varint, tag, varint
+from ..proto_bytes import COUNTER, SEQ_NEEDS_STATE, SEQUENCE_ID, SLICE_END, FieldNumber, Slot, f_varint, tag, varint
 
 INDEX_WIDTH = 3  # bytes of the slots that hold sequence and call indices: up to 2**21
 INLINE_NAME_FIELD = FieldNumber.NAME  # TrackEvent.name, written inline

@@ -36,7 +36,7 @@ from .interning import (
     interned_entry,
     interned_strings_payload,
 )
-from .naming import (
+from ..naming import (
     command_name_prefix,
     command_name_suffix,
     dma_to_device_slice_name,
@@ -45,7 +45,7 @@ from .naming import (
     workload_slice_name,
 )
 from .packet_builder import FLOW_TAG, INDEX_WIDTH, INLINE_NAME_FIELD, INLINE_NAME_TAG, PacketBuilder, event_head
-from .proto_bytes import (
+from ..proto_bytes import (
     CLOCK_BOOTTIME,
     CLOCK_INCREMENTAL,
     CLOCK_MONOTONIC,

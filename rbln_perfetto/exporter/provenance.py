@@ -1,6 +1,6 @@
 """Provenance: what a run's numbers depend on, gathered into the capture and shown in every trace.
 
-Gathered when the capture starts (`host_info`): the machine, its CPU model and core count, its load
+Gathered when the capture starts (`recorder.host_info`): the machine, its CPU model and core count, its load
 average. The pipeline adds its own part when it first runs profiled (`capture.CaptureWriter.pipeline`):
 how each device's durations are taken, torch's version and intra-op threads, the model directory,
 a digest of the weights, the rbln_config as compiled. Everything a trace shows comes from the
@@ -21,50 +21,17 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import platform
 import struct
-import time
 
 from perfetto.protos.perfetto.trace import perfetto_trace_pb2 as pt
 
-from . import rbln_capture_pb2 as pb
-from .proto_bytes import CLOCK_BOOTTIME, SEQUENCE_ID, SLICE_BEGIN, SLICE_END, FieldNumber, f_bytes
+from ..proto_bytes import CLOCK_BOOTTIME, SEQUENCE_ID, SLICE_BEGIN, SLICE_END, FieldNumber, f_bytes
 from .tracks import RUN_TRACK
 
 CLOCK = ("CLOCK_MONOTONIC ns of the profiled process, placed on CLOCK_BOOTTIME (the trace clock) by the "
          "offset between the two read at the capture's start")
 # The rbln_config keys that fix a compiled program's shapes and commands, shown as args of their own.
 COMPILED_KEYS = ("img_height", "img_width", "batch_size", "guidance_scale", "max_seq_len", "command_budget", "dtype")
-
-
-def _cpu_model() -> str:
-    """The CPU's model name as /proc/cpuinfo gives it (x86: `model name`; Arm: `Processor`, `CPU part`)."""
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
-            for line in f:
-                key, _, value = line.partition(":")
-                if key.strip() in ("model name", "Processor", "cpu model") and value.strip():
-                    return value.strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def host_info() -> pb.HostInfo:
-    """The machine as the capture records it at its start."""
-    u = os.uname()
-    try:
-        load = list(os.getloadavg())
-    except OSError:  # not available on this platform
-        load = []
-    usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 0
-    return pb.HostInfo(
-        sysname=u.sysname, release=u.release, version=u.version, machine=u.machine, cpu_model=_cpu_model(),
-        cpu_count=os.cpu_count() or 0, usable_cpus=usable, load_average=load,
-        page_size=os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 0,
-        timezone_off_mins=time.localtime().tm_gmtoff // 60, python_version=platform.python_version(),
-    )
 
 
 def _timing(info) -> str:

@@ -15,9 +15,9 @@ from pathlib import Path
 
 from perfetto.protos.perfetto.trace import perfetto_trace_pb2 as pt
 
-from .errors import ExportError
+from ..errors import ExportError
 from .interning import annotation_names_payload
-from .proto_bytes import (
+from ..proto_bytes import (
     CLOCK_INCREMENTAL,
     SEQ_CLEARED,
     SEQ_NEEDS_STATE,

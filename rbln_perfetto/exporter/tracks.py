@@ -20,7 +20,7 @@ from typing import NamedTuple
 
 from perfetto.protos.perfetto.trace import perfetto_trace_pb2 as pt
 
-from .proto_bytes import SEQUENCE_ID, FieldNumber, f_bytes
+from ..proto_bytes import SEQUENCE_ID, FieldNumber, f_bytes
 
 PLANNED_MEMORY = "Memory (planned)"
 MEASURED_MEMORY = "Memory (measured)"

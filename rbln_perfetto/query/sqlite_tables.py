@@ -1,7 +1,7 @@
 """The embedded backend's tables: their schema (named as trace_processor names them), their rows as
 columns (`table_columns`), and the two ways those get into SQLite, with identical contents:
 
-- `load_image`: the optional C extension `rbln_perfetto._sqlite_tables` writes the whole database
+- `load_image`: the optional C extension `rbln_perfetto.query._sqlite_tables` writes the whole database
   file image from the columns (no SQL statement per row) and the connection deserializes it;
 - `load_inserts`: INSERTs from Python, where the extension is not built, is disabled
   (RBLN_PERFETTO_PURE_PYTHON=1) or Python's sqlite3 cannot deserialize (before 3.11).
@@ -75,7 +75,7 @@ def _load_extension():
     if os.environ.get("RBLN_PERFETTO_PURE_PYTHON") == "1" or not hasattr(sqlite3.Connection, "deserialize"):
         return None
     try:
-        from .. import _sqlite_tables
+        from . import _sqlite_tables
     except ImportError:
         return None
     return _sqlite_tables

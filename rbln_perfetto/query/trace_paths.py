@@ -20,8 +20,7 @@ import os
 from pathlib import Path
 
 from ..errors import TraceNotFoundError, UsageError
-from ..naming import AGGREGATE_FILE_NAME, parse_invocation_file_name
-from ..run_directory import RANK_DIR, merged_ranks
+from ..naming import AGGREGATE_FILE_NAME, RANK_DIR, merged_ranks, parse_invocation_file_name
 
 FILES = ("invocations", "aggregate", "all")
 _SHOWN = 3  # file names an error lists before "..."

@@ -1,4 +1,4 @@
-"""The boundary to the optional C packet scanner (`rbln_perfetto._packet_scan`): loading and checking it,
+"""The boundary to the optional C packet scanner (`rbln_perfetto.reader._packet_scan`): loading and checking it,
 the record it writes per packet, scanning a buffer, and inflating compressed bundles ahead on a thread.
 """
 
@@ -29,7 +29,7 @@ def _load_scanner():
     if os.environ.get("RBLN_PERFETTO_PURE_PYTHON") == "1":
         return None
     try:
-        from .. import _packet_scan as scanner
+        from . import _packet_scan as scanner
     except ImportError:
         return None
     packet, event = pt.TracePacket.DESCRIPTOR.fields_by_name, pt.TrackEvent.DESCRIPTOR.fields_by_name

@@ -26,9 +26,10 @@ from pathlib import Path
 from pipeline.contract import PipelineInfo
 from pipeline.profiling_hooks import active_call, env_profiler_enabled, install_profiler
 
-from .capture import CAPTURE_FILE, CaptureWriter
-from .errors import ProfilerStateError, UsageError
-from .export import ExportResult, check_writable, export
+from ..naming import CAPTURE_FILE
+from .capture import CaptureWriter
+from ..errors import ProfilerStateError, UsageError
+from ..exporter.export import ExportResult, check_writable, export
 from .run_directory import claim_run_directory
 from .selection import Selection
 
@@ -283,7 +284,7 @@ class profile:
     A directory that holds another run's files is refused (`OutputExistsError`) before the block
     starts; `overwrite=True` removes that run's files instead.
 
-    `steps`, `calls`, `submodules` choose what is traced (`rbln_perfetto.selection`: "10:12", "2:",
+    `steps`, `calls`, `submodules` choose what is traced (`rbln_perfetto.recorder.selection`: "10:12", "2:",
     "0,5,9:", python-slice style, end exclusive; submodule names); one not given follows its
     `RBLN_PROFILER_*` variable, else everything. A bad value is a `UsageError` here, before the block.
     """

@@ -21,14 +21,13 @@ from google.protobuf.message import DecodeError
 
 from pipeline.contract import PipelineInfo, ProgramInfo, RankTransfer, timing_method
 
-from . import rbln_capture_pb2 as pb
-from .errors import CaptureError
-from .provenance import host_info
-from .proto_bytes import MAX_VARINT_BYTES, VarintError, read_varint, varint
+from .. import rbln_capture_pb2 as pb
+from ..errors import CaptureError
+from .host_info import host_info
+from ..proto_bytes import MAX_VARINT_BYTES, VarintError, read_varint, varint
 
 MAGIC = b"RBLNCAP1"
 FORMAT_VERSION = 1
-CAPTURE_FILE = "capture.rblncap"
 # A record longer than this is not one we wrote: the length prefix is corrupt.
 MAX_RECORD_BYTES = 1 << 30
 

@@ -17,9 +17,9 @@ import functools
 import numbers
 import time
 
-from . import rbln_capture_pb2 as pb
+from .. import rbln_capture_pb2 as pb
 from .activation import current_writer
-from .errors import UsageError
+from ..errors import UsageError
 
 INT64 = 1 << 63
 

@@ -14,18 +14,13 @@ a directory that holds its own earlier export is the same run, and allowed.
 from __future__ import annotations
 
 import os
-import re
 import sys
 from pathlib import Path
 
-from .capture import CAPTURE_FILE, iter_records
-from .errors import CaptureError, OutputExistsError
-from .naming import AGGREGATE_FILE_NAME, parse_invocation_file_name
+from .capture import iter_records
+from ..errors import CaptureError, OutputExistsError
+from ..naming import AGGREGATE_FILE_NAME, CAPTURE_FILE, IMAGE_FILE, RUN_ID_FILE, parse_invocation_file_name
 
-RUN_ID_FILE = "run-id.txt"
-IMAGE_FILE = "image.png"  # what `rbln-perfetto run` saves; a run's file only beside the others
-RANK_DIR = re.compile(r"^rank([0-9]+)\Z")  # a rank's own run, inside the directory of a run split across processes
-MERGED = "merged "  # how `run-id.txt` of a merged run starts (`rbln-perfetto merge`)
 _SHOWN = 3  # file names an error lists before "..."
 
 
@@ -33,14 +28,6 @@ def run_identity(header) -> str:
     """What tells one run from another: its capture header's run id, host, process and start time."""
     return (f"run {header.run_id} on {header.hostname}, pid {header.pid}, "
             f"started at {header.clock.realtime_ns} ns (wall clock)")
-
-
-def merged_ranks(out_dir: Path) -> bool:
-    """Whether `out_dir` holds the merged traces of its `rank<N>/` directories (whose own traces they repeat)."""
-    try:
-        return (out_dir / RUN_ID_FILE).read_text().startswith(MERGED)
-    except (OSError, UnicodeDecodeError):
-        return False
 
 
 def _files(n: int) -> str:

@@ -21,7 +21,7 @@ from typing import Iterable
 
 from pipeline.contract import SUBMODULES
 
-from .errors import UsageError
+from ..errors import UsageError
 
 ENV_STEPS = "RBLN_PROFILER_STEPS"
 ENV_CALLS = "RBLN_PROFILER_CALLS"
