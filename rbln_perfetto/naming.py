@@ -25,6 +25,7 @@ from typing import NamedTuple
 
 AGGREGATE_FILE_NAME = "aggregate.pb"
 CAPTURE_FILE = "capture.rblncap"
+CAPTURE_MAGIC = b"RBLNCAP1"  # how a capture file starts (`recorder.capture`); readers of traces name it when given one
 RUN_ID_FILE = "run-id.txt"
 IMAGE_FILE = "image.png"  # what `rbln-perfetto run` saves; a run's file only beside the others
 RANK_DIR = re.compile(r"^rank([0-9]+)\Z")  # a rank's own run, inside the directory of a run split across processes

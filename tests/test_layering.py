@@ -1,5 +1,6 @@
-"""The architecture, checked: imports run one way, the contract is torch-free, the profiler plugs in
-through the pipeline's hook point, modules stay small, and every deliberate error shares one base."""
+"""The architecture, checked: the pipeline never imports the profiler, the contract is torch-free, the profiler
+plugs in through the pipeline's hook point, and every deliberate error shares one base (which stage may import
+which: tests/test_import_rules.py)."""
 
 import ast
 import subprocess
@@ -13,10 +14,6 @@ import rbln_perfetto
 from rbln_perfetto import errors
 
 ROOT = Path(__file__).resolve().parent.parent
-# The only pipeline modules rbln_perfetto may import (torch-free), and the one module allowed more.
-CONTRACT_MODULES = {"pipeline.contract", "pipeline.profiling_hooks"}
-PIPELINE_RUNNER = ROOT / "rbln_perfetto" / "cli" / "pipeline_run.py"
-MAX_LINES = 400
 
 
 def _sources(package: str) -> list[Path]:
@@ -45,17 +42,6 @@ def test_pipeline_never_imports_the_profiler():
         assert not [m for m in _imported_modules(path) if m.split(".")[0] == "rbln_perfetto"], path
 
 
-def test_rbln_perfetto_imports_only_the_pipeline_contract():
-    def allowed(module: str) -> bool:
-        return module in CONTRACT_MODULES or module.rsplit(".", 1)[0] in CONTRACT_MODULES
-
-    for path in _sources("rbln_perfetto"):
-        if path == PIPELINE_RUNNER:
-            continue
-        imported = {m for m in _imported_modules(path) if m.split(".")[0] == "pipeline"}
-        assert all(allowed(m) for m in imported), f"{path.relative_to(ROOT)} imports {sorted(imported)}"
-
-
 def test_contract_modules_import_neither_torch_nor_diffusers():
     code = ("import sys, pipeline.contract, pipeline.profiling_hooks, rbln_perfetto.cli; "
             "heavy = sorted(m for m in ('torch', 'diffusers', 'transformers') if m in sys.modules); "
@@ -63,11 +49,10 @@ def test_contract_modules_import_neither_torch_nor_diffusers():
     subprocess.run([sys.executable, "-c", code], cwd=ROOT, check=True, timeout=120)
 
 
-def test_modules_are_small_and_say_their_job():
+def test_modules_say_their_job():
+    # Which stage may import which, and module length (a warning): tests/test_import_rules.py.
     for package in ("pipeline", "rbln_perfetto"):
         for path in _sources(package):
-            lines = path.read_text().count("\n")
-            assert lines <= MAX_LINES, f"{path.relative_to(ROOT)} has {lines} lines (at most {MAX_LINES})"
             assert ast.get_docstring(ast.parse(path.read_text())), f"{path.relative_to(ROOT)} has no docstring"
 
 

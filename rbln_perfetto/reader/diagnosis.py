@@ -38,7 +38,7 @@ def first_framing_error(data) -> tuple[int, str] | None:
 
 def _other_format(head: bytes) -> str | None:
     """The description of a file that starts like another format, or None."""
-    from ..recorder.capture import MAGIC
+    from ..naming import CAPTURE_MAGIC as MAGIC
 
     if head.startswith(MAGIC):
         return "an rbln-perfetto capture, not a trace: export it first with `rbln-perfetto export`"

@@ -23,10 +23,11 @@ from pipeline.contract import PipelineInfo, ProgramInfo, RankTransfer, timing_me
 
 from .. import rbln_capture_pb2 as pb
 from ..errors import CaptureError
+from ..naming import CAPTURE_MAGIC
 from .host_info import host_info
 from ..proto_bytes import MAX_VARINT_BYTES, VarintError, read_varint, varint
 
-MAGIC = b"RBLNCAP1"
+MAGIC = CAPTURE_MAGIC
 FORMAT_VERSION = 1
 # A record longer than this is not one we wrote: the length prefix is corrupt.
 MAX_RECORD_BYTES = 1 << 30
