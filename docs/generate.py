@@ -108,7 +108,6 @@ def generate(root: Path = ROOT) -> None:
         workdir = Path(scratch)
         for document in documents(root):
             text = document.read_text()
-            # Rewritten from the end so that the earlier blocks' spans stay valid.
             found = blocks(document)
             outputs = []
             for block in found:
@@ -119,6 +118,7 @@ def generate(root: Path = ROOT) -> None:
                     outputs.append(block.body)
                 else:
                     outputs.append(console_block(block.command, output))
+            # Rewritten from the end so that the earlier blocks' spans stay valid.
             for block, body in reversed(list(zip(found, outputs))):
                 start, end = block.span
                 text = text[:start] + body + text[end:]
