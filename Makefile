@@ -1,7 +1,7 @@
 # Shortcuts; README's two set-up commands are the reference for a fresh machine.
 PY ?= .venv/bin/python
 
-.PHONY: setup test fuzz bench bench-quick
+.PHONY: setup test fuzz bench bench-quick docs
 
 setup:
 	python3 -m venv .venv && .venv/bin/pip install -c constraints.txt -e '.[test]'
@@ -19,3 +19,7 @@ bench:
 
 bench-quick:
 	$(PY) -m bench --quick
+
+# Every example output in README.md and docs/ rewritten from a real run (tests/test_docs.py checks their shape).
+docs:
+	OMP_NUM_THREADS=1 $(PY) docs/generate.py
