@@ -4,7 +4,7 @@
     python -m bench --quick              # smaller sizes, for a smoke test
     python -m bench --compare bench/results/latest.json
 
-Ratios are measured side by side in the same run (see README, "Reading the benchmark table").
+Ratios are measured side by side in the same run (see bench/README.md, "Reading the benchmark table").
 The JSON goes to bench/results/bench-<time>.json and bench/results/latest.json.
 """
 

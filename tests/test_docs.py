@@ -105,3 +105,13 @@ def test_every_generated_command_still_runs_with_the_same_shape(tmp_path):
                 assert _shape(output) == _shape(_documented_output(block)), (
                     f"{document.name}: `{block.command}` now prints output of another shape; run `make docs`\n"
                     f"now:\n{output}")
+
+
+def test_ci_runs_the_readme_test_command_exactly():
+    """CI must fail where a user's fresh machine would: .ci/run runs README's own test command, verbatim."""
+    readme = (ROOT / "README.md").read_text()
+    commands = [line for line in readme.splitlines() if line.startswith("python3 -m venv .venv")]
+    test_command = [c for c in commands if "pytest" in c]
+    assert len(test_command) == 1, commands
+    ci = [line for line in (ROOT / ".ci" / "run").read_text().splitlines() if line and not line.startswith("#")]
+    assert test_command[0] in ci, ci

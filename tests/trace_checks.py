@@ -8,7 +8,7 @@ from perfetto.protos.perfetto.trace import perfetto_trace_pb2 as pt
 
 from trace_objects import iter_packets, read_trace
 
-# The README's command-slice name format, written out here as an oracle independent of rbln_perfetto.naming.
+# The command-slice name format of docs/traces.md, written out here as an oracle independent of rbln_perfetto.naming.
 NAME = re.compile(r"^([0-9]+)_(.+)_([0-9]+)\Z", re.DOTALL)  # groups: sequence_index, layer, command_index
 
 
