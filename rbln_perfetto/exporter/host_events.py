@@ -80,8 +80,8 @@ def transfer_packets(tracks: TrackIds, transfer, *, clock: int | None, boot_offs
     args = [annotation("transfer", transfer.direction), annotation("peer_rank", transfer.peer),
             annotation("submodule", transfer.submodule), annotation("tensors", ", ".join(transfer.tensors)),
             annotation("bytes", transfer.bytes), annotation(TRANSFER_FLOW_KEY, transfer.flow)]
-    return incremental_slice_packets(tracks.dma(transfer.device), transfer.start_ns, transfer.end_ns,
-                                     name=rank_transfer_slice_name(transfer.direction, transfer.submodule, transfer.peer),
+    name = rank_transfer_slice_name(transfer.direction, transfer.submodule, transfer.peer)
+    return incremental_slice_packets(tracks.dma(transfer.device), transfer.start_ns, transfer.end_ns, name=name,
                                      annotations=args, clock=clock, boot_offset=boot_offset)
 
 
