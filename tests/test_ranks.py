@@ -25,7 +25,8 @@ from rbln_perfetto.naming import CAPTURE_FILE
 from rbln_perfetto.recorder.capture import iter_records, read_info
 from rbln_perfetto.cli import main
 from rbln_perfetto import rbln_capture_pb2 as pb
-from rbln_perfetto.exporter.merge import RankClock, causal_bounds, merge
+from rbln_perfetto.exporter.merge import merge
+from rbln_perfetto.exporter.rank_clocks import RankClock, causal_bounds
 from rbln_perfetto.query import open_trace, open_traces
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -14,7 +14,8 @@ from pathlib import Path
 from perfetto.protos.perfetto.trace import perfetto_trace_pb2 as pt
 
 from ..errors import ExportError, UsageError
-from ..proto_bytes import SEQUENCE_ID
+from ..exporter.slice_packets import annotation, boottime_slice_packets
+from ..proto_bytes import SEQ_CLEARED, SEQ_NEEDS_STATE, SEQUENCE_ID
 from .sources import opened
 
 TRACK_NAME = "Critical path"
@@ -22,43 +23,23 @@ TRACK_UUID = 0x43_50_41_54_48  # "CPATH": far above the exporter's small per-dev
 OVERLAY_SEQUENCE_ID = SEQUENCE_ID + 0x4350  # a sequence no exporter packet uses
 
 
-def _annotation(name: str, value) -> pt.DebugAnnotation:
-    a = pt.DebugAnnotation(name=name)
-    if isinstance(value, str):
-        a.string_value = value
-    elif isinstance(value, float):
-        a.double_value = value
-    else:
-        a.int_value = int(value)
-    return a
-
-
 def overlay_packets(segments) -> bytes:
     """Serialized packets of the "Critical path" track with one slice per row of `segments`
     (a `critical_path.segments` table: ts, on_path_ms, kind, name, device, share_pct, via)."""
-    trace = pt.Trace()
-    first = trace.packet.add(trusted_packet_sequence_id=OVERLAY_SEQUENCE_ID,
-                             sequence_flags=pt.TracePacket.SEQ_INCREMENTAL_STATE_CLEARED)
-    first.track_descriptor.uuid = TRACK_UUID
-    first.track_descriptor.name = TRACK_NAME
-    first.track_descriptor.description = ("the chain of host work, invocations, commands and DMAs whose times add up "
-                                          "to the run's span (rbln-perfetto report critical-path)")
+    track = pt.TracePacket(trusted_packet_sequence_id=OVERLAY_SEQUENCE_ID, sequence_flags=SEQ_CLEARED,
+                           track_descriptor=pt.TrackDescriptor(
+                               uuid=TRACK_UUID, name=TRACK_NAME,
+                               description="the chain of host work, invocations, commands and DMAs whose times add "
+                                           "up to the run's span (rbln-perfetto report critical-path)"))
+    out = pt.Trace(packet=[track]).SerializeToString()
     for row in segments.itertuples(index=False):
-        dur = round(row.on_path_ms * 1e6)
         label = row.name if row.kind != "invocation" else f"{row.name} (device {row.device})"
         start = int(row.ts)
-        for ts, kind in ((start, pt.TrackEvent.TYPE_SLICE_BEGIN), (start + dur, pt.TrackEvent.TYPE_SLICE_END)):
-            p = trace.packet.add(trusted_packet_sequence_id=OVERLAY_SEQUENCE_ID, timestamp=ts,
-                                 timestamp_clock_id=pt.BUILTIN_CLOCK_BOOTTIME,
-                                 sequence_flags=pt.TracePacket.SEQ_NEEDS_INCREMENTAL_STATE)
-            p.track_event.type = kind
-            p.track_event.track_uuid = TRACK_UUID
-            if kind == pt.TrackEvent.TYPE_SLICE_BEGIN:
-                p.track_event.name = label
-                p.track_event.debug_annotations.extend([
-                    _annotation("kind", row.kind), _annotation("share_pct", float(row.share_pct)),
-                    _annotation("elements", int(row.elements)), _annotation("via", row.via or "start")])
-    return trace.SerializeToString()
+        args = [annotation("kind", row.kind), annotation("share_pct", float(row.share_pct)),
+                annotation("elements", int(row.elements)), annotation("via", row.via or "start")]
+        out += boottime_slice_packets(TRACK_UUID, label, start, start + round(row.on_path_ms * 1e6), args,
+                                      sequence_id=OVERLAY_SEQUENCE_ID, sequence_flags=SEQ_NEEDS_STATE)
+    return out
 
 
 def write_overlay(trace, out: str | os.PathLike, *, segments=None, backend: str = "auto",

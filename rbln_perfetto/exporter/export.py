@@ -137,6 +137,177 @@ class _AggregateFile:
         self.file.write(packets)
 
 
+def _device_tracks(info) -> tuple[dict[int, DeviceTrack], dict[tuple[int, int], int]]:
+    """The capture's devices, by logical index, and each (pipeline, device)'s resident weight bytes."""
+    host_cpus = info.header.host.usable_cpus if info.header.HasField("host") else 0
+    devices: dict[int, DeviceTrack] = {}
+    baselines: dict[tuple[int, int], int] = {}
+    for pipe in info.pipelines:
+        for d in pipe.devices:
+            devices.setdefault(d.logical, DeviceTrack(d.logical, d.torch_device, d.capacity_bytes, d.timing,
+                                                      d.logical in info.measured_devices, host_cpus))
+        for p in pipe.placement:
+            key = (pipe.pipeline_id, p.device)
+            baselines[key] = baselines.get(key, 0) + p.weight_bytes
+    for prog in info.programs.values():
+        devices.setdefault(prog.device, DeviceTrack(prog.device, prog.torch_device, 0,
+                                                    measured_memory=prog.device in info.measured_devices))
+    return devices, baselines
+
+
+class _Export:
+    """One export as the capture streams through it: records in, invocations assembled and compressed,
+    files written and committed in capture order.
+
+    Compression runs on worker threads (zlib releases the GIL) while this thread assembles the next
+    invocation; `pending` keeps every output in capture order.
+    """
+
+    def __init__(self, capture: Path, info, out: Path, *, per_invocation: bool, compression_level: int | None):
+        self.capture = capture
+        self.info = info
+        self.out = out
+        self.per_invocation = per_invocation
+        self.compression_level = compression_level
+        self.result = ExportResult(out, truncation=info.truncation, status=info.status)
+        self.devices, self.baselines = _device_tracks(info)
+        self.result.stats.devices = {d: t.torch_device for d, t in self.devices.items()}
+        self.boot_offset = info.header.clock.boottime_ns - info.header.clock.monotonic_ns
+        self.provenance = TraceProvenance(info, run_identity(info.header))
+        # The budget each pipeline was compiled for: a command over it says by how much.
+        self.budgets = {pipe.pipeline_id: json.loads(pipe.rbln_config_json or "{}").get("command_budget") or 0
+                        for pipe in info.pipelines}
+        self.interner = Interner()
+        self.tracks = TrackIds()
+        self.templates: dict[tuple[int, int, int, bool], ProgramTemplate] = {}
+        self.pool = compression_pool()
+        self.pending: deque = deque()
+        self.commits = CommitQueue(sync_pool())
+        self.agg: _AggregateFile | None = None
+
+    def open_aggregate(self) -> None:
+        self.agg = _AggregateFile(self.out / AGGREGATE_FILE_NAME, sorted(self.devices.values()), self.boot_offset,
+                                  self.provenance.file_start(AGGREGATE_FILE_NAME), self.info.ranges > 0)
+
+    def read(self, bar) -> None:
+        """Every record of the capture, each written as soon as the outputs before it are."""
+        shown = 0
+        # What read_info took in already, and the clock exchanges only merge reads, are not parsed again.
+        for offset, record in iter_records(self.capture, skip={"header", "pipeline", "program", "end", "clock_sync"}):
+            kind = record.WhichOneof("kind")
+            if kind == "host":
+                h = record.host
+                self.result.stats.add_host(h.name, h.start_ns, h.end_ns)
+                if self.agg is not None:
+                    self.pending.append(("host", (h.name, h.start_ns, h.end_ns, h.detail)))
+            elif kind in ("range", "untraced", "transfer"):
+                if self.agg is not None:
+                    self.pending.append((kind, getattr(record, kind)))
+            elif kind == "invocation":
+                self._invocation(offset, record.invocation)
+            bar.update(offset - shown)
+            shown = offset
+            while len(self.pending) > COMPRESSION_THREADS + 1 or (self.pending and self.pending[0][0] != "invocation"):
+                self._write(self.pending.popleft())
+        while self.pending:
+            self._write(self.pending.popleft())
+
+    def _ticks(self, offset: int, inv, program) -> np.ndarray:
+        """The invocation's boundaries (CLOCK_MONOTONIC ns), checked against its program."""
+        durations = np.asarray(inv.durations_ns, dtype=np.int64)
+        if len(durations) + 1 != TickLayout.of(program).num_ticks:
+            raise CaptureError(self.capture, offset, f"invocation {inv.sequence_index} has {len(durations) + 1} "
+                                                     f"timestamps for a program of {len(program.commands)} commands")
+        if (durations < 0).any():
+            raise CaptureError(self.capture, offset, f"invocation {inv.sequence_index} has negative durations")
+        return np.concatenate(([inv.start_ns], inv.start_ns + np.cumsum(durations)))
+
+    def _template(self, inv, program, ticks: np.ndarray) -> ProgramTemplate:
+        """The template that serves this invocation: its program's, for its gaps, index digits and step."""
+        # Four bytes hold gaps up to 268 ms, so one template per program serves nearly every call.
+        width = max(4, width_for(int(np.diff(ticks).max(initial=0))))
+        has_step = inv.HasField("step")  # a denoising step: its Workload slice says which
+        key = (inv.program_id, width, len(command_name_prefix(inv.sequence_index)), has_step)
+        template = self.templates.get(key)
+        if template is None:
+            template = self.templates[key] = TEMPLATES.get(
+                program, self.info.program_records[inv.program_id], self.interner,
+                self.baselines.get((program.pipeline_id, program.device), program.weight_bytes), width, key[2],
+                command_budget=self.budgets.get(program.pipeline_id, 0), with_step=has_step)
+        return template
+
+    def _invocation(self, offset: int, inv) -> None:
+        """Assemble one invocation's packets and queue their compression."""
+        program = self.info.programs[inv.program_id]
+        ticks = self._ticks(offset, inv, program)
+        template = self._template(inv, program, ticks)
+        name_iid = self.interner.reserve_names(1)
+        stream = template.names_packet(inv.call_index, name_iid) + template.assemble(
+            ticks, inv.sequence_index, inv.call_index, name_iid, self.boot_offset, inv.step)
+        if inv.memory_allocated:
+            stream += measured_memory_packets(self.tracks.measured_memory(program.device), ticks[0],
+                                              ticks[template.layout.end], inv.memory_allocated, self.boot_offset)
+        future = self.pool.submit(compressed_packet, stream, self.compression_level)
+        self.pending.append(("invocation", (future, stream, inv, program, template, ticks)))
+        self.result.stats.add_invocation(program, template.layout, template.split_commands, ticks)
+        self.result.slices += template.n_slices
+
+    def _write(self, item) -> None:
+        kind, payload = item
+        if kind == "host":
+            self.agg.host(self.interner, self.tracks, *payload)
+        elif kind == "range":
+            self.agg.range(payload)
+        elif kind == "untraced":
+            self.agg.untraced(self.tracks, payload)
+        elif kind == "transfer":
+            self.agg.transfer(self.tracks, payload)
+        else:
+            self._write_invocation(*payload)
+
+    def _write_invocation(self, future, stream: bytes, inv, program, template: ProgramTemplate, ticks) -> None:
+        """One invocation's file, and its packets in the aggregate."""
+        # A compression no worker has started yet runs here rather than being waited for.
+        compressed = compressed_packet(stream, self.compression_level) if future.cancel() else future.result()
+        if self.per_invocation:
+            path = self.out / invocation_file_name(inv.sequence_index, program.submodule, inv.call_index)
+            f = TraceFile.started(path, (
+                preamble((self.devices[program.device],), with_host=False), self.provenance.file_start(path.name),
+                interned_packet(template.static_interned), compressed,
+                self.provenance.run_slice(int(ticks[0]), int(ticks[template.layout.end]))), queue=self.commits)
+            self.result.bytes_written += f.bytes_written
+            self.result.invocation_files += self.commits.commit_ready()
+        if self.agg is not None:
+            self.agg.invocation(inv.program_id, template, compressed, int(ticks[template.layout.end]))
+
+    def finish(self) -> None:
+        """Close the aggregate and commit every file."""
+        result, agg = self.result, self.agg
+        # The aggregate also holds the host events, the user ranges, the untraced stretches and the Run slice.
+        result.slices += result.stats.host_events + self.info.ranges + self.info.untraced + self.info.transfers + 1
+        if agg is not None:
+            agg.file.write(self.provenance.run_slice(result.stats.start_ns, result.stats.end_ns))
+            result.bytes_written += agg.file.bytes_written
+            self.commits.put(agg.file)  # synced beside the last invocation files, renamed after them
+        committed = self.commits.commit_ready(wait_all=True)
+        if agg is not None:
+            result.aggregate_file = committed.pop()
+        result.invocation_files += committed
+
+    def abandon(self, failure: BaseException) -> None:
+        """After `failure`: keep what `CommitQueue.settle` keeps, remove the aggregate's temporary."""
+        try:
+            self.commits.settle(failure)
+        finally:
+            if self.agg is not None:
+                self.agg.file.discard()
+
+    def cancel_pending(self) -> None:
+        for kind, payload in self.pending:
+            if kind == "invocation":
+                payload[0].cancel()
+
+
 def export(capture: str | os.PathLike, out_dir: str | os.PathLike | None = None, *, per_invocation: bool = True,
            aggregate: bool = True, compression_level: int | None = None, overwrite: bool = False) -> ExportResult:
     """Write Perfetto traces for every complete invocation in `capture`.
@@ -156,146 +327,26 @@ def export(capture: str | os.PathLike, out_dir: str | os.PathLike | None = None,
     out = Path(out_dir) if out_dir is not None else capture.parent
     check_writable(out)
     claim_run_directory(out, run_identity(info.header), overwrite=overwrite, keep=capture)
-    result = ExportResult(out, truncation=info.truncation, status=info.status)
-    host_cpus = info.header.host.usable_cpus if info.header.HasField("host") else 0
-    devices: dict[int, DeviceTrack] = {}
-    baseline: dict[tuple[int, int], int] = {}  # (pipeline, device) -> resident weight bytes
-    for pipe in info.pipelines:
-        for d in pipe.devices:
-            devices.setdefault(d.logical, DeviceTrack(d.logical, d.torch_device, d.capacity_bytes, d.timing,
-                                                      d.logical in info.measured_devices, host_cpus))
-        for p in pipe.placement:
-            key = (pipe.pipeline_id, p.device)
-            baseline[key] = baseline.get(key, 0) + p.weight_bytes
-    for prog in info.programs.values():
-        devices.setdefault(prog.device, DeviceTrack(prog.device, prog.torch_device, 0,
-                                                    measured_memory=prog.device in info.measured_devices))
-    result.stats.devices = {d: t.torch_device for d, t in devices.items()}
-    boot_offset = info.header.clock.boottime_ns - info.header.clock.monotonic_ns
-    provenance = TraceProvenance(info, run_identity(info.header))
-    # The budget each pipeline was compiled for: a command over it says by how much.
-    budgets = {pipe.pipeline_id: json.loads(pipe.rbln_config_json or "{}").get("command_budget") or 0
-               for pipe in info.pipelines}
-
-    interner = Interner()
-    tracks = TrackIds()
-    templates: dict[tuple[int, int, int, bool], ProgramTemplate] = {}
-    # Compression runs on worker threads (zlib releases the GIL) while this thread assembles the
-    # next invocation; `pending` keeps every output in capture order.
-    pool = compression_pool()
-    pending: deque = deque()
-    commits = CommitQueue(sync_pool())
+    job = _Export(capture, info, out, per_invocation=per_invocation, compression_level=compression_level)
     # Bytes of the capture read so far: a bar on a terminal once the export has run a second.
     bar = progress_bar(capture.stat().st_size, f"exporting {capture.name}")
-    shown = 0
-
-    def write(item) -> None:
-        kind, payload = item
-        if kind == "host":
-            agg.host(interner, tracks, *payload)
-            return
-        if kind == "range":
-            agg.range(payload)
-            return
-        if kind == "untraced":
-            agg.untraced(tracks, payload)
-            return
-        if kind == "transfer":
-            agg.transfer(tracks, payload)
-            return
-        future, stream, inv, program, template, ticks = payload
-        # A compression no worker has started yet runs here rather than being waited for.
-        compressed = compressed_packet(stream, compression_level) if future.cancel() else future.result()
-        if per_invocation:
-            path = out / invocation_file_name(inv.sequence_index, program.submodule, inv.call_index)
-            f = TraceFile.started(path, (
-                preamble((devices[program.device],), with_host=False), provenance.file_start(path.name),
-                interned_packet(template.static_interned), compressed,
-                provenance.run_slice(int(ticks[0]), int(ticks[template.layout.end]))), queue=commits)
-            result.bytes_written += f.bytes_written
-            result.invocation_files += commits.commit_ready()
-        if agg is not None:
-            agg.invocation(inv.program_id, template, compressed, int(ticks[template.layout.end]))
-
     try:  # (right before the main loop's guard, which discards it)
-        agg = (_AggregateFile(out / AGGREGATE_FILE_NAME, sorted(devices.values()), boot_offset,
-                              provenance.file_start(AGGREGATE_FILE_NAME), info.ranges > 0)
-               if aggregate else None)
+        if aggregate:
+            job.open_aggregate()
     except BaseException:
         bar.close()
         raise
     try:
-        # What read_info took in already, and the clock exchanges only merge reads, are not parsed again.
-        for offset, record in iter_records(capture, skip={"header", "pipeline", "program", "end", "clock_sync"}):
-            kind = record.WhichOneof("kind")
-            if kind == "host":
-                h = record.host
-                result.stats.add_host(h.name, h.start_ns, h.end_ns)
-                if agg is not None:
-                    pending.append(("host", (h.name, h.start_ns, h.end_ns, h.detail)))
-            elif kind in ("range", "untraced", "transfer"):
-                if agg is not None:
-                    pending.append((kind, getattr(record, kind)))
-            elif kind == "invocation":
-                inv = record.invocation
-                program = info.programs[inv.program_id]
-                durations = np.asarray(inv.durations_ns, dtype=np.int64)
-                if len(durations) + 1 != TickLayout.of(program).num_ticks:
-                    raise CaptureError(capture, offset, f"invocation {inv.sequence_index} has {len(durations) + 1} "
-                                                        f"timestamps for a program of {len(program.commands)} commands")
-                if (durations < 0).any():
-                    raise CaptureError(capture, offset, f"invocation {inv.sequence_index} has negative durations")
-                ticks = np.concatenate(([inv.start_ns], inv.start_ns + np.cumsum(durations)))
-                # Four bytes hold gaps up to 268 ms, so one template per program serves nearly every call.
-                width = max(4, width_for(int(durations.max(initial=0))))
-                has_step = inv.HasField("step")  # a denoising step: its Workload slice says which
-                key = (inv.program_id, width, len(command_name_prefix(inv.sequence_index)), has_step)
-                template = templates.get(key)
-                if template is None:
-                    template = templates[key] = TEMPLATES.get(
-                        program, info.program_records[inv.program_id], interner,
-                        baseline.get((program.pipeline_id, program.device), program.weight_bytes), width, key[2],
-                        command_budget=budgets.get(program.pipeline_id, 0), with_step=has_step)
-                name_iid = interner.reserve_names(1)
-                stream = template.names_packet(inv.call_index, name_iid) + template.assemble(
-                    ticks, inv.sequence_index, inv.call_index, name_iid, boot_offset, inv.step)
-                if inv.memory_allocated:
-                    stream += measured_memory_packets(tracks.measured_memory(program.device), ticks[0],
-                                                      ticks[template.layout.end], inv.memory_allocated, boot_offset)
-                future = pool.submit(compressed_packet, stream, compression_level)
-                pending.append(("invocation", (future, stream, inv, program, template, ticks)))
-                result.stats.add_invocation(program, template.layout, template.split_commands, ticks)
-                result.slices += template.n_slices
-            bar.update(offset - shown)
-            shown = offset
-            while len(pending) > COMPRESSION_THREADS + 1 or (pending and pending[0][0] != "invocation"):
-                write(pending.popleft())
-        while pending:
-            write(pending.popleft())
-        # The aggregate also holds the host events, the user ranges, the untraced stretches and the Run slice.
-        result.slices += result.stats.host_events + info.ranges + info.untraced + info.transfers + 1
-        if agg is not None:
-            agg.file.write(provenance.run_slice(result.stats.start_ns, result.stats.end_ns))
-            result.bytes_written += agg.file.bytes_written
-            commits.put(agg.file)  # synced beside the last invocation files, renamed after them
-        committed = commits.commit_ready(wait_all=True)
-        if agg is not None:
-            result.aggregate_file = committed.pop()
-        result.invocation_files += committed
+        job.read(bar)
+        job.finish()
     except BaseException as exc:
-        try:
-            commits.settle(exc)
-        finally:
-            if agg is not None:
-                agg.file.discard()
+        job.abandon(exc)
         if isinstance(exc, OSError) and not isinstance(exc, ExportError):  # (the files' own writes name them)
             raise ExportError(f"exporting {capture} failed: {exc.strerror or exc}; the files committed before "
                               "it are intact and no partial file was left") from exc
         raise
     finally:
-        for kind, payload in pending:
-            if kind == "invocation":
-                payload[0].cancel()
+        job.cancel_pending()
         bar.close()
-    result.seconds = time.perf_counter() - started
-    return result
+    job.result.seconds = time.perf_counter() - started
+    return job.result

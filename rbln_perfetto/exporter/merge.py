@@ -7,11 +7,9 @@ per-invocation files (sequence indices are the run's, so names do not collide) a
 `aggregate.pb` with a track group per (rank, device): `Rank 1 / Device 1`, and `Rank r / Run`.
 
 - Names: every slice name gets the prefix `i{rank}_`, as RBLN's multi-instance traces name theirs.
-- Clocks: each rank recorded its offset from rank 0 (`pipeline.ranks.exchange_clocks`, at the
-  start and at the end of the run); its transfers narrow it further (`RankClock`). A rank's times
-  move by minus one constant (so its durations and relative times stay as captured); the numbers are
-  args of the rank's Run slice (`clock_offset_ns`, `clock_uncertainty_ns`, `clock_exchange_offset_ns`,
-  `clock_exchange_uncertainty_ns`, `clock_drift_ns`).
+- Clocks: a rank's times move by minus one constant, its offset from rank 0 (`rank_clocks.RankClock`);
+  the numbers are args of the rank's Run slice (`clock_offset_ns`, `clock_uncertainty_ns`,
+  `clock_exchange_offset_ns`, `clock_exchange_uncertainty_ns`, `clock_drift_ns`).
 - Flows: each send to another rank gets a flow to the recv that took it (`flow_key`), when both
   ends were captured.
 - A rank whose capture is missing, unreadable or cut short (killed): what the others captured,
@@ -24,7 +22,6 @@ absolute timestamps, flow ids), so a rank's slices in the merged file are exactl
 
 from __future__ import annotations
 
-import math
 import os
 import zlib
 from dataclasses import dataclass, field
@@ -33,10 +30,11 @@ from pathlib import Path
 from google.protobuf.message import DecodeError
 from perfetto.protos.perfetto.trace import perfetto_trace_pb2 as pt
 
-from ..recorder.capture import CaptureInfo, iter_records, read_info
+from ..recorder.capture import CaptureInfo, read_info
 from ..errors import CaptureError, ExportError
 from .export import check_writable, export
 from .host_events import TRANSFER_FLOW_KEY
+from .rank_clocks import RankClock, causal_bounds, transfer_starts
 from ..naming import AGGREGATE_FILE_NAME, CAPTURE_FILE, MERGED, RANK_DIR, parse_invocation_file_name
 from ..proto_bytes import CLOCK_BOOTTIME, CLOCK_MONOTONIC, SEQUENCE_ID
 from ..recorder.run_directory import claim_run_directory, run_identity
@@ -53,89 +51,6 @@ ORDER_STRIDE = 1000  # top-level tracks: rank r's come after rank r-1's
 def rank_dir(run_dir: str | os.PathLike, rank: int) -> Path:
     """Where rank `rank` of a run split across processes writes its capture and traces."""
     return Path(run_dir) / f"rank{rank}"
-
-
-@dataclass
-class RankClock:
-    """How a rank's times are moved onto rank 0's clock: minus `offset_ns`, within `uncertainty_ns`.
-
-    The clock exchanges bound the offset (their mean, within the larger uncertainty plus half the drift
-    between them); every transfer bounds it too, since a message is received after it was sent: a
-    recv on this rank that started at r for a send of rank 0 that started at s means offset < r - s,
-    and a send of this rank received by rank 0 the other way round. The offset used is the middle of
-    what both allow (the exchanges alone when they contradict the transfers, which clock drift can do).
-    """
-
-    offset_ns: int = 0  # this rank's clock minus rank 0's
-    uncertainty_ns: int = 0
-    exchange_offset_ns: int = 0  # as the clock exchanges alone measured it
-    exchange_uncertainty_ns: int = 0
-    drift_ns: int | None = None  # end exchange minus start exchange; None without both
-    transfers_bound: bool = False  # the transfers narrowed it
-    measured: bool = True  # False: no exchange recorded (the rank died first); left unaligned
-
-    @classmethod
-    def of(cls, info: CaptureInfo, bounds: tuple[float, float] = (-math.inf, math.inf)) -> RankClock:
-        if info.rank == 0:
-            return cls()
-        syncs = {s.label: s for s in info.clock_syncs}
-        if not syncs:
-            return cls(measured=False)
-        offsets = [s.offset_ns for s in syncs.values()]
-        uncertainty = max(s.uncertainty_ns for s in syncs.values())
-        drift = None
-        if "start" in syncs and "end" in syncs:
-            drift = syncs["end"].offset_ns - syncs["start"].offset_ns
-            uncertainty += (abs(drift) + 1) // 2
-        offset = round(sum(offsets) / len(offsets))
-        clock = cls(offset, uncertainty, offset, uncertainty, drift)
-        lo, hi = max(offset - uncertainty, bounds[0]), min(offset + uncertainty, bounds[1])
-        if lo <= hi and (lo, hi) != (offset - uncertainty, offset + uncertainty):
-            clock.offset_ns, clock.uncertainty_ns = (lo + hi) // 2, (hi - lo + 1) // 2
-            clock.transfers_bound = True
-        return clock
-
-    def annotations(self, rank: int) -> list[pt.DebugAnnotation]:
-        if not self.measured:
-            how = "not aligned: the rank recorded no clock exchange"
-        else:
-            how = ("rank 0's clock; this rank's times moved by -clock_offset_ns (+-clock_uncertainty_ns), measured "
-                   "over the process group at the run's start and end (NTP style)"
-                   + (", narrowed by its transfers (each received after it was sent)" if self.transfers_bound else ""))
-        out = [pt.DebugAnnotation(name="rank", int_value=rank),
-               pt.DebugAnnotation(name="clock_offset_ns", int_value=self.offset_ns),
-               pt.DebugAnnotation(name="clock_uncertainty_ns", int_value=self.uncertainty_ns),
-               pt.DebugAnnotation(name="clock_exchange_offset_ns", int_value=self.exchange_offset_ns),
-               pt.DebugAnnotation(name="clock_exchange_uncertainty_ns", int_value=self.exchange_uncertainty_ns),
-               pt.DebugAnnotation(name="clock_alignment", string_value=how)]
-        if self.drift_ns is not None:
-            out.append(pt.DebugAnnotation(name="clock_drift_ns", int_value=self.drift_ns))
-        return out
-
-
-def _transfer_starts(capture: Path) -> dict[int, tuple[str, int, int]]:
-    """flow key -> (direction, peer, start_ns) of every transfer a capture recorded."""
-    out = {}
-    for _, record in iter_records(capture):
-        if record.WhichOneof("kind") == "transfer":
-            t = record.transfer
-            out[t.flow] = (t.direction, t.peer, t.start_ns)
-    return out
-
-
-def causal_bounds(rank: int, own: dict, rank0: dict) -> tuple[float, float]:
-    """The (low, high) bounds on `rank`'s clock offset from rank 0 that its transfers with rank 0 set:
-    each message is received after it was sent (strictly, so a flow's ends sort in order)."""
-    lo, hi = -math.inf, math.inf
-    for flow, (direction, peer, start) in own.items():
-        other = rank0.get(flow)
-        if peer != 0 or other is None or other[1] != rank:
-            continue
-        if direction == "recv":  # rank 0 sent at other[2] (its clock): start - offset > other[2]
-            hi = min(hi, start - other[2] - 1)
-        else:  # rank 0 received at other[2]: other[2] > start - offset
-            lo = max(lo, start - other[2] + 1)
-    return lo, hi
 
 
 @dataclass
@@ -252,12 +167,10 @@ def _needs_export(directory: Path, capture: Path) -> bool:
     return not aggregate.is_file() or aggregate.stat().st_mtime_ns < capture.stat().st_mtime_ns
 
 
-def merge(run_dir: str | os.PathLike, *, overwrite: bool = False) -> MergeResult:
-    """Merge the ranks of the run in `run_dir` into its per-invocation files and `aggregate.pb`."""
-    run_dir = Path(run_dir)
+def _read_ranks(run_dir: Path, found: dict[int, Path]) -> tuple[dict[int, CaptureInfo], dict[int, str], int]:
+    """The capture info of each rank found, a line for each rank missing (by rank), and the world size."""
     infos: dict[int, CaptureInfo] = {}
     missing: dict[int, str] = {}
-    found = _rank_dirs(run_dir)
     for rank, directory in found.items():
         capture = directory / CAPTURE_FILE
         if not capture.is_file():
@@ -274,6 +187,49 @@ def merge(run_dir: str | os.PathLike, *, overwrite: bool = False) -> MergeResult
     for rank in range(world_size):
         if rank not in infos and rank not in missing:
             missing[rank] = f"rank {rank} is missing: {rank_dir(run_dir, rank)} does not exist"
+    return infos, missing, world_size
+
+
+def _rank_rewrites(infos: dict[int, CaptureInfo], transfers: dict[int, dict],
+                   paired: set[int]) -> dict[int, _RankRewrite]:
+    """Each rank's rewrite onto rank 0's clock, by rank in order."""
+    rank0 = infos[0].header.clock
+    boot0 = rank0.boottime_ns - rank0.monotonic_ns
+    rewrites = {}
+    for rank, info in sorted(infos.items()):
+        clock = RankClock.of(info, causal_bounds(rank, transfers[rank], transfers[0]))
+        boot = info.header.clock.boottime_ns - info.header.clock.monotonic_ns
+        # A time t on this rank's MONOTONIC is t - offset on rank 0's, and on BOOTTIME that plus boot0.
+        rewrites[rank] = _RankRewrite(rank, clock, boot0 - clock.offset_ns - boot, paired)
+    return rewrites
+
+
+def _write_merged(run_dir: Path, found: dict[int, Path], rewrites: dict[int, _RankRewrite]) -> list[Path]:
+    """Every rank's per-invocation files, in sequence order, then the aggregate of all ranks, rewritten
+    into `run_dir`; returns the paths written, the aggregate last."""
+    files = sorted((parse_invocation_file_name(f.name)[0], f.name, rank)
+                   for rank in rewrites for f in found[rank].iterdir() if parse_invocation_file_name(f.name))
+
+    def rewritten(rank: int, name: str, keep_provenance: bool = True) -> bytes:
+        source = found[rank] / name
+        try:
+            return rewrites[rank].file(source.read_bytes(), keep_provenance=keep_provenance)
+        except (OSError, DecodeError, zlib.error) as exc:
+            raise ExportError(f"reading {source} to merge it failed: {getattr(exc, 'strerror', None) or exc}; "
+                              "the merged files written before it are intact") from exc
+
+    return _write_in_order([
+        *((run_dir / name, lambda name=name, rank=rank: [rewritten(rank, name)]) for _, name, rank in files),
+        (run_dir / AGGREGATE_FILE_NAME,
+         lambda: [rewritten(r, AGGREGATE_FILE_NAME, keep_provenance=r == 0) for r in rewrites]),
+    ])
+
+
+def merge(run_dir: str | os.PathLike, *, overwrite: bool = False) -> MergeResult:
+    """Merge the ranks of the run in `run_dir` into its per-invocation files and `aggregate.pb`."""
+    run_dir = Path(run_dir)
+    found = _rank_dirs(run_dir)
+    infos, missing, world_size = _read_ranks(run_dir, found)
     result = MergeResult(run_dir, world_size, problems=[missing[r] for r in sorted(missing)])
     for rank, info in infos.items():
         if info.end is None:
@@ -284,36 +240,14 @@ def merge(run_dir: str | os.PathLike, *, overwrite: bool = False) -> MergeResult
             export(capture, found[rank])
     result.problems.sort()
 
-    rank0 = infos[0].header.clock
-    boot0 = rank0.boottime_ns - rank0.monotonic_ns
     check_writable(run_dir)  # (and clears what a killed merge left there)
     claim_run_directory(run_dir, MERGED + run_identity(infos[0].header), overwrite=overwrite)
-    rewrites = {}
-    transfers = {rank: _transfer_starts(found[rank] / CAPTURE_FILE) for rank in infos}
+    transfers = {rank: transfer_starts(found[rank] / CAPTURE_FILE) for rank in infos}
     sent = {flow for t in transfers.values() for flow, (direction, _, _) in t.items() if direction == "send"}
     paired = {flow for t in transfers.values() for flow, (direction, _, _) in t.items() if direction == "recv"} & sent
-    for rank, info in sorted(infos.items()):
-        clock = result.clocks[rank] = RankClock.of(info, causal_bounds(rank, transfers[rank], transfers[0]))
-        boot = info.header.clock.boottime_ns - info.header.clock.monotonic_ns
-        # A time t on this rank's MONOTONIC is t - offset on rank 0's, and on BOOTTIME that plus boot0.
-        rewrites[rank] = _RankRewrite(rank, clock, boot0 - clock.offset_ns - boot, paired)
-
-    files = sorted((parse_invocation_file_name(f.name)[0], f.name, rank)
-                   for rank in infos for f in found[rank].iterdir() if parse_invocation_file_name(f.name))
-
-    def rewritten(rank: int, name: str, keep_provenance: bool = True) -> bytes:
-        source = found[rank] / name
-        try:
-            return rewrites[rank].file(source.read_bytes(), keep_provenance=keep_provenance)
-        except (OSError, DecodeError, zlib.error) as exc:
-            raise ExportError(f"reading {source} to merge it failed: {getattr(exc, 'strerror', None) or exc}; "
-                              "the merged files written before it are intact") from exc
-
-    written = _write_in_order([
-        *((run_dir / name, lambda name=name, rank=rank: [rewritten(rank, name)]) for _, name, rank in files),
-        (run_dir / AGGREGATE_FILE_NAME,
-         lambda: [rewritten(r, AGGREGATE_FILE_NAME, keep_provenance=r == 0) for r in sorted(infos)]),
-    ])
+    rewrites = _rank_rewrites(infos, transfers, paired)
+    result.clocks = {rank: rewrite.clock for rank, rewrite in rewrites.items()}
+    written = _write_merged(run_dir, found, rewrites)
     result.aggregate_file = written.pop()
     result.invocation_files += written
     result.flows = len(paired)

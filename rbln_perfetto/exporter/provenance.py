@@ -25,7 +25,8 @@ import struct
 
 from perfetto.protos.perfetto.trace import perfetto_trace_pb2 as pt
 
-from ..proto_bytes import CLOCK_BOOTTIME, SEQUENCE_ID, SLICE_BEGIN, SLICE_END, FieldNumber, f_bytes
+from ..proto_bytes import FieldNumber, f_bytes
+from .slice_packets import annotation, boottime_slice_packets
 from .tracks import RUN_TRACK
 
 CLOCK = ("CLOCK_MONOTONIC ns of the profiled process, placed on CLOCK_BOOTTIME (the trace clock) by the "
@@ -75,14 +76,6 @@ def run_args(info) -> list[tuple[str, str | int | float]]:
     return args
 
 
-def _annotation(name: str, value) -> pt.DebugAnnotation:
-    if isinstance(value, str):
-        return pt.DebugAnnotation(name=name, string_value=value)
-    if isinstance(value, float):
-        return pt.DebugAnnotation(name=name, double_value=value)
-    return pt.DebugAnnotation(name=name, int_value=int(value))
-
-
 def _framed(packet: pt.TracePacket) -> bytes:
     return f_bytes(FieldNumber.TRACE_PACKET, packet.SerializeToString())
 
@@ -112,9 +105,8 @@ class TraceProvenance:
                 num_cpus=host.cpu_count, page_size=host.page_size, timezone_off_mins=host.timezone_off_mins,
                 tracing_service_version=f"rbln-perfetto {h.tool_version or 'unknown'}",
             )))
-        self._begin = pt.TrackEvent(type=SLICE_BEGIN, track_uuid=RUN_TRACK, name=f"run {h.run_id}",
-                                    debug_annotations=[_annotation(k, v) for k, v in run_args(info)])
-        self._end = pt.TrackEvent(type=SLICE_END, track_uuid=RUN_TRACK)
+        self._run_name = f"run {h.run_id}"
+        self._run_args = [annotation(k, v) for k, v in run_args(info)]
 
     def file_start(self, file_name: str) -> bytes:
         """The packets every file starts with after its preamble: system info and the file's trace UUID."""
@@ -126,7 +118,5 @@ class TraceProvenance:
         come anywhere in the file; a file without events gets an empty one at the capture's start."""
         if start_ns is None or end_ns is None:
             start_ns = end_ns = self.capture_start_ns
-        return b"".join(
-            _framed(pt.TracePacket(timestamp=ts + self.boot_offset, timestamp_clock_id=CLOCK_BOOTTIME,
-                                   trusted_packet_sequence_id=SEQUENCE_ID, track_event=event))
-            for ts, event in ((start_ns, self._begin), (end_ns, self._end)))
+        return boottime_slice_packets(RUN_TRACK, self._run_name, start_ns + self.boot_offset, end_ns + self.boot_offset,
+                                      self._run_args)
