@@ -193,10 +193,12 @@ def _kill_when(run_dir: Path, ready) -> bool:
     return child.wait(timeout=60) == -signal.SIGKILL
 
 
-def _capture_reached(size: int):
+def _invocations_done(count: int):
     def ready(run_dir: Path) -> bool:
         capture = run_dir / "capture.rblncap"
-        return capture.exists() and capture.stat().st_size >= size
+        if not capture.exists() or capture.stat().st_size <= len(MAGIC):  # (just opened: nothing flushed yet)
+            return False
+        return [kind for kind, _ in complete_records(capture)].count("invocation") >= count
 
     return ready
 
@@ -209,25 +211,21 @@ def test_sigkill_of_the_cli_while_capturing_and_exporting(tmp_path):
     """`rbln-perfetto run` killed from outside while it captures, and as its export starts.
 
     Building and compiling the model take nearly all of a run (measured: the capture starts after about
-    20 s and lasts about 0.5 s), so the kill points are not times but places in a measured run's
-    capture: the ends of seeded random invocation records, which the killed run's growing capture file
-    is watched for."""
-    measured = tmp_path / "measured"
-    proc = subprocess.run([*CLI, "run", "--steps", str(STEPS), "--out", str(measured)], cwd=ROOT,
-                          capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stderr
-    ends = [end for kind, end in complete_records(measured / "capture.rblncap") if kind == "invocation"]
-    assert len(ends) == INVOCATIONS
-    # The last invocation is left out: a kill after it could find the run already exporting.
-    sizes = sorted(random.Random(11).sample(ends[:-1], 2))
-    targets = [(f"capture-{size}", _capture_reached(size)) for size in sizes] + [("export", _export_started)]
+    20 s and lasts about 0.5 s), so the kill points are not times but places in the run: seeded random
+    numbers of invocations completed in its capture file, which is watched as it grows, and the first
+    file of its export."""
+    counts = sorted(random.Random(11).sample(range(1, INVOCATIONS), 2))
+    # (name, when to kill, how many invocations the capture holds by then)
+    targets = [(f"capture-{n}", _invocations_done(n), n) for n in counts]
+    targets.append(("export", _export_started, INVOCATIONS))
     landed = {}
-    for name, ready in targets:
+    for name, ready, done in targets:
         run_dir = tmp_path / f"killed-{name}"
         if not _kill_when(run_dir, ready):
             continue  # the run ended before the kill: that kill checks nothing
         check_final_files(run_dir)
         recovered = check_recoverable(run_dir, tmp_path)
+        assert recovered >= done, (name, recovered)
         landed[name] = "capture" if recovered < INVOCATIONS else "export"
         if recovered < INVOCATIONS:
             assert not list(run_dir.glob("*.pb")), f"{name}: nothing is exported before the run ends"
