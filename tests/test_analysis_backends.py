@@ -5,11 +5,11 @@ prints them (`report`, `summary`'s "what stands out")."""
 import json
 import os
 import warnings
-from pathlib import Path
 
 import pytest
 from analysis_cases import fork_join_trace
 from conftest import run
+from reference_traces import CASES, reference_trace
 
 import rbln_perfetto
 from rbln_perfetto.analysis import critical_path, diff, idle, metrics, stands_out, variance
@@ -17,7 +17,6 @@ from rbln_perfetto.cli import main
 from rbln_perfetto.query import REPORTS, open_trace
 
 TP_BIN = os.environ.get("RBLN_PERFETTO_TP_BIN")
-REFERENCE = Path(__file__).resolve().parents[2] / "shared" / "tp-reference"
 ANALYSES = {
     "idle": lambda tr: idle(tr),
     "idle gaps": lambda tr: idle(tr, min_gap_ms=0, gaps=True),
@@ -61,7 +60,7 @@ def profiled(compiled_dirs, tmp_path_factory):
 
 
 def _traces(tmp_path, profiled_path=None):
-    cases = {f"reference/{p.name}": p / "trace.pb" for p in sorted(REFERENCE.iterdir()) if p.is_dir()}
+    cases = {f"reference/{case}": reference_trace(case) for case in CASES}
     cases["fork-join"] = fork_join_trace(tmp_path / "fork-join.pb")
     if profiled_path is not None:
         cases["profiled run"] = profiled_path

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 from perfetto.protos.perfetto.trace import perfetto_trace_pb2 as pt
+from reference_traces import reference_trace
 from synthetic import program, write_capture
 
 import rbln_perfetto
@@ -20,7 +21,6 @@ from rbln_perfetto.cli import main
 from rbln_perfetto.errors import TraceProcessorError, TraceReadError
 from rbln_perfetto.query import open_trace
 
-REFERENCE = Path(__file__).resolve().parents[2] / "shared" / "tp-reference"
 TP_BIN = os.environ.get("RBLN_PERFETTO_TP_BIN")
 needs_tp = pytest.mark.skipif(not TP_BIN, reason="RBLN_PERFETTO_TP_BIN is not set")
 BEGIN, END = pt.TrackEvent.TYPE_SLICE_BEGIN, pt.TrackEvent.TYPE_SLICE_END
@@ -223,7 +223,7 @@ def test_unfinished_slices_match_trace_processor(files, cut):
 @needs_tp
 def test_unfinished_slices_match_trace_processor_at_every_packet_boundary(tmp_path):
     """Trace_processor's own reference trace cut after every packet that leaves a slice open."""
-    packets = _packets((REFERENCE / "device_tracks_nested" / "trace.pb").read_bytes(), expand=True)
+    packets = _packets(reference_trace("device_tracks_nested").read_bytes(), expand=True)
     cuts = [n for n in range(1, len(packets)) if _open_slices(packets[:n])]
     assert len(cuts) >= 3
     for n in cuts:

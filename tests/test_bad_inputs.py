@@ -12,13 +12,12 @@ from pathlib import Path
 import pytest
 from conftest import run
 from perfetto.protos.perfetto.trace import perfetto_trace_pb2 as pt
+from reference_traces import reference_trace
 from synthetic import program, write_capture
 from test_config import BAD as BAD_CONFIGS
 
 import rbln_perfetto
 from rbln_perfetto.cli import main
-
-REFERENCE = Path(__file__).resolve().parents[2] / "shared" / "tp-reference"
 
 
 @pytest.fixture(scope="module")
@@ -50,7 +49,7 @@ def _files(d: Path) -> dict:
     return {
         "missing": d / "missing.pb", "dir": d / "traces", "empty": d / "empty", "text": d / "text",
         "json": d / "chrome.json", "gzip": d / "gzip", "truncated": d / "truncated", "foreign": d / "foreign",
-        "capture": d / "capture.rblncap", "trace": d / "traces" / "aggregate.pb", "tp-reference": REFERENCE / "flows" / "trace.pb",
+        "capture": d / "capture.rblncap", "trace": d / "traces" / "aggregate.pb", "tp-reference": reference_trace("flows"),
         "config": d / "config.json", "not-json": d / "not-json.json",
     }
 

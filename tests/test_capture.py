@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 from conftest import run
+from reference_traces import reference_trace
 from trace_checks import check_trace
 
 import rbln_perfetto
@@ -121,8 +122,7 @@ def test_bad_capture_files_name_the_byte_offset(tmp_path, content, reason):
 
 
 def test_foreign_perfetto_trace_is_not_a_capture(tmp_path, capsys):
-    trace = ROOT.parent / "shared" / "tp-reference" / "flows" / "trace.pb"
-    assert main(["export", str(trace), "-o", str(tmp_path)]) == 1
+    assert main(["export", str(reference_trace("flows")), "-o", str(tmp_path)]) == 1
     err = capsys.readouterr().err.strip()
     assert err.startswith("rbln-perfetto export: error:") and "not an rbln-perfetto capture" in err
     assert "byte offset 0" in err and "\n" not in err

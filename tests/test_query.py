@@ -14,6 +14,7 @@ import numpy as np
 import pandas as pd
 import pytest
 from conftest import run
+from reference_traces import CASES, REFERENCE
 from trace_checks import check_scanner_agrees
 from perfetto.protos.perfetto.trace import perfetto_trace_pb2 as pt
 
@@ -21,8 +22,6 @@ import rbln_perfetto
 from rbln_perfetto.recorder.capture import iter_records, read_info
 from rbln_perfetto.cli import main
 from rbln_perfetto.query import REPORTS, QueryError, open_trace
-
-REFERENCE = Path(__file__).resolve().parents[2] / "shared" / "tp-reference"
 
 
 @pytest.fixture(scope="module")
@@ -49,7 +48,7 @@ def _shell_format(value) -> str:
     return str(value)
 
 
-@pytest.mark.parametrize("case", sorted(p.name for p in REFERENCE.iterdir() if p.is_dir()))
+@pytest.mark.parametrize("case", CASES)
 def test_embedded_backend_answers_like_trace_processor(case):
     folder = REFERENCE / case
     expect = pytest.warns(UserWarning, match="clock_sync_failure") if case == "monotonic_without_snapshot" else nullcontext()
@@ -328,7 +327,7 @@ def test_array_annotations_index_as_trace_processor_does(tmp_path, elements, wan
     assert got == want
 
 
-@pytest.mark.parametrize("case", sorted(p.name for p in REFERENCE.iterdir() if p.is_dir()))
+@pytest.mark.parametrize("case", CASES)
 def test_query_csv_prints_what_trace_processor_shell_prints(case, capsys):
     # The stored CSVs are trace_processor_shell's own `-q` output; `query --csv` on the embedded backend
     # must print the same text (doubles as 100.000000, strings quoted, NULL as [NULL]).

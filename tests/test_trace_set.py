@@ -10,13 +10,13 @@ from pathlib import Path
 import pandas as pd
 import pytest
 from conftest import run
+from reference_traces import CASES, REFERENCE
 from tp_compare import QUERY, differences
 
 import rbln_perfetto
 from rbln_perfetto.cli import main
 from rbln_perfetto.query import open_trace, open_traces
 
-REFERENCE = Path(__file__).resolve().parents[2] / "shared" / "tp-reference"
 TP_BIN = os.environ.get("RBLN_PERFETTO_TP_BIN")
 needs_tp = pytest.mark.skipif(not TP_BIN, reason="RBLN_PERFETTO_TP_BIN is not set")
 BACKENDS = ["sqlite", pytest.param("trace_processor", marks=needs_tp)]
@@ -155,7 +155,7 @@ def test_a_folder_of_other_traces_needs_files_all_and_warns_as_open_trace_does()
     with pytest.warns(UserWarning, match=r"monotonic_without_snapshot/trace\.pb: reading it found problems: .*clock_sync"):
         ts = open_traces(REFERENCE, backend="sqlite", files="all")
     with ts:
-        assert ts.traces == sorted(f"{p.name}/trace.pb" for p in REFERENCE.iterdir() if p.is_dir())
+        assert ts.traces == [f"{case}/trace.pb" for case in CASES]
 
 
 @needs_tp
