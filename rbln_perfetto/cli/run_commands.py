@@ -1,5 +1,5 @@
 """The commands of `rbln-perfetto` that run the pipeline: `run` (one process, or one rank of a run split
-across processes under torchrun) and `merge` (the ranks' traces on one timeline); registered by cli.py.
+across processes under torchrun) and `merge` (the ranks' traces on one timeline); registered by main.py.
 """
 
 from __future__ import annotations
@@ -8,8 +8,8 @@ import json
 import sys
 from pathlib import Path
 
-from .main import _print_result
 from ..errors import UsageError
+from .common import print_export_result
 
 PROMPT = "a photo of a cat holding a sign that says hello world"
 DEFAULT_SPLIT = {"text_encoder_3": {"device": 1}}
@@ -65,7 +65,7 @@ def cmd_run(args) -> int:
           f"submodule invocations of {run.model} ({args.steps} steps); image saved to {run.image_path}")
     if run.merged is not None:
         return _print_merged(run.merged)
-    _print_result(run.result)
+    print_export_result(run.result)
     return 0
 
 
