@@ -21,7 +21,7 @@ from ..analysis.variance import RULE
 from ..errors import UsageError
 from ..naming import AGGREGATE_FILE_NAME
 from ..query import REPORTS
-from .common import backend_args, format_args, load_trace, print_table
+from .common import backend_args, format_args, load_trace, print_table, trace_file
 
 ANALYSES = {
     "idle": "idle time per device, each gap attributed to what the run did instead (" + ", ".join(CAUSES) + ")",
@@ -59,7 +59,7 @@ def cmd_report(args) -> int:
         raise UsageError(f"report {name!r} is not known; valid: {', '.join([*REPORTS, *ANALYSES])}")
     if args.overlay and name != "critical-path":
         raise UsageError("--overlay goes with `report critical-path` only")
-    args.trace = str(trace_path(args.trace))
+    args.trace = str(trace_file(args))
     if args.overlay and Path(args.overlay).resolve() == Path(args.trace).resolve():
         raise UsageError(f"--overlay {args.overlay} is the trace itself; the overlay is a copy: give another path")
     top = _top(args.top) if args.top else None
@@ -136,7 +136,9 @@ def add_analysis_commands(sub) -> None:
                    help=f"idle: the smallest gap between two commands of one invocation that counts (default "
                         f"{DEFAULT_MIN_GAP_MS} ms); gaps between invocations always count")
     r.add_argument("--gaps", action="store_true", help="idle: one row per gap instead of per device")
-    r.add_argument("--outliers", action="store_true", help=f"variance: one row per outlier call ({RULE})")
+    # (argparse formats help with %: the rule's "10%" is written "10%%")
+    r.add_argument("--outliers", action="store_true",
+                   help=f"variance: one row per outlier call ({RULE.replace('%', '%%')})")
     r.add_argument("--overlay", metavar="OUT.pb", help="critical-path: also write a copy of the trace with a "
                                                       "'Critical path' track")
     format_args(r)

@@ -34,7 +34,7 @@ def trace_args(p, backend: bool = True, several: bool = False) -> None:
                             "run's aggregate.pb, or every .pb file")
         p.add_argument("--workers", type=int, help="embedded backend: processes loading the traces (default: CPUs)")
     else:
-        p.add_argument("trace", help="a Perfetto trace (.pb)")
+        p.add_argument("trace", help="a Perfetto trace (.pb), or a run directory (its aggregate.pb)")
     if backend:
         backend_args(p)
     else:
@@ -48,12 +48,21 @@ def format_args(p, csv_help: str = "print CSV") -> None:
     fmt.add_argument("--json", action="store_true", help="print JSON records")
 
 
+def trace_file(args, trace: str | None = None) -> Path:
+    """The trace file a command that reads one trace reads: `trace` (else `args.trace`), or a run
+    directory's aggregate.pb (the one rule for every such command; `TraceNotFoundError` otherwise)."""
+    from ..analysis.sources import trace_path
+    from ..query import require_trace_file
+
+    return require_trace_file(trace_path(trace or args.trace))
+
+
 def load_trace(args, trace: str | None = None):
-    """The trace (`args.trace` unless given), opened; what the backend warns about it (unfinished slices, ...)
-    printed as one line each."""
+    """The trace (`args.trace` unless given; a run directory: its aggregate.pb), opened; what the backend
+    warns about it (unfinished slices, ...) printed as one line each."""
     from ..query import open_trace
 
-    trace = trace or args.trace
+    trace = trace_file(args, trace)
     with warnings_printed(args), activity(f"loading {Path(trace).name}"):  # on a terminal, for loads over a second
         return open_trace(trace, backend=args.backend, tp_bin=args.tp_bin)
 
@@ -103,17 +112,26 @@ def print_table(df, args, empty: str = "(no rows)", *, shell_csv: bool = False, 
             print(df.to_string(index=False) if not df.empty else empty)
 
 
+# How a capture whose run did not end well ended (its status, as `CaptureInfo.status` gives it).
+_ENDED = {"interrupted": "it was interrupted", "error": "it stopped at an error",
+          "incomplete": "its capture has no end: the process was killed"}
+
+
 def print_export_result(result: ExportResult) -> None:
-    """What an export wrote, where to look at it, and its summary."""
+    """What an export wrote (and, for a run that did not end well, what of it was recovered), where to look
+    at it, and its summary."""
     files = result.invocation_files
+    invocations = sum(s.calls for s in result.stats.submodules.values())  # (also when no per-invocation files)
     print(f"traces in {result.out_dir}/:")
     for f in files:
         print(f"  {f.name}")
     if result.aggregate_file:
-        print(f"  {result.aggregate_file.name}  (whole run: {len(files)} invocations, {result.slices} slices)")
+        print(f"  {result.aggregate_file.name}  (whole run: {invocations} invocations, {result.slices} slices)")
     if result.truncation:
-        print(f"capture is cut short at byte offset {result.truncation.offset} ({result.truncation.reason}); "
-              f"exported the {len(files)} complete invocations before it")
+        print(f"the run is incomplete (its capture is cut short at byte offset {result.truncation.offset}: "
+              f"{result.truncation.reason}): recovered {invocations} invocations, the complete ones before it")
+    elif result.status in _ENDED:
+        print(f"the run is incomplete ({_ENDED[result.status]}): recovered {invocations} invocations, all it recorded")
     for big in result.too_large_for_ui:
         print(f"{big.name} is {big.stat().st_size / 2**30:.2f} GiB, more than the browser UI loads "
               f"({UI_LIMIT_BYTES / 2**30:g} GiB): open it with `rbln-perfetto serve {big}` and ui.perfetto.dev's "

@@ -12,7 +12,7 @@ def cmd_summary(args) -> int:
     from ..query import REPORTS
 
     with load_trace(args) as tr:
-        print(f"{args.trace} ({tr.backend} backend)")
+        print(f"{tr.path} ({tr.backend} backend)")
         for name, report in REPORTS.items():
             print(f"\n{report.title} [{name}]:")
             print_table(tr.report(name), args, empty="  (none)")

@@ -7,7 +7,7 @@ import argparse
 
 from ..errors import TraceProcessorError
 from ..exporter.export import UI_LIMIT_BYTES
-from .common import load_trace, trace_args
+from .common import load_trace, trace_args, trace_file
 
 
 def cmd_plot(args) -> int:
@@ -22,29 +22,27 @@ def cmd_plot(args) -> int:
 def cmd_serve(args) -> int:
     import subprocess
 
-    from ..query import require_trace_file
     from ..query.tp_backend import find_binary, no_binary_message
 
-    require_trace_file(args.trace)
+    path = trace_file(args)
     binary = find_binary(args.tp_bin, download=True)
     if binary is None:
         raise TraceProcessorError(no_binary_message())
     from .open_in_ui import DEFAULT_ORIGIN, HOST, check_origin, trace_processor_url
 
     origin = check_origin(args.origin)
-    print(f"serving {args.trace} with trace_processor on http://{HOST}:{args.port}: bound to {HOST} only (this "
+    print(f"serving {path} with trace_processor on http://{HOST}:{args.port}: bound to {HOST} only (this "
           f"machine); open {trace_processor_url(origin, args.port)} and choose 'Use loaded trace' (Ctrl-C stops)",
           flush=True)
     cors = [] if origin == DEFAULT_ORIGIN else ["--http-additional-cors-origins", origin]
     return subprocess.call([binary, "--httpd", "--http-ip-address", HOST, "--http-port", str(args.port), *cors,
-                            args.trace])
+                            str(path)])
 
 
 def cmd_open(args) -> int:
-    from ..query import require_trace_file
     from .open_in_ui import open_in_ui
 
-    path = require_trace_file(args.trace)
+    path = trace_file(args)
     if path.stat().st_size > UI_LIMIT_BYTES:
         print(f"{path.name} is {path.stat().st_size / 2**30:.2f} GiB, more than the browser UI loads "
               f"({UI_LIMIT_BYTES / 2**30:g} GiB): `rbln-perfetto serve {path}` loads it in trace_processor instead",
@@ -84,7 +82,7 @@ def add_ui_commands(sub) -> None:
 
     opn = sub.add_parser("open", help="open a trace in ui.perfetto.dev: serve this one file once on 127.0.0.1 and "
                                       "point the browser at it")
-    opn.add_argument("trace", help="a Perfetto trace (.pb)")
+    opn.add_argument("trace", help="a Perfetto trace (.pb), or a run directory (its aggregate.pb)")
     _ui_args(opn)
     opn.add_argument("--no-browser", dest="browser", action="store_false",
                      help="print the link instead of opening a browser")
