@@ -25,6 +25,10 @@ class OutputExistsError(RblnPerfettoError, FileExistsError):
     """The output directory already holds what this run would write."""
 
 
+class PipelineConfigError(RblnPerfettoError, ValueError):
+    """An rbln_config the pipeline refuses (its ConfigError or DeviceMemoryError), in the pipeline's words."""
+
+
 class CaptureError(RblnPerfettoError, ValueError):
     """A capture file that cannot be read, with the byte offset where reading failed."""
 

@@ -107,8 +107,9 @@ for name, message in NOT_A_CAPTURE.items():
     CASES.append((f"export-{name}", "cli", ["export", f"{{{name}}}", "-o", "{out}"], 1, message))
 for command, extra in (("summary", []), ("query", ["select 1"]), ("plot", ["-o", "{out}/timeline.png"])):
     for name, message in NOT_A_TRACE.items():
-        if (command, name) == ("query", "dir"):
-            continue  # query takes a directory: its traces, as one set (tests/test_trace_set.py)
+        if name == "dir":
+            continue  # a run directory is read: query's traces as one set (tests/test_trace_set.py), summary's
+            # and plot's aggregate.pb (tests/test_cli_behaviour.py)
         CASES.append((f"{command}-{name}", "cli", [command, f"{{{name}}}", *extra, "--backend", "sqlite"], 1, message))
 CASES += [
     ("no-command", "cli", [], 2, "the following arguments are required: COMMAND"),

@@ -93,7 +93,7 @@ def test_summary_into_a_closed_pipe_exits_quietly(trace):
 def test_a_broken_pipe_that_is_not_stdout_is_still_an_error(trace, monkeypatch, capsys):
     """Only a reader that left makes a broken pipe quiet: one inside the work (a trace_processor
     connection, say) is reported like any other error."""
-    import rbln_perfetto.cli.main as cli
+    import rbln_perfetto.cli.query_commands as cli
 
     def broken(args):
         raise BrokenPipeError(32, "Broken pipe")

@@ -1,4 +1,4 @@
-"""The analysis commands of `rbln-perfetto`: `diff`, `report`, `check` (registered by cli.py).
+"""The analysis commands of `rbln-perfetto`: `diff`, `report`, `check` (registered by main.py).
 
     rbln-perfetto diff BASE CAND [--by layer|submodule|op|device] [--top N] [--plot out.png]
     rbln-perfetto report idle|critical-path|variance|<canned report> TRACE [--csv | --json]
@@ -20,26 +20,14 @@ from ..analysis.sources import trace_path
 from ..analysis.variance import RULE
 from ..errors import UsageError
 from ..naming import AGGREGATE_FILE_NAME
-from ..query import BACKENDS, REPORTS
+from ..query import REPORTS
+from .common import backend_args, format_args, load_trace, print_table, trace_file
 
 ANALYSES = {
     "idle": "idle time per device, each gap attributed to what the run did instead (" + ", ".join(CAUSES) + ")",
     "critical-path": "the chain of host work, invocations, commands and DMAs that sets the run's span",
     "variance": "per submodule / layer across repeated calls: mean, std, min, max, first vs rest, outliers",
 }
-
-
-def _print_table(df, args, empty: str = "(no rows)") -> None:
-    import pandas as pd
-
-    if getattr(args, "csv", False):
-        df.to_csv(sys.stdout, index=False)
-    elif getattr(args, "json", False):
-        print(df.to_json(orient="records"))
-    else:
-        with pd.option_context("display.width", 220, "display.max_columns", 30, "display.max_rows", 1000,
-                               "display.max_colwidth", 70, "display.float_format", "{:.3f}".format):
-            print(df.to_string(index=False) if not df.empty else empty)
 
 
 def _top(text: str) -> int:
@@ -57,7 +45,7 @@ def _run_name(source: str) -> str:
 def cmd_diff(args) -> int:
     table = diff(args.base, args.cand, by=args.by, top=_top(args.top) if args.top else None,
                  backend=args.backend, tp_bin=args.tp_bin)
-    _print_table(table, args)
+    print_table(table, args)
     if args.plot:
         plot_diff(table, args.plot, by=args.by, top=min(len(table), 20) or 1,
                   title=f"{_run_name(args.cand)} vs {_run_name(args.base)}: largest changes per {args.by}")
@@ -66,18 +54,16 @@ def cmd_diff(args) -> int:
 
 
 def cmd_report(args) -> int:
-    from .main import _open
-
     name = args.name
     if name not in REPORTS and name not in ANALYSES:
         raise UsageError(f"report {name!r} is not known; valid: {', '.join([*REPORTS, *ANALYSES])}")
     if args.overlay and name != "critical-path":
         raise UsageError("--overlay goes with `report critical-path` only")
-    args.trace = str(trace_path(args.trace))
+    args.trace = str(trace_file(args))
     if args.overlay and Path(args.overlay).resolve() == Path(args.trace).resolve():
         raise UsageError(f"--overlay {args.overlay} is the trace itself; the overlay is a copy: give another path")
     top = _top(args.top) if args.top else None
-    with _open(args) as tr:
+    with load_trace(args) as tr:
         if name in REPORTS:
             table = tr.report(name)
             table = table if top is None else table.head(top)
@@ -92,7 +78,7 @@ def cmd_report(args) -> int:
             if args.overlay:
                 segments = table if (args.by or "segment") == "segment" and top is None else None
                 write_overlay(tr, args.overlay, segments=segments)
-    _print_table(table, args)
+    print_table(table, args)
     if name == "variance" and args.outliers and not (args.csv or args.json):
         print(f"\noutlier: {RULE}")
     if args.overlay:
@@ -114,7 +100,7 @@ def cmd_check(args) -> int:
     result = check(args.cand, baseline=args.baseline, max_regression=args.max_regression, rules=args.max,
                    regression_metrics=regression, backend=args.backend, tp_bin=args.tp_bin)
     if args.metrics:
-        _print_table(result.metrics, args)
+        print_table(result.metrics, args)
     # With --csv/--json, stdout carries only the data; the verdict lines go to stderr.
     say = sys.stderr if args.metrics and (args.csv or args.json) else sys.stdout
     for line in result.violations:
@@ -127,18 +113,6 @@ def cmd_check(args) -> int:
     return 1 if result.violations else 0
 
 
-def _backend_args(p) -> None:
-    p.add_argument("--backend", choices=BACKENDS, default="auto",
-                   help="auto: trace_processor when a binary is configured, else the embedded sqlite")
-    p.add_argument("--tp-bin", help="a trace_processor binary (default: $RBLN_PERFETTO_TP_BIN)")
-
-
-def _format_args(p) -> None:
-    fmt = p.add_mutually_exclusive_group()
-    fmt.add_argument("--csv", action="store_true", help="print CSV")
-    fmt.add_argument("--json", action="store_true", help="print JSON records")
-
-
 def add_analysis_commands(sub) -> None:
     """Add `diff`, `report` and `check` to the `rbln-perfetto` subcommands `sub`."""
     d = sub.add_parser("diff", help="what changed between two runs, per layer, submodule, op or device")
@@ -147,8 +121,8 @@ def add_analysis_commands(sub) -> None:
     d.add_argument("--by", choices=DIFF_BY, default="layer", help="rows per layer (default), submodule, op or device")
     d.add_argument("--top", help="only the N largest changes")
     d.add_argument("--plot", metavar="OUT.png", help="also draw the largest changes as a bar chart")
-    _format_args(d)
-    _backend_args(d)
+    format_args(d)
+    backend_args(d)
     d.set_defaults(func=cmd_diff)
 
     r = sub.add_parser("report", help="one report of a trace as a table: " + ", ".join([*ANALYSES, *REPORTS]),
@@ -162,11 +136,13 @@ def add_analysis_commands(sub) -> None:
                    help=f"idle: the smallest gap between two commands of one invocation that counts (default "
                         f"{DEFAULT_MIN_GAP_MS} ms); gaps between invocations always count")
     r.add_argument("--gaps", action="store_true", help="idle: one row per gap instead of per device")
-    r.add_argument("--outliers", action="store_true", help=f"variance: one row per outlier call ({RULE})")
+    # (argparse formats help with %: the rule's "10%" is written "10%%")
+    r.add_argument("--outliers", action="store_true",
+                   help=f"variance: one row per outlier call ({RULE.replace('%', '%%')})")
     r.add_argument("--overlay", metavar="OUT.pb", help="critical-path: also write a copy of the trace with a "
                                                       "'Critical path' track")
-    _format_args(r)
-    _backend_args(r)
+    format_args(r)
+    backend_args(r)
     r.set_defaults(func=cmd_report)
 
     c = sub.add_parser("check", help="exit non-zero when a run breaks a rule (for CI)")
@@ -181,6 +157,6 @@ def add_analysis_commands(sub) -> None:
     c.add_argument("--violations-only", action="store_true", help="print only the broken rules")
     c.add_argument("--write-summary-spec", metavar="OUT.textproto",
                    help="write the metrics as a Perfetto TraceSummarySpec for trace_processor --summary")
-    _format_args(c)
-    _backend_args(c)
+    format_args(c)
+    backend_args(c)
     c.set_defaults(func=cmd_check)

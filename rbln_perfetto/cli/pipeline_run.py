@@ -18,8 +18,9 @@ from pathlib import Path
 import torch
 
 from pipeline.compile_cache import embedded_model, load_or_compile
-from pipeline.config import RBLNConfig
-from pipeline.placement import torch_devices
+# ConfigError and DeviceMemoryError are here for `run`, which reports them by class (it may not import pipeline).
+from pipeline.config import ConfigError, RBLNConfig
+from pipeline.placement import DeviceMemoryError, torch_devices
 from pipeline.ranks import (check_ranks, exchange_clocks, join_process_group, launched_world,
                             leave_process_group)
 from pipeline.remote_calls import distribute, serve
@@ -30,8 +31,7 @@ from ..exporter.export import ExportResult, check_creatable
 from ..exporter.merge import MergeResult, merge, rank_dir
 from ..recorder.run_directory import refuse_other_runs
 from ..recorder.selection import Selection
-
-SELECTION_FLAGS = ("--profile-steps", "--profile-calls", "--profile-submodules")
+from .run_commands import SELECTION_FLAGS
 
 
 @dataclass

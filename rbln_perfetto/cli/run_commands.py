@@ -1,5 +1,5 @@
 """The commands of `rbln-perfetto` that run the pipeline: `run` (one process, or one rank of a run split
-across processes under torchrun) and `merge` (the ranks' traces on one timeline); registered by cli.py.
+across processes under torchrun) and `merge` (the ranks' traces on one timeline); registered by main.py.
 """
 
 from __future__ import annotations
@@ -8,11 +8,14 @@ import json
 import sys
 from pathlib import Path
 
-from .main import _print_result
-from ..errors import UsageError
+from ..errors import PipelineConfigError, UsageError
+from ..recorder.activation import env_enabled
+from ..recorder.selection import Selection
+from .common import print_export_result
 
 PROMPT = "a photo of a cat holding a sign that says hello world"
 DEFAULT_SPLIT = {"text_encoder_3": {"device": 1}}
+SELECTION_FLAGS = ("--profile-steps", "--profile-calls", "--profile-submodules")
 
 
 def _rbln_config(text: str | None) -> dict:
@@ -41,8 +44,7 @@ def _merge_flag(config: dict, key: str, value, flag: str) -> None:
 
 
 def cmd_run(args) -> int:
-    from .pipeline_run import profile_pipeline
-
+    # What the flags alone decide is checked here, before the pipeline and torch (seconds to import) load.
     config = _rbln_config(args.config)
     if args.steps < 1:
         raise UsageError(f"--steps {args.steps} must be >= 1")
@@ -53,10 +55,17 @@ def cmd_run(args) -> int:
     _merge_flag(config, "img_height", args.height, "--height")
     _merge_flag(config, "img_width", args.width, "--width")
     _merge_flag(config, "guidance_scale", args.guidance, "--guidance")
-    run = profile_pipeline(config, steps=args.steps, height=args.height, width=args.width, model=args.model,
-                           scale=args.scale, prompt=args.prompt, seed=args.seed, out=args.out, force=args.force,
-                           repeat=args.repeat, profile_steps=args.profile_steps, profile_calls=args.profile_calls,
-                           profile_submodules=args.profile_submodules)
+    env_enabled()  # a bad RBLN_PROFILER
+    Selection.of(args.profile_steps, args.profile_calls, args.profile_submodules, names=SELECTION_FLAGS)
+    from .pipeline_run import ConfigError, DeviceMemoryError, profile_pipeline
+
+    try:
+        run = profile_pipeline(config, steps=args.steps, height=args.height, width=args.width, model=args.model,
+                               scale=args.scale, prompt=args.prompt, seed=args.seed, out=args.out, force=args.force,
+                               repeat=args.repeat, profile_steps=args.profile_steps, profile_calls=args.profile_calls,
+                               profile_submodules=args.profile_submodules)
+    except (ConfigError, DeviceMemoryError) as exc:  # the pipeline's verdict on the rbln_config: the user's to fix
+        raise PipelineConfigError(str(exc)) from exc
     if run.image_path is None:  # a serving rank of a run split across processes: rank 0 reports the run
         print(f"rbln-perfetto: rank {run.rank} profiled {run.result.command_slices} commands in "
               f"{len(run.result.invocation_files)} submodule invocations into {run.result.out_dir}")
@@ -65,7 +74,7 @@ def cmd_run(args) -> int:
           f"submodule invocations of {run.model} ({args.steps} steps); image saved to {run.image_path}")
     if run.merged is not None:
         return _print_merged(run.merged)
-    _print_result(run.result)
+    print_export_result(run.result)
     return 0
 
 
@@ -102,8 +111,8 @@ def add_run_command(sub) -> None:
     run.add_argument("--config", help=f"rbln_config as JSON or a JSON file (default {json.dumps(DEFAULT_SPLIT)})")
     run.add_argument("--model", help="a local diffusers SD3 directory (default: the embedded model)")
     run.add_argument("--scale", choices=("tiny", "medium"), default="tiny", help="embedded model scale (default tiny)")
-    run.add_argument("--prompt", default=PROMPT)
-    run.add_argument("--seed", type=int, default=0)
+    run.add_argument("--prompt", default=PROMPT, help=f"the text prompt (default {PROMPT!r})")
+    run.add_argument("--seed", type=int, default=0, help="seed of the initial latent noise (default 0)")
     run.add_argument("--out", help="output directory (default ./rbln_profile/<run-id>/)")
     run.add_argument("--force", action="store_true",
                      help="if --out holds another run's traces or capture, remove them (refused otherwise)")

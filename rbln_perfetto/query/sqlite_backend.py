@@ -49,7 +49,13 @@ class SqliteBackend:
 
     name = "sqlite"
 
-    def __init__(self, path: str | Path):
+    @staticmethod
+    def available(tp_bin: str | None = None) -> bool:
+        """Always: it is Python's own sqlite3."""
+        return True
+
+    def __init__(self, path: str | Path, tp_bin: str | None = None):
+        """`tp_bin` is not used (no binary runs): it is there so every backend is made alike."""
         self.path = Path(path)
         tables = read_tables(self.path)
         self.stats = dict(tables.stats)

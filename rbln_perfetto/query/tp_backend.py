@@ -13,11 +13,10 @@ import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 
-from ..errors import QueryError, TraceProcessorBinaryError, TraceProcessorError, TraceReadError, UsageError
+from ..errors import QueryError, TraceProcessorBinaryError, TraceProcessorError, TraceReadError
 from ..reader.diagnosis import trace_file_problem
 
 TP_BIN_ENV = "RBLN_PERFETTO_TP_BIN"
-BACKENDS = ("auto", "sqlite", "trace_processor")
 
 
 def configured_binary(tp_bin: str | None = None) -> str | None:
@@ -109,6 +108,11 @@ class TraceProcessorBackend:
 
     name = "trace_processor"
 
+    @staticmethod
+    def available(tp_bin: str | None = None) -> bool:
+        """Whether a binary is configured or already cached (one is downloaded only when asked for by name)."""
+        return find_binary(tp_bin) is not None
+
     def __init__(self, path: str | Path, tp_bin: str | None = None):
         from perfetto.trace_processor import TraceProcessor, TraceProcessorConfig, TraceProcessorException
 
@@ -158,12 +162,3 @@ def _cannot_start(binary: str, reason: str) -> TraceProcessorError:
         f"trace_processor binary {binary} cannot start ({reason[:300]}); point {TP_BIN_ENV} or --tp-bin at a "
         "working trace_processor_shell, or use the embedded backend (backend='sqlite')")
 
-
-def chosen_backend(backend: str, tp_bin: str | None = None) -> str:
-    """"sqlite" or "trace_processor" for `backend`, one of BACKENDS ("auto": trace_processor when a binary
-    is configured or cached); `UsageError` for any other."""
-    if backend not in BACKENDS:
-        raise UsageError(f"backend={backend!r} is not valid; valid: {', '.join(BACKENDS)}")
-    if backend == "auto":
-        return "trace_processor" if find_binary(tp_bin) else "sqlite"
-    return backend

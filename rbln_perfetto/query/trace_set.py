@@ -18,7 +18,7 @@ import warnings
 
 from ..errors import QueryError, UsageError
 from .reports import report_sql
-from .tp_backend import chosen_backend
+from .backends import chosen_backend
 from .trace_paths import FILES, trace_labels, trace_paths
 from .trace_pool import TracePool, default_workers
 

@@ -62,7 +62,8 @@ def default_out_dir(run_id: str) -> Path:
     return Path(os.environ.get(ENV_DIR) or DEFAULT_DIR) / run_id
 
 
-def _version() -> str:
+def package_version() -> str:
+    """The installed rbln-perfetto's version ("unknown" when it runs from a source tree it was not installed from)."""
     try:
         from importlib.metadata import version
 
@@ -97,7 +98,7 @@ class Session:
         self.out_dir = out_dir
         self.run_id = run_id
         self.capture_file = out_dir / CAPTURE_FILE
-        self.writer = CaptureWriter(self.capture_file, run_id, _version())
+        self.writer = CaptureWriter(self.capture_file, run_id, package_version())
         self.result: ExportResult | None = None
         self.calls_begun = 0
         self._untraced_calls: _Stretch | None = None
@@ -315,11 +316,16 @@ class profile:
         with _lock:
             _active = None
         try:
-            self.session.close(exc)
+            result = self.session.close(exc)
         except Exception as export_error:
             if exc is None:
                 raise
             exc.add_note(f"rbln-perfetto: exporting the traces of {self.out_dir} also failed: {export_error}")
+            return False
+        if exc is not None:  # (a Ctrl-C or an error: what the block profiled until then is kept, and where)
+            aggregate = f" and {result.aggregate_file.name}" if result.aggregate_file else ""
+            exc.add_note(f"rbln-perfetto: {len(result.invocation_files)} invocation traces{aggregate} saved to "
+                         f"{result.out_dir}")
         return False
 
     def clock_sync(self, label: str, rank: int, offset_ns: int, uncertainty_ns: int, round_trip_ns: int) -> None:

@@ -1,0 +1,89 @@
+"""The commands of `rbln-perfetto` that show a trace: `plot` (a timeline PNG), `serve` (trace_processor's
+HTTP mode for ui.perfetto.dev) and `open` (the file served once to ui.perfetto.dev in a browser)."""
+
+from __future__ import annotations
+
+import argparse
+
+from ..errors import TraceProcessorError
+from ..exporter.export import UI_LIMIT_BYTES
+from .common import load_trace, trace_args, trace_file
+
+
+def cmd_plot(args) -> int:
+    from ..analysis.plot import plot_timeline
+
+    with load_trace(args) as tr:
+        path = plot_timeline(tr, args.out, level=args.level)
+    print(f"timeline written to {path}")
+    return 0
+
+
+def cmd_serve(args) -> int:
+    import subprocess
+
+    from ..query.tp_backend import find_binary, no_binary_message
+
+    path = trace_file(args)
+    binary = find_binary(args.tp_bin, download=True)
+    if binary is None:
+        raise TraceProcessorError(no_binary_message())
+    from .open_in_ui import DEFAULT_ORIGIN, HOST, check_origin, trace_processor_url
+
+    origin = check_origin(args.origin)
+    print(f"serving {path} with trace_processor on http://{HOST}:{args.port}: bound to {HOST} only (this "
+          f"machine); open {trace_processor_url(origin, args.port)} and choose 'Use loaded trace' (Ctrl-C stops)",
+          flush=True)
+    cors = [] if origin == DEFAULT_ORIGIN else ["--http-additional-cors-origins", origin]
+    return subprocess.call([binary, "--httpd", "--http-ip-address", HOST, "--http-port", str(args.port), *cors,
+                            str(path)])
+
+
+def cmd_open(args) -> int:
+    from .open_in_ui import open_in_ui
+
+    path = trace_file(args)
+    if path.stat().st_size > UI_LIMIT_BYTES:
+        print(f"{path.name} is {path.stat().st_size / 2**30:.2f} GiB, more than the browser UI loads "
+              f"({UI_LIMIT_BYTES / 2**30:g} GiB): `rbln-perfetto serve {path}` loads it in trace_processor instead",
+              flush=True)
+    open_in_ui(path, port=args.port, origin=args.origin, browser=args.browser)
+    return 0
+
+
+def _port(text: str) -> int:
+    if not text.isdigit() or not 0 <= int(text) <= 65535:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a port; valid: 0..65535 (0: any free port)")
+    return int(text)
+
+
+def _ui_args(p) -> None:
+    p.add_argument("--port", type=_port, default=9001,
+                   help="local port (default 9001, the one port ui.perfetto.dev's content security policy allows)")
+    p.add_argument("--origin", default="https://ui.perfetto.dev",
+                   help="the Perfetto UI's origin, for a self-hosted UI (default https://ui.perfetto.dev)")
+
+
+def add_ui_commands(sub) -> None:
+    """Add `plot`, `serve` and `open` to the `rbln-perfetto` subcommands `sub`."""
+    plot = sub.add_parser("plot", help="draw a per-device timeline PNG")
+    trace_args(plot)
+    plot.add_argument("-o", "--out", default="timeline.png", help="PNG to write (default timeline.png)")
+    plot.add_argument("--level", choices=("auto", "invocations", "commands"), default="auto",
+                      help="bars per device: invocations, or commands and DMA; auto (default): commands for a "
+                           "one-invocation file, else invocations")
+    plot.set_defaults(func=cmd_plot)
+
+    serve = sub.add_parser("serve", help="serve a trace to ui.perfetto.dev through trace_processor's HTTP mode "
+                                         "(for traces too large for the browser); bound to 127.0.0.1 only")
+    trace_args(serve, backend=False)
+    _ui_args(serve)
+    serve.set_defaults(func=cmd_serve)
+
+    opn = sub.add_parser("open", help="open a trace in ui.perfetto.dev: serve this one file once on 127.0.0.1 and "
+                                      "point the browser at it")
+    opn.add_argument("trace", help="a Perfetto trace (.pb), or a run directory (its aggregate.pb)")
+    _ui_args(opn)
+    opn.add_argument("--no-browser", dest="browser", action="store_false",
+                     help="print the link instead of opening a browser")
+    opn.set_defaults(func=cmd_open)
