@@ -14,6 +14,9 @@ from ..progress import activity
 from ..query import BACKENDS
 from ..query.trace_paths import FILES
 
+# `run`'s flags that choose what is traced, named in its errors (checked before and after torch loads).
+SELECTION_FLAGS = ("--profile-steps", "--profile-calls", "--profile-submodules")
+
 
 def backend_args(p) -> None:
     """`--backend` and `--tp-bin`."""

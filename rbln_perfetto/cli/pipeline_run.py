@@ -31,7 +31,7 @@ from ..exporter.export import ExportResult, check_creatable
 from ..exporter.merge import MergeResult, merge, rank_dir
 from ..recorder.run_directory import refuse_other_runs
 from ..recorder.selection import Selection
-from .run_commands import SELECTION_FLAGS
+from .common import SELECTION_FLAGS
 
 
 @dataclass

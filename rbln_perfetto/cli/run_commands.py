@@ -11,11 +11,10 @@ from pathlib import Path
 from ..errors import PipelineConfigError, UsageError
 from ..recorder.activation import env_enabled
 from ..recorder.selection import Selection
-from .common import print_export_result
+from .common import SELECTION_FLAGS, print_export_result
 
 PROMPT = "a photo of a cat holding a sign that says hello world"
 DEFAULT_SPLIT = {"text_encoder_3": {"device": 1}}
-SELECTION_FLAGS = ("--profile-steps", "--profile-calls", "--profile-submodules")
 
 
 def _rbln_config(text: str | None) -> dict:
