@@ -17,31 +17,14 @@ from __future__ import annotations
 
 import sqlite3
 import warnings
-from operator import itemgetter
 from pathlib import Path
 
 from ..errors import QueryError
 from ..reader import TraceTables, read_tables
 from ..reader.diagnosis import UNFINISHED_SLICES
 from . import sqlite_tables
+from .result_frame import frame
 from .sqlite_tables import SEVERITY, load_image, load_inserts, table_columns
-
-
-def frame(rows: list[tuple], columns: list[str]):
-    """A DataFrame whose integer columns stay integers when they hold NULLs (pandas' nullable Int64).
-    (A column's values are gathered and their types checked by C loops: no Python statement per value.)"""
-    import pandas as pd
-
-    data = {}
-    for j, name in enumerate(columns):
-        values = list(map(itemgetter(j), rows))
-        if None in values:
-            types = set(map(type, values))
-            types.discard(type(None))
-            if types == {int}:
-                values = pd.array(values, dtype="Int64")
-        data[name] = values
-    return pd.DataFrame(data, columns=columns)
 
 
 class SqliteBackend:

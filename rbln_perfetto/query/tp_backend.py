@@ -13,8 +13,9 @@ import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 
-from ..errors import QueryError, TraceProcessorBinaryError, TraceProcessorError, TraceReadError
+from ..errors import TraceProcessorBinaryError, TraceProcessorError, TraceReadError
 from ..reader.diagnosis import trace_file_problem
+from .tp_results import result_frame, sql_error
 
 TP_BIN_ENV = "RBLN_PERFETTO_TP_BIN"
 
@@ -145,9 +146,9 @@ class TraceProcessorBackend:
         from perfetto.trace_processor import TraceProcessorException
 
         try:
-            return self.tp.query(sql).as_pandas_dataframe()
+            return result_frame(self.tp.query(sql))
         except TraceProcessorException as exc:
-            raise QueryError(f"SQL error: {' '.join(str(exc).split())}") from None
+            raise sql_error(str(exc)) from None
 
     def close(self) -> None:
         self.tp.close()

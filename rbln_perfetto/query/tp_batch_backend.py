@@ -13,6 +13,7 @@ from pathlib import Path
 from ..errors import QueryError, TraceProcessorError, TraceReadError
 from ..reader.diagnosis import trace_file_problem, unfinished_slices_warning
 from .tp_backend import TP_BIN_ENV, find_binary
+from .tp_results import result_frame, sql_error
 
 
 class BatchTraceProcessorBackend:
@@ -52,9 +53,9 @@ class BatchTraceProcessorBackend:
 
         def one(tp):
             try:
-                return tp.query(sql).as_pandas_dataframe()
+                return result_frame(tp.query(sql))
             except TraceProcessorException as exc:
-                return QueryError(f"SQL error: {' '.join(str(exc).split())}")
+                return sql_error(str(exc))
 
         results = self.btp.execute(one)
         failure = next(((i, r) for i, r in enumerate(results) if isinstance(r, QueryError)), None)
