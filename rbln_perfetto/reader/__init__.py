@@ -18,8 +18,9 @@ run at a time with numpy (`scanned_runs`); other packets are split by protobuf's
 bytes view (`packet_view`) and decoded one at a time (`decoding`); each distinct TrackEvent byte
 string and argument set is decoded once; slices are built with numpy (`slices`).
 
-Modules: `tables` (what a read trace holds), `decoding` (packets -> event columns), `scanned_runs`,
-`columns`, `debug_args`, `clocks`, `memory`, `scanner`, `packet_view`, `slices`, `track_names`, `diagnosis` (what is wrong
+Modules: `tables` (what a read trace holds), `decoding` (packets -> event columns, one at a time),
+`scanned_runs` (runs of scanned packets -> event columns), `read_state` (what a pass accumulates),
+`sequence_state`, `columns`, `debug_args`, `clocks`, `memory`, `scanner`, `packet_view`, `slices`, `track_names`, `diagnosis` (what is wrong
 with a file as a trace: the messages both query backends give).
 """
 

@@ -4,12 +4,10 @@ dicts as `.key`, arrays as `[i]`, interned names and strings resolved on the pac
 from __future__ import annotations
 
 import json
-from typing import TYPE_CHECKING
 
 from perfetto.protos.perfetto.trace import perfetto_trace_pb2 as pt
 
-if TYPE_CHECKING:
-    from .decoding import SequenceState
+from .sequence_state import SequenceState
 
 
 # What the embedded backend does not flatten (trace_processor parses proto values into args; nested values

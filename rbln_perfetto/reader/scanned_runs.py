@@ -3,17 +3,13 @@ clocks, names and argument sets resolved once per distinct value rather than onc
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import numpy as np
 
 from .clocks import BOOTTIME
 from ..proto_bytes import COUNTER, INSTANT, SEQ_NEEDS_STATE, SLICE_BEGIN, SLICE_END
 from .columns import distinct, values_of
 from .packet_view import END_WITH_FIELDS, ViewEvent
-
-if TYPE_CHECKING:
-    from .decoding import PacketDecoder
+from .read_state import ReadState
 
 
 def _count(stats, key: str, n: int) -> None:
@@ -21,7 +17,7 @@ def _count(stats, key: str, n: int) -> None:
         stats[key] += n
 
 
-def decode_simple_run(decoder: PacketDecoder, data: bytes, r: np.ndarray) -> None:
+def decode_simple_run(decoder: ReadState, data: bytes, r: np.ndarray) -> None:
     """Plain TrackEvent packets (no state changes among them; `r`: their scanner records into `data`),
     appended to the decoder's event columns."""
     n = len(r)
@@ -114,7 +110,7 @@ def _annotations(scanner, te: bytes) -> tuple:
     return tuple(ViewEvent.FromString(te).debug_annotations) if split is None else split
 
 
-def _counter_values(decoder: PacketDecoder, seq, rows: np.ndarray, track: np.ndarray, has_track: np.ndarray,
+def _counter_values(decoder: ReadState, seq, rows: np.ndarray, track: np.ndarray, has_track: np.ndarray,
                     counter: np.ndarray) -> np.ndarray:
     """`PacketDecoder.counter_value` for the counter events `rows` of one sequence, in place in `counter`;
     the rows dropped (no counter track to go to), counted as the decoder counts them."""
