@@ -70,13 +70,13 @@ def read_tables(path: str | os.PathLike, *, scanner="auto") -> TraceTables:
         raise TraceReadError(f"{path}: holds no TrackEvent data this reader understands (found {found}); "
                              "read it with the trace_processor backend")
     declared = set(tables.tracks)  # (tracks with a descriptor; build_slices adds the others)
-    flow_events, counters = decoder.flow_events, columns.counters()
+    flow_events, counters, match_ends = decoder.flow_events, columns.counters(), decoder.matched_ends > 0
     del decoder  # (its caches; the event columns are taken out of `columns` one at a time)
     events = {k: columns.column(k) for k in ("ts", "track", "name_prefix", "name_id")}
     first_names = first_event_names(tables, events["ts"], events["track"], events["name_prefix"], events["name_id"])
     events.update((k, columns.column(k)) for k in ("type", "cat_id", "argset"))
     del columns
-    build_slices(tables, events, counters, flow_events)
+    build_slices(tables, events, counters, flow_events, match_ends)
     name_tracks(tables, declared, first_names)
     unfinished = int(np.count_nonzero(tables.slice_dur == -1))
     if unfinished:  # trace_processor shows them as dur = -1 only; the stats row and the warning are ours

@@ -17,7 +17,7 @@ from ..proto_bytes import COUNTER, INSTANT, SEQ_CLEARED, SEQ_NEEDS_STATE, SLICE_
 from .clocks import BOOTTIME
 from .debug_args import as_text
 from .diagnosis import describe_non_trace
-from .packet_view import END_WITH_FIELDS, KNOWN_PACKET_FIELDS, ViewEvent, ViewPacket, ViewTrace
+from .packet_view import KNOWN_PACKET_FIELDS, ViewEvent, ViewPacket, ViewTrace
 from .read_state import ReadState
 from .scanned_runs import decode_simple_run
 from .scanner import BundlePrefetcher, inflate_bundle, scan_packets
@@ -182,8 +182,8 @@ class PacketDecoder(ReadState):
         kind, track, name, name_iid, raw_args, cat_iids, cats, flows, ends, value, unread = ev
         for what in unread:  # what it would not read: said, and the rest of the event read
             stats[what] += 1
-        if kind == SLICE_END and (cat_iids or cats or raw_args or flows or ends):
-            stats[END_WITH_FIELDS] += 1  # (see packet_view)
+        if kind == SLICE_END and (cat_iids or cats or raw_args or flows or ends or name is not None or name_iid):
+            self.matched_ends += 1
         if track is None:
             track = seq.default_track
         if kind == COUNTER:

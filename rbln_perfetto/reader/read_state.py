@@ -42,6 +42,10 @@ class ReadState:
         self.name_refs: dict[str, tuple[int, int]] = {}  # name -> (decimal prefix or -1, string id)
         self.columns = EventColumns()
         self.flow_events: list = []  # (event index, flow ids, terminating ids)
+        # END events with a name, categories, args or flows: trace_processor ends the innermost open slice
+        # they match (by name and category) and gives it their args and flows, which takes the per-event
+        # slice builder (see slices)
+        self.matched_ends = 0
 
     def intern(self, s: str) -> int:
         s = as_text(s)  # (a C string in trace_processor: up to its first NUL)

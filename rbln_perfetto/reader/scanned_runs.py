@@ -8,7 +8,7 @@ import numpy as np
 from .clocks import BOOTTIME
 from ..proto_bytes import COUNTER, INSTANT, SEQ_NEEDS_STATE, SLICE_BEGIN, SLICE_END
 from .columns import distinct, values_of
-from .packet_view import END_WITH_FIELDS, ViewEvent
+from .packet_view import ViewEvent
 from .read_state import ReadState
 
 
@@ -59,7 +59,8 @@ def decode_simple_run(decoder: ReadState, data: bytes, r: np.ndarray) -> None:
         keep[unknown_type] = False
         idx = idx[known[idx]]
         ends = idx[kind[idx] == SLICE_END]
-        _count(stats, END_WITH_FIELDS, int(np.count_nonzero(r["args_hash"][ends] != 0)))
+        decoder.matched_ends += int(np.count_nonzero((r["args_hash"][ends] != 0) | (r["name_off"][ends] >= 0)
+                                                     | (r["name_iid"][ends] != 0)))
         if seq.default_track is not None:
             no_track = idx[r["has_track"][idx] == 0]
             track[no_track] = seq.default_track
