@@ -56,7 +56,13 @@ def _reserve_track(tables: TraceTables, d: pt.TrackDescriptor, stats) -> None:
     t = tables.tracks.get(d.uuid)
     if t is None:
         t = tables.tracks[d.uuid] = Track(d.uuid, name, parent, d.description, d.HasField("counter"),
-                                          mergeable=d.sibling_merge_behavior != _MERGE_NONE)
+                                          mergeable=d.sibling_merge_behavior != _MERGE_NONE,
+                                          is_state=d.HasField("state"))
+        if d.HasField("thread"):
+            t.thread = (d.thread.pid, d.thread.tid, as_text(d.thread.thread_name) or None)
+        if d.HasField("process"):
+            t.process = (d.process.pid, as_text(d.process.process_name) or None,
+                         " ".join(as_text(c) for c in d.process.cmdline) or None)
         if d.HasField("counter"):
             t.unit = pt.CounterDescriptor.Unit.Name(d.counter.unit) if d.counter.unit else ""
             t.counter_multiplier = d.counter.unit_multiplier if d.counter.unit_multiplier > 0 else 1
@@ -192,7 +198,7 @@ class PacketDecoder(ReadState):
                 return
             self.columns.counter_pending.append(value)
         elif kind not in (SLICE_BEGIN, SLICE_END, INSTANT):
-            stats["unsupported_track_event_type"] += 1
+            self.drop_event_of_type(kind, track)
             return
         if track is None:
             track = 0

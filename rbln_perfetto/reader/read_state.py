@@ -8,7 +8,7 @@ import re
 from collections import defaultdict
 from operator import itemgetter
 
-from ..proto_bytes import FieldNumber, tag, varint
+from ..proto_bytes import STATE, FieldNumber, tag, varint
 from .clocks import ClockConverter
 from .columns import EventColumns, HashIdTable
 from .debug_args import arg_value_ids, as_text
@@ -98,6 +98,18 @@ class ReadState:
             self.tables.arg_values.append((key, value))
             self.value_keys.append(key)
         return vid
+
+    def drop_event_of_type(self, kind: int, track: int | None) -> None:
+        """Count an event of a type other than BEGIN, END, INSTANT and COUNTER, which is not read: a
+        TYPE_STATE event on a track without a `state` descriptor is an error trace_processor drops too
+        (`track_event_parser_errors`); one on a state track, or an unknown type, is a refusal."""
+        t = self.tables.tracks.get(track) if track is not None else None
+        if kind == STATE and not (t is not None and t.is_state):
+            self.stats["track_event_parser_errors"] += 1
+        elif kind == STATE:
+            self.stats["unsupported_state_track_event"] += 1
+        else:
+            self.stats["unsupported_track_event_type"] += 1
 
     def counter_value(self, seq: SequenceState, track: int | None, value: float) -> float | None:
         """A counter event's value as trace_processor stores it (times the track's unit multiplier, summed

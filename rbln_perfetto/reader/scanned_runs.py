@@ -55,7 +55,8 @@ def decode_simple_run(decoder: ReadState, data: bytes, r: np.ndarray) -> None:
                 keep[invalid] = False
         idx = idx[keep[idx]]
         unknown_type = idx[~known[idx]]
-        _count(stats, "unsupported_track_event_type", len(unknown_type))
+        for row in unknown_type.tolist():  # (rare: a loop)
+            decoder.drop_event_of_type(int(kind[row]), int(track[row]) if r["has_track"][row] else seq.default_track)
         keep[unknown_type] = False
         idx = idx[known[idx]]
         ends = idx[kind[idx] == SLICE_END]

@@ -17,6 +17,10 @@ from .tables import TraceTables
 
 MERGED_SIBLINGS = "unsupported_merged_sibling_tracks"
 PARENT_WITHOUT_DESCRIPTOR = "unsupported_track_parent_without_descriptor"
+# A track whose descriptor (or an ancestor's) names a thread or a process: trace_processor makes it a thread
+# or process track, with its own type and name; the embedded reader lists the thread and process (the
+# `thread`, `process`, `thread_track`, ... tables) but gives the track the global kind.
+THREAD_PROCESS_TRACKS = "unsupported_thread_or_process_tracks"
 
 
 def first_event_names(tables: TraceTables, ts, tracks, name_prefix, name_id) -> dict:
@@ -53,3 +57,6 @@ def name_tracks(tables: TraceTables, declared: set, first_names: dict) -> None:
                   if tables.tracks[u].parent_uuid is not None and tables.tracks[u].parent_uuid not in declared)
     if orphans:  # trace_processor drops their events until the parent track exists, if ever
         tables.stats[PARENT_WITHOUT_DESCRIPTOR] += orphans
+    owned = sum(1 for u in tables.used_tracks if tables.descriptor_owner(u) is not None)
+    if owned:
+        tables.stats[THREAD_PROCESS_TRACKS] += owned
