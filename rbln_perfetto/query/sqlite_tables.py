@@ -22,6 +22,8 @@ import numpy as np
 
 from ..reader import TraceTables
 from ..reader.clocks import LATE_SNAPSHOT
+from ..reader.slices import FLOW_INTO_EARLIER_SLICE
+from ..reader.track_names import THREAD_PROCESS_TRACKS
 from ..reader.debug_args import Pointer, Uint
 from ..reader.diagnosis import UNFINISHED_SLICES
 
@@ -82,6 +84,13 @@ _DESCRIPTION = {
     LATE_SNAPSHOT: "Events dropped because the clock snapshot linking their clock to BOOTTIME comes only later in "
                    "the file; trace_processor converts them through it. Read this trace with the trace_processor "
                    "backend.",
+    FLOW_INTO_EARLIER_SLICE: "Flows an END event carries into the slice it ends where that slice began before the "
+                             "flow's previous one; trace_processor v58.2 gives those the other way round. Read this "
+                             "trace with the trace_processor backend.",
+    THREAD_PROCESS_TRACKS: "Tracks whose descriptor (or an ancestor's) names a thread or a process: trace_processor "
+                           "makes them thread or process tracks, typed and named its own way. Read this trace with "
+                           "the trace_processor backend.",
+    "unsupported_state_track_event": "TYPE_STATE events on state tracks, which the embedded backend does not read.",
 }
 
 

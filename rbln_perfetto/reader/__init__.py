@@ -3,10 +3,12 @@
 Follows trace_processor's semantics for what rbln-perfetto writes and what its reference traces
 exercise: sequence-scoped interning (event names, categories, annotation names, annotation string
 values), incremental-state clearing, `TracePacketDefaults` (timestamp clock, default track), clock
-snapshots with builtin and sequence-scoped (incremental) clocks converted to BOOTTIME, zlib
-`compressed_packets`, events sorted by timestamp (stable) before slices are built, begin/end
-stacks per track, v1 and v2 flow ids, counter tracks, debug annotations as `debug.<name>` args
-with identical argument sets shared, as trace_processor does.
+snapshots with builtin and sequence-scoped (incremental) clocks converted to BOOTTIME through the
+snapshot at or before each timestamp, zlib `compressed_packets`, events sorted by timestamp (stable)
+before slices are built, begin/end stacks per track (END events matched by name and category, instants
+kept on the stack as trace_processor's SliceTracker does), v1 and v2 flow ids, counter tracks, debug
+annotations (and legacy JSON values) as `debug.<name>` args with identical argument sets shared, thread
+and process descriptors listed, as trace_processor does.
 
 What it does not understand (other payloads, zstd bundles, unknown event types) is counted in
 `stats`, with trace_processor's stat names where one exists, never mis-read.

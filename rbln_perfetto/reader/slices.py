@@ -1,6 +1,8 @@
 """Slices, counters and flows from the decoded event columns: events sorted by time (stable, as
-trace_processor's sorter), begin/end paired per track (with numpy; per-track stacks when an SLICE_END
-closes nothing), depths and parents, track ids in order of first use, v1 and v2 flows."""
+trace_processor's sorter), begin/end paired per track with numpy where that gives what trace_processor's
+SliceTracker gives, else the SliceTracker an event at a time (an END that closes nothing, ENDs that carry
+a name, categories, args or flows, instants stacked at one time), depths and parents, track ids in order
+of first use, v1 and v2 flows."""
 
 from __future__ import annotations
 
