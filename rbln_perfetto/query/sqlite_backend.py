@@ -4,8 +4,10 @@ Tables and views: `slice` (id, ts, dur, track_id, category, name, depth, parent_
 `track` (id, name, type, parent_id, event_type, counter_unit, description), `counter_track`,
 `counter` (id, ts, track_id, value, arg_set_id), `flow` (id, slice_out, slice_in, arg_set_id),
 `args` (id, arg_set_id, flat_key, key, int_value, string_value, real_value, value_type), `stats`
-(name, idx, severity, source, value, description), and trace_processor's `EXTRACT_ARG(arg_set_id,
-key)` function (see `sqlite_tables` for how the tables are built).
+(name, idx, severity, source, value, description), `thread`, `process`, `thread_track`, `process_track`,
+`thread_counter_track`, `process_counter_track` and `state` (trace_processor's columns; see
+`sqlite_tables`), and trace_processor's `EXTRACT_ARG(arg_set_id, key)` function (see `sqlite_tables` for how
+the tables are built).
 
 EXTRACT_ARG is a C function over compact copies of the args (made at its first call) when the C
 extension is there (see `_sqlite_tables.c`), a Python one over the reader's argument sets otherwise;

@@ -22,6 +22,8 @@ import numpy as np
 
 from ..reader import TraceTables
 from ..reader.clocks import LATE_SNAPSHOT
+from ..reader.slices import FLOW_INTO_EARLIER_SLICE
+from ..reader.track_names import THREAD_PROCESS_TRACKS
 from ..reader.debug_args import Pointer, Uint
 from ..reader.diagnosis import UNFINISHED_SLICES
 
@@ -47,6 +49,20 @@ CREATE VIEW args AS
   SELECT a.id, a.arg_set_id, v.flat_key, v.key, v.int_value, v.string_value, v.real_value, v.value_type
   FROM __arg a JOIN __arg_value v ON v.id = a.value_id;
 CREATE TABLE stats(name TEXT, idx INT, severity TEXT, source TEXT, value INT, description TEXT);
+CREATE TABLE thread(id INTEGER PRIMARY KEY, type TEXT, utid INT, tid INT, name TEXT, start_ts INT, end_ts INT,
+                    upid INT, is_main_thread INT, machine_id INT);
+CREATE TABLE process(id INTEGER PRIMARY KEY, type TEXT, upid INT, pid INT, name TEXT, start_ts INT, end_ts INT,
+                     parent_upid INT, uid INT, android_appid INT, cmdline TEXT, arg_set_id INT, machine_id INT);
+-- (the track tables' ids are track ids, not row numbers)
+CREATE TABLE thread_track(id INT, name TEXT, type TEXT, parent_id INT, source_arg_set_id INT,
+                          machine_id INT, utid INT);
+CREATE TABLE process_track(id INT, name TEXT, type TEXT, parent_id INT, source_arg_set_id INT,
+                           machine_id INT, upid INT);
+CREATE TABLE thread_counter_track(id INT, name TEXT, type TEXT, parent_id INT,
+                                  source_arg_set_id INT, machine_id INT, unit TEXT, description TEXT, utid INT);
+CREATE TABLE process_counter_track(id INT, name TEXT, type TEXT, parent_id INT,
+                                   source_arg_set_id INT, machine_id INT, unit TEXT, description TEXT, upid INT);
+CREATE TABLE state(id INTEGER PRIMARY KEY, ts INT, dur INT, track_id INT, name TEXT, arg_set_id INT);
 """
 # No secondary indexes: building them costs a third of the load, and the reports and the usual joins
 # do not use them (ids are rowids; SQLite makes automatic indexes for other joins when they pay off).
@@ -57,6 +73,7 @@ SEVERITY = {
     "misplaced_end_event": "data_loss",
     "tokenizer_skipped_packets": "data_loss",
     "interned_data_skipped_incremental_state_invalid": "data_loss",
+    "track_event_parser_errors": "info",
     UNFINISHED_SLICES: "data_loss",
 }
 # Descriptions of the stats trace_processor does not have.
@@ -67,6 +84,13 @@ _DESCRIPTION = {
     LATE_SNAPSHOT: "Events dropped because the clock snapshot linking their clock to BOOTTIME comes only later in "
                    "the file; trace_processor converts them through it. Read this trace with the trace_processor "
                    "backend.",
+    FLOW_INTO_EARLIER_SLICE: "Flows an END event carries into the slice it ends where that slice began before the "
+                             "flow's previous one; trace_processor v58.2 gives those the other way round. Read this "
+                             "trace with the trace_processor backend.",
+    THREAD_PROCESS_TRACKS: "Tracks whose descriptor (or an ancestor's) names a thread or a process: trace_processor "
+                           "makes them thread or process tracks, typed and named its own way. Read this trace with "
+                           "the trace_processor backend.",
+    "unsupported_state_track_event": "TYPE_STATE events on state tracks, which the embedded backend does not read.",
 }
 
 
@@ -122,7 +146,7 @@ def table_columns(t: TraceTables) -> dict[str, tuple[int, str, list]]:
     sizes = np.fromiter(map(len, sets), dtype=np.int64, count=len(sets))
     arg_value = np.fromiter(itertools.chain.from_iterable(sets), dtype=np.int64, count=int(sizes.sum()))
     stats = list(t.stats.items())
-    return {
+    return {**_thread_process_columns(t, tracks), 
         "__slice": (t.slice_count, "riiinnninn", [
             None, _i64(t.slice_ts), _i64(t.slice_dur), track_id(t.slice_track), _i64(t.slice_category_id),
             _i64(t.slice_name_prefix), _i64(t.slice_name_id), _i64(t.slice_depth), _i64(t.slice_parent),
@@ -143,6 +167,54 @@ def table_columns(t: TraceTables) -> dict[str, tuple[int, str, list]]:
             [name for name, _ in stats], None, [SEVERITY.get(name, "error") for name, _ in stats],
             ["analysis"] * len(stats), [value for _, value in stats], [_DESCRIPTION.get(name) for name, _ in stats]]),
     }
+
+
+def _thread_process_columns(t: TraceTables, tracks: list) -> dict:
+    """The thread and process tables from the tracks' thread and process descriptors (utids and upids in
+    the order the descriptors came), and the used tracks that belong to one (`descriptor_owner`), as
+    thread/process (counter) tracks. (`state` stays empty: TYPE_STATE events on state tracks are refused.)"""
+    processes: dict[int, list] = {}  # pid -> [name, cmdline]
+    threads: dict[tuple, list] = {}  # (pid, tid) -> [name]
+    for tr in t.tracks.values():
+        if tr.process is not None:
+            pid, name, cmdline = tr.process
+            row = processes.setdefault(pid, [None, None])
+            row[0], row[1] = row[0] or name, row[1] or cmdline
+        if tr.thread is not None:
+            pid, tid, name = tr.thread
+            processes.setdefault(pid, [None, None])
+            row = threads.setdefault((pid, tid), [None])
+            row[0] = row[0] or name
+    upid = {pid: i for i, pid in enumerate(processes)}
+    utid = {key: i for i, key in enumerate(threads)}
+    owned: dict[str, list] = {"thread_track": [], "process_track": [], "thread_counter_track": [],
+                              "process_counter_track": []}
+    for tr in tracks:
+        owner = t.descriptor_owner(tr.uuid)
+        if owner is None:
+            continue
+        by_thread = owner.thread is not None
+        parent = None if tr.parent_uuid is None else t.tracks[tr.parent_uuid].id
+        row = [tr.id, tr.name, tr.type, parent, None, None]
+        if tr.is_counter:
+            row += [tr.unit or None, tr.description or None]
+        row.append(utid[owner.thread[:2]] if by_thread else upid[owner.process[0]])
+        owned[f"{'thread' if by_thread else 'process'}{'_counter' if tr.is_counter else ''}_track"].append(row)
+    columns = {
+        "thread": (len(threads), "roooozzooz", [
+            None, ["thread"] * len(threads), list(range(len(threads))), [tid for _, tid in threads],
+            [v[0] for v in threads.values()], None, None, [upid[pid] for pid, _ in threads],
+            [int(pid == tid) for pid, tid in threads], None]),
+        "process": (len(processes), "roooozzzzzozz", [
+            None, ["process"] * len(processes), list(range(len(processes))), list(processes),
+            [v[0] for v in processes.values()], None, None, None, None, None, [v[1] for v in processes.values()],
+            None, None]),
+    }
+    for table, rows in owned.items():
+        if rows:
+            width = len(rows[0])
+            columns[table] = (len(rows), "o" * width, [[r[j] for r in rows] for j in range(width)])
+    return columns
 
 
 _schema_rows: list = []

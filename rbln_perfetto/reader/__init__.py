@@ -3,10 +3,12 @@
 Follows trace_processor's semantics for what rbln-perfetto writes and what its reference traces
 exercise: sequence-scoped interning (event names, categories, annotation names, annotation string
 values), incremental-state clearing, `TracePacketDefaults` (timestamp clock, default track), clock
-snapshots with builtin and sequence-scoped (incremental) clocks converted to BOOTTIME, zlib
-`compressed_packets`, events sorted by timestamp (stable) before slices are built, begin/end
-stacks per track, v1 and v2 flow ids, counter tracks, debug annotations as `debug.<name>` args
-with identical argument sets shared, as trace_processor does.
+snapshots with builtin and sequence-scoped (incremental) clocks converted to BOOTTIME through the
+snapshot at or before each timestamp, zlib `compressed_packets`, events sorted by timestamp (stable)
+before slices are built, begin/end stacks per track (END events matched by name and category, instants
+kept on the stack as trace_processor's SliceTracker does), v1 and v2 flow ids, counter tracks, debug
+annotations (and legacy JSON values) as `debug.<name>` args with identical argument sets shared, thread
+and process descriptors listed, as trace_processor does.
 
 What it does not understand (other payloads, zstd bundles, unknown event types) is counted in
 `stats`, with trace_processor's stat names where one exists, never mis-read.
@@ -18,8 +20,9 @@ run at a time with numpy (`scanned_runs`); other packets are split by protobuf's
 bytes view (`packet_view`) and decoded one at a time (`decoding`); each distinct TrackEvent byte
 string and argument set is decoded once; slices are built with numpy (`slices`).
 
-Modules: `tables` (what a read trace holds), `decoding` (packets -> event columns), `scanned_runs`,
-`columns`, `debug_args`, `clocks`, `memory`, `scanner`, `packet_view`, `slices`, `track_names`, `diagnosis` (what is wrong
+Modules: `tables` (what a read trace holds), `decoding` (packets -> event columns, one at a time),
+`scanned_runs` (runs of scanned packets -> event columns), `read_state` (what a pass accumulates),
+`sequence_state`, `columns`, `debug_args`, `clocks`, `memory`, `scanner`, `packet_view`, `slices`, `track_names`, `diagnosis` (what is wrong
 with a file as a trace: the messages both query backends give).
 """
 
@@ -69,13 +72,13 @@ def read_tables(path: str | os.PathLike, *, scanner="auto") -> TraceTables:
         raise TraceReadError(f"{path}: holds no TrackEvent data this reader understands (found {found}); "
                              "read it with the trace_processor backend")
     declared = set(tables.tracks)  # (tracks with a descriptor; build_slices adds the others)
-    flow_events, counters = decoder.flow_events, columns.counters()
+    flow_events, counters, match_ends = decoder.flow_events, columns.counters(), decoder.matched_ends > 0
     del decoder  # (its caches; the event columns are taken out of `columns` one at a time)
     events = {k: columns.column(k) for k in ("ts", "track", "name_prefix", "name_id")}
     first_names = first_event_names(tables, events["ts"], events["track"], events["name_prefix"], events["name_id"])
     events.update((k, columns.column(k)) for k in ("type", "cat_id", "argset"))
     del columns
-    build_slices(tables, events, counters, flow_events)
+    build_slices(tables, events, counters, flow_events, match_ends)
     name_tracks(tables, declared, first_names)
     unfinished = int(np.count_nonzero(tables.slice_dur == -1))
     if unfinished:  # trace_processor shows them as dur = -1 only; the stats row and the warning are ours

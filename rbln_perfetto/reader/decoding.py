@@ -1,12 +1,10 @@
-"""Packets to event columns: one pass over a trace's packets in file order, keeping trace_processor's
-sequence semantics (interning, incremental-state clearing, packet defaults, clocks), with tracks,
-strings and argument sets collected into `TraceTables` as they are met."""
+"""Packets to event columns, a packet at a time: one pass over a trace's packets in file order, keeping
+trace_processor's sequence semantics (incremental-state clearing, interned data, packet defaults, clock
+snapshots, track descriptors); runs of plain TrackEvent packets are handed to `scanned_runs`, and what a
+pass accumulates lives in `read_state`."""
 
 from __future__ import annotations
 
-import re
-from collections import defaultdict
-from operator import itemgetter
 from pathlib import Path
 
 import numpy as np
@@ -15,38 +13,20 @@ from google.protobuf.message import DecodeError
 from perfetto.protos.perfetto.trace import perfetto_trace_pb2 as pt
 
 from ..errors import TraceReadError
-from ..proto_bytes import (COUNTER, INSTANT, SEQ_CLEARED, SEQ_NEEDS_STATE, SLICE_BEGIN, SLICE_END, FieldNumber, tag,
-                           varint)
-from .clocks import BOOTTIME, ClockConverter
-from .columns import EventColumns, HashIdTable
-from .debug_args import arg_value_ids, as_text
+from ..proto_bytes import COUNTER, INSTANT, SEQ_CLEARED, SEQ_NEEDS_STATE, SLICE_BEGIN, SLICE_END
+from .clocks import BOOTTIME
+from .debug_args import as_text
 from .diagnosis import describe_non_trace
-from .packet_view import END_WITH_FIELDS, KNOWN_PACKET_FIELDS, ViewEvent, ViewPacket, ViewTrace
+from .packet_view import KNOWN_PACKET_FIELDS, ViewEvent, ViewPacket, ViewTrace
+from .read_state import ReadState
 from .scanned_runs import decode_simple_run
 from .scanner import BundlePrefetcher, inflate_bundle, scan_packets
+from .sequence_state import SequenceState
 from .tables import TraceTables, Track
 
 _PACKET_FIELD_NAMES = {f.number: f.name for f in pt.TracePacket.DESCRIPTOR.fields}
-# A name with a decimal prefix: the prefix is stored as a number, the rest interned (see TraceTables).
-_DECIMAL_PREFIXED = re.compile(r"(0|[1-9]\d{0,17})(\D.*)?\Z", re.S | re.ASCII)
-_ANNOTATION_TAG = tag(FieldNumber.DEBUG_ANNOTATIONS, 2)
 _MERGE_NONE = pt.TrackDescriptor.SIBLING_MERGE_BEHAVIOR_NONE
 _EVENT_FIELD_NAMES = {f.number: f.name for f in pt.TrackEvent.DESCRIPTOR.fields}
-
-
-class SequenceState:
-    """One packet sequence's incremental state: its interning tables and packet defaults."""
-
-    __slots__ = ("names", "annotation_names", "strings", "categories", "clock_id", "default_track", "valid",
-                 "generation", "counter_values")
-
-    def __init__(self, valid=False, generation=0):
-        self.names, self.annotation_names, self.strings, self.categories = {}, {}, {}, {}
-        self.counter_values: dict[int, float] = {}  # incremental counter track -> its value so far
-        self.clock_id = 0
-        self.default_track = None
-        self.valid = valid
-        self.generation = generation
 
 
 def parse_view_packets(data: bytes, path, top_level: bool = True) -> list:
@@ -76,7 +56,13 @@ def _reserve_track(tables: TraceTables, d: pt.TrackDescriptor, stats) -> None:
     t = tables.tracks.get(d.uuid)
     if t is None:
         t = tables.tracks[d.uuid] = Track(d.uuid, name, parent, d.description, d.HasField("counter"),
-                                          mergeable=d.sibling_merge_behavior != _MERGE_NONE)
+                                          mergeable=d.sibling_merge_behavior != _MERGE_NONE,
+                                          is_state=d.HasField("state"))
+        if d.HasField("thread"):
+            t.thread = (d.thread.pid, d.thread.tid, as_text(d.thread.thread_name) or None)
+        if d.HasField("process"):
+            t.process = (d.process.pid, as_text(d.process.process_name) or None,
+                         " ".join(as_text(c) for c in d.process.cmdline) or None)
         if d.HasField("counter"):
             t.unit = pt.CounterDescriptor.Unit.Name(d.counter.unit) if d.counter.unit else ""
             t.counter_multiplier = d.counter.unit_multiplier if d.counter.unit_multiplier > 0 else 1
@@ -89,98 +75,15 @@ def _reserve_track(tables: TraceTables, d: pt.TrackDescriptor, stats) -> None:
         t.name = name
 
 
-class PacketDecoder:
-    """One pass over a trace's packets, in file order, keeping trace_processor's sequence semantics.
-
-    Events go to `columns` (and flow ids to `flow_events`); tracks, strings and argument sets go
-    straight into `tables`, and what is not understood into `tables.stats`."""
+class PacketDecoder(ReadState):
+    """One pass over a trace's packets, in file order, keeping trace_processor's sequence semantics; tracks
+    go into `tables` as their descriptors come."""
 
     def __init__(self, path: Path, tables: TraceTables, scanner):
-        self.path, self.tables, self.stats, self.scanner = path, tables, tables.stats, scanner
-        self.clocks = ClockConverter(self.stats)
-        self.sequences: dict[int, SequenceState] = defaultdict(SequenceState)
-        self.generation = 0
+        super().__init__(tables, scanner)
+        self.path = path
         self.event_cache: dict[bytes, tuple] = {}  # TrackEvent bytes -> its decoded fields
-        self.arg_set_ids: dict[tuple, int] = {}
-        self.annotation_memo: dict[int, dict] = {}  # generation -> annotation bytes -> value ids
-        self.value_ids: dict[tuple, int] = {}  # (key, type, value) -> value id
-        self.value_keys: list[str] = []  # value id -> its key (tables.arg_values' keys, for one lookup each)
-        self.string_ids: dict[str, int] = {}
-        self.name_hashes = HashIdTable(scanner)  # inline name (scanner's hash) -> string id
-        # per generation: args hash -> arg set id
-        self.args_hashes: dict[int, HashIdTable] = defaultdict(lambda: HashIdTable(scanner))
-        self.name_refs: dict[str, tuple[int, int]] = {}  # name -> (decimal prefix or -1, string id)
-        self.columns = EventColumns()
-        self.flow_events: list = []  # (event index, flow ids, terminating ids)
         self.top_level_packets = 0
-
-    # ---------------------------------------------------------------- strings
-    def intern(self, s: str) -> int:
-        s = as_text(s)  # (a C string in trace_processor: up to its first NUL)
-        i = self.string_ids.get(s)
-        if i is None:
-            i = self.string_ids[s] = len(self.tables.strings)
-            self.tables.strings.append(s)
-        return i
-
-    def name_ref(self, name: str | None) -> tuple[int, int]:
-        """(decimal prefix or -1, string id) of a name; (-1, -1) for an event without one."""
-        if name is None:
-            return -1, -1
-        ref = self.name_refs.get(name)
-        if ref is None:
-            m = _DECIMAL_PREFIXED.match(name)
-            ref = (int(m.group(1)), self.intern(m.group(2))) if m and m.group(2) is not None else (-1, self.intern(name))
-            if len(self.name_refs) < 1 << 20:
-                self.name_refs[name] = ref
-        return ref
-
-    def args_key(self, seq: SequenceState, raw: tuple) -> tuple:
-        """The key of an argument set in `arg_set_ids`: its bytes, or with the scanner the scanner's hash of them."""
-        if self.scanner is None:
-            return seq.generation, raw
-        field = b"".join(_ANNOTATION_TAG + varint(len(b)) + b for b in raw)
-        return seq.generation, self.scanner.hash_bytes(field)
-
-    def arg_set(self, key: tuple, seq: SequenceState, raw) -> int:
-        """The id of the argument set `key`; `raw` (its annotations, or a function giving them) is decoded when new."""
-        argset = self.arg_set_ids.get(key)
-        if argset is None:
-            argset = self.arg_set_ids[key] = len(self.tables.arg_set_values)
-            memo = self.annotation_memo.setdefault(seq.generation, {})
-            ids = arg_value_ids(raw() if callable(raw) else raw, seq, memo, self.value_id, self.stats)
-            if len(ids) > 1 and len(set(itemgetter(*ids)(self.value_keys))) < len(ids):
-                # a key given twice: the last value wins, in the first one's place
-                by_key = {}
-                for v in ids:
-                    by_key[self.tables.arg_values[v][0]] = v
-                ids = tuple(by_key.values())
-            self.tables.arg_set_values.append(ids)
-        return argset
-
-    def value_id(self, key: str, value) -> int:
-        k = (key, type(value), value)
-        vid = self.value_ids.get(k)
-        if vid is None:
-            vid = self.value_ids[k] = len(self.tables.arg_values)
-            self.tables.arg_values.append((key, value))
-            self.value_keys.append(key)
-        return vid
-
-    def counter_value(self, seq: SequenceState, track: int | None, value: float) -> float | None:
-        """A counter event's value as trace_processor stores it (times the track's unit multiplier, summed
-        on the sequence for an incremental track); None, counted, when it has no counter track to go to."""
-        if track is None:
-            self.stats["track_event_counter_missing_track_uuid"] += 1
-            return None
-        t = self.tables.tracks.get(track)
-        if t is None or not t.is_counter:
-            self.stats["track_event_counter_invalid_track_uuid"] += 1
-            return None
-        value *= t.counter_multiplier
-        if t.counter_incremental:
-            value = seq.counter_values[track] = seq.counter_values.get(track, 0.0) + value
-        return value
 
     # ---------------------------------------------------------------- buffers
     def read_buffer(self, data: bytes, top_level: bool, records: np.ndarray | None = None) -> None:
@@ -285,8 +188,8 @@ class PacketDecoder:
         kind, track, name, name_iid, raw_args, cat_iids, cats, flows, ends, value, unread = ev
         for what in unread:  # what it would not read: said, and the rest of the event read
             stats[what] += 1
-        if kind == SLICE_END and (cat_iids or cats or raw_args or flows or ends):
-            stats[END_WITH_FIELDS] += 1  # (see packet_view)
+        if kind == SLICE_END and (cat_iids or cats or raw_args or flows or ends or name is not None or name_iid):
+            self.matched_ends += 1
         if track is None:
             track = seq.default_track
         if kind == COUNTER:
@@ -295,7 +198,7 @@ class PacketDecoder:
                 return
             self.columns.counter_pending.append(value)
         elif kind not in (SLICE_BEGIN, SLICE_END, INSTANT):
-            stats["unsupported_track_event_type"] += 1
+            self.drop_event_of_type(kind, track)
             return
         if track is None:
             track = 0

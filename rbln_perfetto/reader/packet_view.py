@@ -75,9 +75,3 @@ KNOWN_PACKET_FIELDS = frozenset(f for _, f, _, _ in _PACKET) | {
     "previous_packet_dropped", "first_packet_on_sequence", "trusted_uid", "trusted_pid", "trace_config",
     "trace_stats", "trace_uuid", "system_info", "service_event", "synchronization_marker", "machine_id",
 }
-
-# An END event with categories, debug annotations or flow ids: trace_processor ends the innermost open
-# slice whose category matches it and gives that slice the END's args and flows; the embedded reader ends
-# the innermost open slice. Counted (a refusal), never read differently in silence. (An END's name is
-# matched the same way; the embedded reader assumes it names the innermost open slice, as writers do.)
-END_WITH_FIELDS = "unsupported_slice_end_with_fields"

@@ -3,17 +3,13 @@ clocks, names and argument sets resolved once per distinct value rather than onc
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import numpy as np
 
 from .clocks import BOOTTIME
 from ..proto_bytes import COUNTER, INSTANT, SEQ_NEEDS_STATE, SLICE_BEGIN, SLICE_END
 from .columns import distinct, values_of
-from .packet_view import END_WITH_FIELDS, ViewEvent
-
-if TYPE_CHECKING:
-    from .decoding import PacketDecoder
+from .packet_view import ViewEvent
+from .read_state import ReadState
 
 
 def _count(stats, key: str, n: int) -> None:
@@ -21,7 +17,7 @@ def _count(stats, key: str, n: int) -> None:
         stats[key] += n
 
 
-def decode_simple_run(decoder: PacketDecoder, data: bytes, r: np.ndarray) -> None:
+def decode_simple_run(decoder: ReadState, data: bytes, r: np.ndarray) -> None:
     """Plain TrackEvent packets (no state changes among them; `r`: their scanner records into `data`),
     appended to the decoder's event columns."""
     n = len(r)
@@ -59,11 +55,13 @@ def decode_simple_run(decoder: PacketDecoder, data: bytes, r: np.ndarray) -> Non
                 keep[invalid] = False
         idx = idx[keep[idx]]
         unknown_type = idx[~known[idx]]
-        _count(stats, "unsupported_track_event_type", len(unknown_type))
+        for row in unknown_type.tolist():  # (rare: a loop)
+            decoder.drop_event_of_type(int(kind[row]), int(track[row]) if r["has_track"][row] else seq.default_track)
         keep[unknown_type] = False
         idx = idx[known[idx]]
         ends = idx[kind[idx] == SLICE_END]
-        _count(stats, END_WITH_FIELDS, int(np.count_nonzero(r["args_hash"][ends] != 0)))
+        decoder.matched_ends += int(np.count_nonzero((r["args_hash"][ends] != 0) | (r["name_off"][ends] >= 0)
+                                                     | (r["name_iid"][ends] != 0)))
         if seq.default_track is not None:
             no_track = idx[r["has_track"][idx] == 0]
             track[no_track] = seq.default_track
@@ -114,7 +112,7 @@ def _annotations(scanner, te: bytes) -> tuple:
     return tuple(ViewEvent.FromString(te).debug_annotations) if split is None else split
 
 
-def _counter_values(decoder: PacketDecoder, seq, rows: np.ndarray, track: np.ndarray, has_track: np.ndarray,
+def _counter_values(decoder: ReadState, seq, rows: np.ndarray, track: np.ndarray, has_track: np.ndarray,
                     counter: np.ndarray) -> np.ndarray:
     """`PacketDecoder.counter_value` for the counter events `rows` of one sequence, in place in `counter`;
     the rows dropped (no counter track to go to), counted as the decoder counts them."""

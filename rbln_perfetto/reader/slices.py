@@ -1,6 +1,8 @@
 """Slices, counters and flows from the decoded event columns: events sorted by time (stable, as
-trace_processor's sorter), begin/end paired per track (with numpy; per-track stacks when an SLICE_END
-closes nothing), depths and parents, track ids in order of first use, v1 and v2 flows."""
+trace_processor's sorter), begin/end paired per track with numpy where that gives what trace_processor's
+SliceTracker gives, else the SliceTracker an event at a time (an END that closes nothing, ENDs that carry
+a name, categories, args or flows, instants stacked at one time), depths and parents, track ids in order
+of first use, v1 and v2 flows."""
 
 from __future__ import annotations
 
@@ -10,6 +12,8 @@ import numpy as np
 
 from ..proto_bytes import COUNTER, INSTANT, SLICE_BEGIN, SLICE_END
 from .tables import TraceTables, Track
+
+FLOW_INTO_EARLIER_SLICE = "unsupported_flow_from_end_into_earlier_slice"
 
 
 def _assign_track_id(tables: TraceTables, uuid: int) -> None:
@@ -34,10 +38,11 @@ def _assign_track_id(tables: TraceTables, uuid: int) -> None:
         tables.used_tracks.append(t.uuid)
 
 
-def build_slices(tables: TraceTables, events: dict, counter_vals, flow_events) -> None:
+def build_slices(tables: TraceTables, events: dict, counter_vals, flow_events, match_ends: bool = False) -> None:
     """Sort events by time (stable, as trace_processor's sorter) and build slices, counters and flows.
     `events`: the event columns (EventColumns.NAMES), each taken out of the dict when it is first
-    used, so that it is freed as soon as it is done with (the caller keeps no other reference)."""
+    used, so that it is freed as soon as it is done with (the caller keeps no other reference).
+    `match_ends`: some END event has a name, categories, args or flows (see `_build_with_stacks`)."""
     import pandas as pd
 
     ts, kinds, tracks = events.pop("ts"), events.pop("type"), events.pop("track")
@@ -69,8 +74,13 @@ def build_slices(tables: TraceTables, events: dict, counter_vals, flow_events) -
     before_group = np.r_[0, run][np.flatnonzero(group_start)]
     depth_after = np.empty(len(ev), dtype=np.int32)
     depth_after[by_track] = run - before_group[np.cumsum(group_start) - 1]
-    del by_track, run, group_start, before_group
-    if (depth_after < 0).any():
+    # Instants right after an instant at the same time on their track: trace_processor nests each under
+    # the one before (an instant stays on its track's stack until a later time).
+    in_track = k[by_track]
+    stacked = ((in_track[1:] == INSTANT) & (in_track[:-1] == INSTANT) & ~group_start[1:]
+               & (ts[ev[by_track[1:]]] == ts[ev[by_track[:-1]]])).any() if len(ev) > 1 else False
+    del by_track, run, group_start, before_group, in_track
+    if match_ends or stacked or (depth_after < 0).any():
         _build_with_stacks(tables, ev, k, tracks[ev], ts, events, flow_events)
         return
     depth_before = depth_after - delta
@@ -143,38 +153,112 @@ def _take_labels(tables, labels: dict, events: np.ndarray) -> None:
 
 
 def _build_with_stacks(tables, ev, k, trk, ts, labels, flow_events) -> None:
-    """The general path, for traces with SLICE_END events that close nothing: one stack per track."""
+    """The general path, trace_processor's SliceTracker an event at a time, one stack per track: an instant
+    is a slice of no duration that stays on the stack until an event at a later time (or a slice at its
+    time) pops it; an END completes the innermost incomplete slice whose name and category it matches (a
+    null one matches any), which gets the END's args and flows, and leaves the stack when it is on top
+    (else when a later event pops it, ending the incomplete slices above it there: `misplaced_end_event`)."""
+    strings, stats = tables.strings, tables.stats
+    name_prefix, name_id, cat_id, argset = (labels[c] for c in ("name_prefix", "name_id", "cat_id", "argset"))
     stacks: dict[int, list[int]] = defaultdict(list)
     rows = {"ts": [], "dur": [], "track": [], "depth": [], "parent": [], "event": []}
+    end_args: dict[int, list[int]] = {}  # slice id -> arg sets of the ENDs that completed it
     slice_of_event = np.full(len(ev), -1, dtype=np.int64)
-    for i, (kind, track) in enumerate(zip(k.tolist(), trk.tolist())):
+
+    def text(i: int) -> int:  # a string id, -1 for null (an empty string is null in trace_processor too)
+        return -1 if i < 0 or strings[i] == "" else i
+
+    for i, (kind, track, e) in enumerate(zip(k.tolist(), trk.tolist(), ev.tolist())):
+        t = int(ts[e])
         stack = stacks[track]
+        _close_stack(stack, rows, t, 0 if kind == INSTANT else -1, stats)
         if kind == SLICE_END:
-            if not stack:
-                tables.stats["misplaced_end_event"] += 1
+            name, category = (int(name_prefix[e]), text(int(name_id[e]))), text(int(cat_id[e]))
+            at = _matching(stack, rows, name, category, name_prefix, name_id, cat_id, text)
+            if at is None:
+                stats["misplaced_end_event"] += 1
                 continue
-            s = stack.pop()
-            rows["dur"][s] = int(ts[ev[i]]) - rows["ts"][s]
+            s = stack[at]
+            rows["dur"][s] = t - rows["ts"][s]
+            slice_of_event[i] = s
+            if argset[e] >= 0:
+                end_args.setdefault(s, []).append(int(argset[e]))
+            if at == len(stack) - 1:
+                stack.pop()
             continue
         sid = len(rows["ts"])
         slice_of_event[i] = sid
-        rows["ts"].append(int(ts[ev[i]]))
-        rows["dur"].append(0 if kind == INSTANT else -1)
-        rows["track"].append(track)
-        rows["depth"].append(len(stack))
-        rows["parent"].append(stack[-1] if stack else -1)
-        rows["event"].append(ev[i])
-        if kind == SLICE_BEGIN:
-            stack.append(sid)
+        for col, v in (("ts", t), ("dur", 0 if kind == INSTANT else -1), ("track", track), ("depth", len(stack)),
+                       ("parent", stack[-1] if stack else -1), ("event", e)):
+            rows[col].append(v)
+        stack.append(sid)
     events = np.asarray(rows["event"], dtype=np.int64)
     tables.slice_ts = np.asarray(rows["ts"], dtype=np.int64)
     tables.slice_dur = np.asarray(rows["dur"], dtype=np.int64)
-    tables.slice_instant = k[slice_of_event >= 0] == INSTANT
+    tables.slice_instant = k[(slice_of_event >= 0) & (k != SLICE_END)] == INSTANT
     tables.slice_track = np.asarray(rows["track"], dtype=np.uint64)
     tables.slice_depth = np.asarray(rows["depth"], dtype=np.int64)
     tables.slice_parent = np.asarray(rows["parent"], dtype=np.int64)
     _take_labels(tables, labels, events)
-    _add_flows(tables, flow_events, slice_of_event, _processing_positions(ev, len(ts), flow_events))
+    for s, sets in end_args.items():
+        tables.slice_arg_set[s] = _merged_arg_set(tables, [int(tables.slice_arg_set[s]), *sets])
+    _add_flows(tables, flow_events, slice_of_event, _processing_positions(ev, len(ts), flow_events),
+               frozenset(np.flatnonzero((k == SLICE_END) & (slice_of_event >= 0)).tolist()))
+
+
+def _close_stack(stack: list, rows: dict, new_ts: int, new_dur: int, stats) -> None:
+    """trace_processor's MaybeCloseStack before an event at `new_ts` (`new_dur`: 0 for an instant, -1 for
+    a slice that begins or ends): pops the completed slices that end before it (or at it, unless both are
+    instants); a completed slice under incomplete ones that ends before it ends them at its end."""
+    incomplete_above = False
+    i = len(stack) - 1
+    while i >= 0:
+        s = stack[i]
+        dur = rows["dur"][s]
+        end = rows["ts"][s] + dur
+        if dur == -1:
+            incomplete_above = True
+        elif incomplete_above:
+            if new_ts > end:
+                stats["misplaced_end_event"] += 1
+                while len(stack) > i + 1:
+                    child = stack.pop()
+                    rows["dur"][child] = end - rows["ts"][child]
+                stack.pop()
+                incomplete_above = False
+        elif end < new_ts or (end == new_ts and not (dur == 0 and new_dur == 0)):
+            stack.pop()  # (the top, as trace_processor pops)
+        i -= 1
+
+
+def _matching(stack, rows, name, category, name_prefix, name_id, cat_id, text):
+    """The stack index of the innermost incomplete slice an END of `name` ((prefix, string id)) and
+    `category` (string id) matches, or None; a null name or category matches any."""
+    for at in range(len(stack) - 1, -1, -1):
+        s = stack[at]
+        if rows["dur"][s] != -1:
+            continue
+        e = rows["event"][s]
+        if category >= 0 and text(int(cat_id[e])) != category:
+            continue
+        other = (int(name_prefix[e]), text(int(name_id[e])))
+        if name[1] >= 0 and other[1] >= 0 and other != name:
+            continue
+        return at
+    return None
+
+
+def _merged_arg_set(tables, sets: list[int]) -> int:
+    """One argument set holding those of `sets` (-1: none), a key given twice taking its last value."""
+    by_key: dict = {}
+    for a in sets:
+        if a >= 0:
+            for v in tables.arg_set_values[a]:
+                by_key[tables.arg_values[v][0]] = v
+    if not by_key:
+        return -1
+    tables.arg_set_values.append(tuple(by_key.values()))
+    return len(tables.arg_set_values) - 1
 
 
 def _processing_positions(ev: np.ndarray, n_events: int, flow_events: list) -> dict:
@@ -188,19 +272,23 @@ def _processing_positions(ev: np.ndarray, n_events: int, flow_events: list) -> d
     return dict(zip(ev[where].tolist(), where.tolist()))
 
 
-def _add_flows(tables, flow_events, slice_of_event, position_of_event) -> None:
-    """Flow rows in processing order: flow_ids start or continue a flow, terminating ids end it."""
+def _add_flows(tables, flow_events, slice_of_event, position_of_event, ends_at=frozenset()) -> None:
+    """Flow rows in processing order: flow_ids start or continue a flow, terminating ids end it.
+    `ends_at`: the positions of END events (their flows bind to the slice they end). A flow that such an
+    END carries into a slice that began before the flow's last one is counted (`FLOW_INTO_EARLIER_SLICE`),
+    not answered: trace_processor v58.2 gives it the other way round there, by a rule not pinned down."""
     open_flows: dict[int, int] = {}
     for pos, flows, ends in sorted((position_of_event.get(i, -1), f, t) for i, f, t in flow_events):
         sid = int(slice_of_event[pos]) if pos >= 0 else -1
         if sid < 0:
             continue
-        for fid in flows:
+        for fid, closes in [(f, False) for f in flows] + [(f, True) for f in ends]:
             if fid in open_flows:
-                tables.flows.append((open_flows[fid], sid))
-            open_flows[fid] = sid
-        for fid in ends:
-            if fid in open_flows:
-                tables.flows.append((open_flows.pop(fid), sid))
-
-
+                source = open_flows[fid]
+                if pos in ends_at and tables.slice_ts[source] > tables.slice_ts[sid]:
+                    tables.stats[FLOW_INTO_EARLIER_SLICE] += 1
+                tables.flows.append((source, sid))
+            if closes:
+                open_flows.pop(fid, None)
+            else:
+                open_flows[fid] = sid

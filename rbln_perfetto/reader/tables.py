@@ -23,6 +23,9 @@ class Track:
     counter_multiplier: int = 1
     counter_incremental: bool = False
     first_used_as_parent: bool = False  # given an id for a child's event before any event of its own
+    is_state: bool = False  # its descriptor has a `state` field (the only tracks TYPE_STATE events change)
+    thread: tuple | None = None  # (pid, tid, thread name or None) from its descriptor's `thread`
+    process: tuple | None = None  # (pid, process name or None, cmdline or None) from its descriptor's `process`
 
     @property
     def type(self) -> str:
@@ -77,6 +80,19 @@ class TraceTables:
 
     # Whole columns as Python lists: slow, for inspection and for comparing the reader's two paths
     # (tests/trace_checks.py); the SQL loader reads the arrays above instead.
+    def descriptor_owner(self, uuid: int) -> Track | None:
+        """The track (`uuid`'s, or its nearest ancestor's) whose descriptor names a thread or a process."""
+        seen = set()
+        while uuid is not None and uuid not in seen:
+            seen.add(uuid)
+            t = self.tracks.get(uuid)
+            if t is None:
+                return None
+            if t.thread is not None or t.process is not None:
+                return t
+            uuid = t.parent_uuid
+        return None
+
     @property
     def arg_sets(self) -> list[dict]:
         return [self.arg_set(i) for i in range(len(self.arg_set_values))]

@@ -5,8 +5,7 @@ A track without a name in its descriptor (or with no descriptor) takes the name 
 trace_processor merges sibling slice tracks that share a parent and a name into one track (the default
 `SIBLING_MERGE_BEHAVIOR_BY_TRACK_NAME`, placing each slice on whichever merged track is free); the
 embedded reader keeps them apart, so it counts them (`unsupported_merged_sibling_tracks`) and the
-backend warns, rather than answer with other track ids. The same for instants at one time on one track
-(trace_processor nests each under the one before)."""
+backend warns, rather than answer with other track ids."""
 
 from __future__ import annotations
 
@@ -18,9 +17,10 @@ from .tables import TraceTables
 
 MERGED_SIBLINGS = "unsupported_merged_sibling_tracks"
 PARENT_WITHOUT_DESCRIPTOR = "unsupported_track_parent_without_descriptor"
-# trace_processor keeps an instant open until a later time, so an instant at the same time on the same
-# track nests under it; the embedded reader puts both at one depth.
-STACKED_INSTANTS = "unsupported_instants_at_one_time_on_one_track"
+# A track whose descriptor (or an ancestor's) names a thread or a process: trace_processor makes it a thread
+# or process track, with its own type and name; the embedded reader lists the thread and process (the
+# `thread`, `process`, `thread_track`, ... tables) but gives the track the global kind.
+THREAD_PROCESS_TRACKS = "unsupported_thread_or_process_tracks"
 
 
 def first_event_names(tables: TraceTables, ts, tracks, name_prefix, name_id) -> dict:
@@ -57,18 +57,6 @@ def name_tracks(tables: TraceTables, declared: set, first_names: dict) -> None:
                   if tables.tracks[u].parent_uuid is not None and tables.tracks[u].parent_uuid not in declared)
     if orphans:  # trace_processor drops their events until the parent track exists, if ever
         tables.stats[PARENT_WITHOUT_DESCRIPTOR] += orphans
-    stacked = _stacked_instants(tables)
-    if stacked:
-        tables.stats[STACKED_INSTANTS] += stacked
-
-
-def _stacked_instants(tables: TraceTables) -> int:
-    """INSTANT events right after an INSTANT on their track, at its time and depth (a BEGIN/END pair of
-    no duration is closed at once in trace_processor too, so zero-length slices of pairs do not count)."""
-    if tables.slice_count < 2 or tables.slice_instant is None:
-        return 0
-    by_track = np.argsort(tables.slice_track, kind="stable")  # (ids in processing order within a track)
-    track, ts = tables.slice_track[by_track], tables.slice_ts[by_track]
-    instant, depth = tables.slice_instant[by_track], tables.slice_depth[by_track]
-    same = (track[1:] == track[:-1]) & (ts[1:] == ts[:-1]) & (depth[1:] == depth[:-1])
-    return int(np.count_nonzero(same & instant[1:] & instant[:-1]))
+    owned = sum(1 for u in tables.used_tracks if tables.descriptor_owner(u) is not None)
+    if owned:
+        tables.stats[THREAD_PROCESS_TRACKS] += owned
