@@ -12,12 +12,10 @@ from __future__ import annotations
 import os
 from collections import Counter, defaultdict
 
-import pandas as pd
 import pytest
 from trace_kinds import KINDS, SELECTED, STEPS, build, truth
 
 from rbln_perfetto.analysis import check, critical_path, diff, idle, metrics, stands_out, variance
-from rbln_perfetto.analysis.critical_path import GAP_NAME
 from rbln_perfetto.errors import UsageError
 from rbln_perfetto.exporter.summary import RunStats
 from rbln_perfetto.query import open_trace
@@ -215,6 +213,12 @@ def test_diff_of_a_trace_with_itself(case):
     by_layer = diff(tr, tr, by="layer")
     assert set(zip(by_layer.submodule, by_layer.layer)) == {(s, layer) for _, layer, s, _, _ in t.commands}
     assert set(by_layer.status) == {"both"} and (by_layer.delta_ms == 0).all()
+    # by layer the command count is per call of the layer, and says so in its name
+    calls = Counter(sub for _, _, sub, _, _ in t.invocations)
+    per_call = Counter((sub, layer) for _, layer, sub, _, _ in t.commands)
+    assert "base_commands" not in by_layer
+    for row in by_layer.itertuples():
+        assert row.base_commands_per_call == per_call[(row.submodule, row.layer)] // calls[row.submodule]
     by_op = diff(tr, tr, by="op")
     assert by_op.base_commands.sum() == len(t.commands)  # by op: every command of the run
 
@@ -222,7 +226,7 @@ def test_diff_of_a_trace_with_itself(case):
 def test_summary_lines(case):
     _, tr, t = case
     lines = stands_out(tr)
-    assert lines and "critical path:" in lines[1]
+    assert lines and "critical path:" in lines[1] and "not traced" not in lines[1]
     merged = any(r for r, _ in t.units)
     devices = {f"rank {r} device {d}" if merged else f"device {d}" for r, d in t.units}
     assert lines[0].split(" is idle")[0] in devices

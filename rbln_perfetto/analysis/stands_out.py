@@ -19,10 +19,10 @@ def stands_out(tr) -> list[str]:
 
     if len(per_device):
         worst = per_device.loc[per_device.idle_pct.idxmax()]
-        lines.append(f"{device(worst['rank'], worst.device)} is idle {worst.idle_pct:.1f}% of the run "
+        lines.append(f"{device(worst['rank'], worst.device)} is idle {worst.idle_pct:.1f}% of the traced run "
                      f"({worst.idle_ms:.3f} ms in {worst.gaps} gaps), mostly {worst.main_cause}")
     path = segments(find(tr))
-    work = path[path.kind != "gap"]
+    work = path[~path.kind.isin(["gap", "untraced"])]  # (an untraced stretch is no work to speed up)
     if len(work):
         top = work.loc[work.on_path_ms.idxmax()]
         where = f" ({device(top['rank'], top.device)})" if top.kind == "invocation" else ""
