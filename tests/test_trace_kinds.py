@@ -103,7 +103,7 @@ def test_top_layers_and_split_ops_name_layers_as_the_run_does(case):
         want[(layer, sub)][0] += 1
         want[(layer, sub)][1] += dur
     top = tr.report("top_layers")
-    assert len(top) == len(want) <= 25
+    assert len(top) == min(len(want), 25)
     for row in top.itertuples():
         assert [row.commands, row.total_ms] == pytest.approx([want[(row.layer, row.submodule)][0],
                                                               _ms(want[(row.layer, row.submodule)][1])])
@@ -193,7 +193,7 @@ def test_critical_path(case):
         # rank 1's call is on the path, reached from rank 0's send through the flow to rank 1's recv
         assert ((elements["rank"] == 1) & (elements.kind == "op")).any()
         recv = elements[(elements["rank"] == 1) & elements.name.str.startswith("recv ")]
-        assert recv.via.tolist() == ["flow"]
+        assert len(recv) and set(recv.via) == {"flow"}
 
 
 def test_variance(case):
