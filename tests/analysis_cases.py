@@ -49,11 +49,12 @@ FORK_JOIN_GAPS = {
     0: [("before first command", 0, 22, {"dma": 12, "host": 10}, "dma", "dma x host -> device 0"),
         ("between commands", 40, 120, {"other_device": 75, "unrecorded": 5}, "other_device",
          "text_encoder_3 #0 (device 1)"),
-        ("after last command", 190, 210, {"dma": 12, "host": 8}, "dma", "dma y device 0 -> host")],
+        # After its last invocation (ending at 202) the device is done: the host's postprocess is no cause.
+        ("after last command", 190, 210, {"dma": 12, "done": 8}, "dma", "dma y device 0 -> host")],
     1: [("before first command", 0, 27, {"dma": 12, "host": 10, "unrecorded": 5}, "dma", "dma t host -> device 1"),
-        # After its last invocation device 1 waits for no input: text_encoder #0 on device 0 (running
-        # [10, 202]) is not its cause, so what its own DMA and the host do not cover is unrecorded.
-        ("after last command", 100, 210, {"dma": 15, "unrecorded": 87, "host": 8}, "unrecorded", "")],
+        # After its last invocation (ending at 115) device 1 is done: nothing it waits for, no idle cause
+        # but that (text_encoder #0 on device 0 and the host's postprocess are not its causes).
+        ("after last command", 100, 210, {"dma": 15, "done": 95}, "done", "")],
 }
 
 # Critical path segments: (kind, device, name, start_us, on_path_us, elements, via).

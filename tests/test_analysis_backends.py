@@ -92,7 +92,7 @@ def test_report_command_prints_analyses_and_canned_reports(profiled, tmp_path, c
     assert main(["report", "critical-path", trace, "--csv", "--backend", "sqlite", "--overlay",
                  str(tmp_path / "cp.pb")]) == 0
     out = capsys.readouterr()
-    assert out.out.splitlines()[0] == "position,kind,device,name,ts,start_ms,on_path_ms,share_pct,elements,via"
+    assert out.out.splitlines()[0] == "position,kind,rank,device,name,ts,start_ms,on_path_ms,share_pct,elements,via"
     assert "'Critical path' track written to" in out.err
     with open_trace(tmp_path / "cp.pb", backend="sqlite") as tr:
         assert tr.query("select count(*) as n from track where name = 'Critical path'").n[0] == 1

@@ -86,8 +86,8 @@ def test_diff_of_synthetic_runs_is_known_by_construction(runs, by, backend):
         else:
             assert row.status == ("added" if c else "removed")
         if by == "layer":
-            assert (row.base_commands if b else None) == (b[2] if b else None)
-            assert (row.cand_commands if c else None) == (c[2] if c else None)
+            assert (row.base_commands_per_call if b else None) == (b[2] if b else None)
+            assert (row.cand_commands_per_call if c else None) == (c[2] if c else None)
             assert row.op == (c or b)[3]
             if b and c:
                 assert row.status == ("resplit" if b[2] != c[2] else "both")
@@ -151,7 +151,7 @@ def test_diff_of_two_command_budgets(compiled_dirs, tmp_path):
     assert set(zip(table.submodule, table.layer)) == set(base) == set(cand)
     for row in table.itertuples(index=False):
         b, c = base[(row.submodule, row.layer)], cand[(row.submodule, row.layer)]
-        assert (row.base_commands, row.cand_commands) == (b[0], c[0])
+        assert (row.base_commands_per_call, row.cand_commands_per_call) == (b[0], c[0])
         assert row.base_total_ms == pytest.approx(b[1] / 1e6, abs=1e-9)
         assert row.cand_total_ms == pytest.approx(c[1] / 1e6, abs=1e-9)
         assert row.status == ("resplit" if b[0] != c[0] else "both")

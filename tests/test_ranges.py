@@ -58,8 +58,8 @@ def _ranges_in_capture(capture):
 
 
 def _python_report(trace_data):
-    """The ranges report's numbers computed here, slice by slice: command slices (leaf Compute slices
-    and DMA slices) that start inside each range."""
+    """The ranges report's numbers computed here, slice by slice: commands (leaf Compute slices) and
+    DMA slices that start inside each range."""
     tracks = trace_data.tracks
     parents = {s.parent_id for s in trace_data.slices if s.parent_id is not None}
     commands = [(s.ts, s.dur, tracks[s.track_uuid].name) for s in trace_data.slices
@@ -67,7 +67,8 @@ def _python_report(trace_data):
     rows = {}
     for r in (s for s in trace_data.slices if tracks[s.track_uuid].name == "Ranges"):
         inside = [(dur, track) for ts, dur, track in commands if r.ts <= ts < r.ts + r.dur]
-        rows[r.id] = (len(inside), sum(d for d, t in inside if t == "Compute"), sum(d for d, t in inside if t == "DMA"))
+        rows[r.id] = (sum(t == "Compute" for _, t in inside), sum(t == "DMA" for _, t in inside),
+                      sum(d for d, t in inside if t == "Compute"), sum(d for d, t in inside if t == "DMA"))
     return rows
 
 
@@ -138,8 +139,8 @@ def test_ranges_report_gives_the_device_time_inside_each_range(ranged):
     assert report.depth.tolist() == [0, 1, 2, 1, 2, 0]
     oracle = _python_report(read_trace(ranged.aggregate_file))
     for row, slice_id in zip(report.itertuples(), ids):
-        commands, compute_ns, dma_ns = oracle[slice_id]
-        assert row.commands == commands
+        commands, transfers, compute_ns, dma_ns = oracle[slice_id]
+        assert (row.commands, row.transfers) == (commands, transfers)
         assert row.compute_ms == pytest.approx(compute_ns / 1e6, abs=1e-9)
         assert row.dma_ms == pytest.approx(dma_ns / 1e6, abs=1e-9)
         assert row.device_pct == pytest.approx(100.0 * (compute_ns + dma_ns) / max(row.dur_ms * 1e6, 1), rel=1e-9)

@@ -6,8 +6,10 @@
     variance(trace)         how repeated calls vary, and the outlier calls
     check(cand, ...)        rules over a run's metrics for CI (`summary_spec_text`: the same as a trace-summary spec)
 
-Each is SQL (plus a little pandas) through the query backends, so both give identical rows. A
-trace argument is a trace file, a run directory (its aggregate.pb) or an open `Trace`.
+Each is SQL (plus a little pandas) through the query backends, so both give identical rows, and
+each reads what a device, an invocation, a command, a DMA, an untraced stretch and the run span are
+from `query.trace_model`, so a merged multi-rank trace and a selected-steps run mean the same to
+all of them. A trace argument is a trace file, a run directory (its aggregate.pb) or an open `Trace`.
 """
 
 from .check import CheckResult, check, metrics

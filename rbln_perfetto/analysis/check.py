@@ -3,9 +3,13 @@
     rbln-perfetto check cand/ --baseline base/ --max-regression 5% --max "transformer.mean_ms<=120"
 
 Metrics (named as rules name them): `run.span_ms` (from the first invocation or host work to
-the last); per submodule `<submodule>.calls`, `.total_ms`, `.mean_ms`, `.max_ms` (its invocations);
+the last, over every rank); per submodule `<submodule>.calls`, `.total_ms`, `.mean_ms`, `.max_ms` (its invocations);
 per device `device<d>.busy_ms` (its invocations), `.compute_ms` (its commands) and `.idle_pct` (the
-share of the run span it computes nothing). Each comes from one SQL query (`METRICS`), the same
+share of the traced run span it computes nothing). A logical device runs on one rank, so a merged
+trace's devices are named as a single process's are.
+
+A check that checks nothing is refused (`UsageError`): no rule and no `max_regression`, or a
+`regression_metrics` glob that matches no metric of both runs. Each comes from one SQL query (`METRICS`), the same
 that `summary_spec` ships as a trace-summary spec for trace_processor's own `--summary`.
 """
 
@@ -17,9 +21,8 @@ import re
 from dataclasses import dataclass, field
 
 from ..errors import UsageError
-from ..naming import NOT_UNTRACED_SQL
+from ..query.trace_model import MODEL, in_category, not_untraced, with_ctes
 from .sources import opened
-from .trace_sql import DEVICE_TRACKS, INVOCATIONS, in_category, with_ctes
 
 
 @dataclass(frozen=True)
@@ -39,23 +42,22 @@ class Metric:
         return f"device{key}.{self.value}" if self.dimension == "device" else f"{key}.{self.value}"
 
 
-# The run: from the first invocation or host work to the last (as the `devices` report measures it).
-_SPAN_CTE = f"""span AS (
-  SELECT max(s.ts + s.dur) - min(s.ts) AS ns FROM slice s
-  WHERE {in_category('Workload', 'Host')} AND s.dur >= 0 AND {NOT_UNTRACED_SQL})"""
-_SPAN = with_ctes(DEVICE_TRACKS, _SPAN_CTE) + "\nSELECT ns / 1e6 AS span_ms FROM span"
-_SUBMODULES = with_ctes(DEVICE_TRACKS, INVOCATIONS) + """
+# Every metric reads `trace_model`'s definitions: a merged trace's ranks count as one run, an
+# untraced stretch is neither work nor idle time (idle_pct is of the traced part of the span).
+_SPAN = with_ctes(*MODEL) + "\nSELECT ns / 1e6 AS span_ms FROM run_span"
+_SUBMODULES = with_ctes(*MODEL) + """
 SELECT submodule, count(*) AS calls, sum(dur) / 1e6 AS total_ms, avg(dur) / 1e6 AS mean_ms, max(dur) / 1e6 AS max_ms
 FROM invocations GROUP BY submodule"""
-_DEVICES = with_ctes(DEVICE_TRACKS, _SPAN_CTE, f"""per_track AS (
+_DEVICES = with_ctes(*MODEL, f"""per_track AS (
   SELECT s.track_id, sum(s.dur) AS ns FROM slice s
-  WHERE {in_category('Workload', 'Compute')} AND s.depth = 0 AND s.dur >= 0 AND {NOT_UNTRACED_SQL}
+  WHERE {in_category('Workload', 'Compute')} AND s.depth = 0 AND s.dur >= 0 AND {not_untraced()}
   GROUP BY s.track_id)""") + """
 SELECT d.device AS device,
        sum(CASE WHEN d.category = 'Workload' THEN t.ns ELSE 0 END) / 1e6 AS busy_ms,
        sum(CASE WHEN d.category = 'Compute' THEN t.ns ELSE 0 END) / 1e6 AS compute_ms,
-       100.0 * (max(span.ns) - sum(CASE WHEN d.category = 'Compute' THEN t.ns ELSE 0 END)) / max(span.ns) AS idle_pct
-FROM per_track t JOIN device_tracks d ON d.track_id = t.track_id JOIN span
+       100.0 * (max(run_span.traced_ns) - sum(CASE WHEN d.category = 'Compute' THEN t.ns ELSE 0 END))
+         / max(run_span.traced_ns) AS idle_pct
+FROM per_track t JOIN device_tracks d ON d.track_id = t.track_id JOIN run_span
 GROUP BY d.device"""
 
 METRICS = (
@@ -129,6 +131,9 @@ def check(cand, baseline=None, max_regression: float | str | None = None, rules=
             raise UsageError(f"rule {rule!r} is not of the form METRIC<=NUMBER (operators: <=, <, >=, >, ==), "
                              "e.g. \"transformer.mean_ms<=120\"")
         parsed.append((rule.strip(), m.group(1), m.group(2), float(m.group(3))))
+    if not parsed and max_regression is None:
+        raise UsageError("check has nothing to check: give a rule (--max \"transformer.mean_ms<=120\") or "
+                         "--baseline BASE with --max-regression PERCENT")
     cand_values = metrics(cand, backend=backend, tp_bin=tp_bin)
     base_values = metrics(baseline, backend=backend, tp_bin=tp_bin) if baseline is not None else {}
     for rule, name, _, _ in parsed:
@@ -144,8 +149,16 @@ def check(cand, baseline=None, max_regression: float | str | None = None, rules=
             violations.append(f"{name} = {value:.6g}, breaks {rule}")
     checked = 0
     if max_regression is not None:
-        for name, value in cand_values.items():
-            if name not in base_values or not any(fnmatch.fnmatchcase(name, g) for g in regression_metrics):
+        both = [name for name in cand_values if name in base_values]
+        if not regression_metrics:
+            raise UsageError(f"--regression-metrics is empty: nothing to compare; valid: globs over {', '.join(both)}")
+        for glob in regression_metrics:
+            if not any(fnmatch.fnmatchcase(name, glob) for name in both):
+                raise UsageError(f"--regression-metrics {glob!r} matches no metric of both runs; valid: "
+                                 f"{', '.join(both) or '(none: the runs share no metric)'}")
+        for name in both:
+            value = cand_values[name]
+            if not any(fnmatch.fnmatchcase(name, g) for g in regression_metrics):
                 continue
             checked += 1
             base = base_values[name]

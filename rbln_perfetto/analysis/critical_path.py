@@ -1,15 +1,18 @@
 """The chain of work that sets the run's end-to-end time: the longest path over the dependencies
 the trace records, with each element's share.
 
-Elements are host work (Host slices), DMA transfers and ops (a command, or a split op: its
-commands run back to back, so a path through one runs through all of them). Dependencies, all
-read from the trace:
+Elements are host work (Host slices), DMA transfers (copies, and transfers between the ranks of
+a merged trace), ops (a command, or a split op: its commands run back to back, so a path through
+one runs through all of them) and untraced stretches (the run ran there, unrecorded: host time of
+its own, no gap). Dependencies, all read from the trace:
 
-    program order  on each device, its DMAs and ops run one after another, in time order
-    host order     the host issues host work and invocations one after another: an invocation's
-                   first element, or a host slice, follows the host slice or invocation (on any
-                   device) that ended last before it started
-    flows          a flow's source precedes its destination (a DMA before the command reading it)
+    program order  on each device (a (rank, device) pair), its DMAs and ops run one after another
+    host order     each rank's host issues host work, untraced stretches, transfers to other ranks
+                   and invocations one after another: an invocation's first element, or a host
+                   slice, follows the item (on any device of its rank) that ended last before it
+                   started
+    flows          a flow's source precedes its destination (a DMA before the command reading it,
+                   a send before the recv on another rank that took it)
 
 The path is found backwards from the element that ends last: at each element it steps to the
 predecessor that finished last (the one it waited for). Gaps between consecutive path elements are
@@ -23,11 +26,12 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..errors import UsageError
+from ..query.trace_model import DEVICE_TRACKS, RANK_STRIDE, in_category, unit_device, with_ctes
 from .sources import opened
-from .trace_sql import DEVICE_TRACKS, INVOCATION_ROWS, containing, in_category, ops, track_devices, with_ctes
+from .trace_sql import Units, containing, invocations, ops, untraced
 
 BY = ("segment", "element", "layer")
-KINDS = ("host", "dma", "op")
+KINDS = ("host", "dma", "op", "untraced")
 VIA = ("", "program order", "flow", "host order")
 
 _OTHER_LEAVES = with_ctes(DEVICE_TRACKS) + f"""
@@ -49,12 +53,13 @@ class CriticalPath:
     run_end: int
     ts: np.ndarray  # per leaf, sorted by (ts, id)
     end: np.ndarray
-    device: np.ndarray  # -1 for host work
+    device: np.ndarray  # unit (rank, device: `trace_model.RANK_STRIDE`); -1 for host work and untraced stretches
+    rank: np.ndarray
     kind: np.ndarray  # index into KINDS
     item: np.ndarray  # invocation index (into `invocations`), or -1
     names: list  # per leaf: its name (ops: None unless asked for)
     layers: list  # per leaf: an op's layer, else its name (ops: None unless asked for)
-    invocations: object  # DataFrame: id, ts, dur, device, name, submodule
+    invocations: object  # DataFrame: id, ts, dur, unit, rank, device, name, submodule
     elements: np.ndarray  # path, in time order
     via: np.ndarray  # per path element: index into VIA (how it depends on the one before)
     on_path: np.ndarray  # per path element: ns until the next element starts (or its end)
@@ -66,24 +71,28 @@ class CriticalPath:
 
 
 def _leaves(tr, inv, names: bool):
-    """(id, ts, end, device, kind, names, layers) of every element, sorted by (ts, id)."""
-    tracks = track_devices(tr)
+    """(id, ts, end, unit, rank, kind, names, layers) of every element, sorted by (ts, id)."""
+    units = Units(tr)
     other = tr.query(_OTHER_LEAVES)
-    op = ops(tr, names=names, invocations=inv)
-    host = np.array([tracks[int(t)][0] == "Host" for t in other.track_id], bool)
-    other_device = np.array([tracks[int(t)][1] for t in other.track_id], np.int64)
-    ids = np.concatenate([other.id.to_numpy(np.int64), op.id.to_numpy(np.int64)])
-    ts = np.concatenate([other.ts.to_numpy(np.int64), op.ts.to_numpy(np.int64)])
-    dur = np.concatenate([other.dur.to_numpy(np.int64), op.dur.to_numpy(np.int64)])
-    device = np.concatenate([np.where(host, -1, other_device), op.device.to_numpy(np.int64)])
-    kind = np.concatenate([np.where(host, 0, 1), np.full(len(op), 2, np.int64)])
+    skipped = untraced(tr)
+    op = ops(tr, names=names, invocations=inv, units=units)
+    host = np.array([c == "Host" for c in units.category(other.track_id)], bool)
+    other_unit = units.unit(other.track_id)
+    other_names = units.own_names(other.name, other.track_id)
+    ids = np.concatenate([other.id.to_numpy(np.int64), skipped.id.to_numpy(np.int64), op.id.to_numpy(np.int64)])
+    ts = np.concatenate([other.ts.to_numpy(np.int64), skipped.ts.to_numpy(np.int64), op.ts.to_numpy(np.int64)])
+    dur = np.concatenate([other.dur.to_numpy(np.int64), skipped.dur.to_numpy(np.int64), op.dur.to_numpy(np.int64)])
+    unit = np.concatenate([np.where(host, -1, other_unit), np.full(len(skipped), -1, np.int64),
+                           op.unit.to_numpy(np.int64)])
+    rank = np.concatenate([other_unit, skipped.unit.to_numpy(np.int64), op.unit.to_numpy(np.int64)]) // RANK_STRIDE
+    kind = np.concatenate([np.where(host, 0, 1), np.full(len(skipped), 3, np.int64), np.full(len(op), 2, np.int64)])
     blank = [None] * len(op)
-    leaf_names = list(other.name) + (list(op.name) if names else blank)
-    leaf_layers = list(other.name) + (list(op.layer) if names else blank)
+    leaf_names = other_names + list(skipped.name) + (list(op.name) if names else blank)
+    leaf_layers = other_names + list(skipped.name) + (list(op.layer) if names else blank)
     order = np.lexsort([ids, ts])
     pick = order.tolist()
-    return (ids[order], ts[order], (ts + dur)[order], device[order], kind[order], [leaf_names[i] for i in pick],
-            [leaf_layers[i] for i in pick])
+    return (ids[order], ts[order], (ts + dur)[order], unit[order], rank[order], kind[order],
+            [leaf_names[i] for i in pick], [leaf_layers[i] for i in pick])
 
 
 def _index_of(ids: np.ndarray, values: np.ndarray) -> np.ndarray:
@@ -114,13 +123,13 @@ def _host_order(starts, ends, firsts, lasts) -> dict[int, int]:
 
 def find(tr, names: bool = False) -> CriticalPath:
     """The critical path of an open trace; `names`: also the ops' names and layers (for tables of them)."""
-    inv = tr.query(INVOCATION_ROWS)
-    ids, ts, end, device, kind, leaf_names, leaf_layers = _leaves(tr, inv, names)
+    inv = invocations(tr)
+    ids, ts, end, device, rank, kind, leaf_names, leaf_layers = _leaves(tr, inv, names)
     n = len(ts)
     if n == 0:
         empty = np.zeros(0, np.int64)
-        return CriticalPath(0, 0, ts, end, device, kind, empty, leaf_names, leaf_layers, inv, empty, empty, empty,
-                            empty)
+        return CriticalPath(0, 0, ts, end, device, rank, kind, empty, leaf_names, leaf_layers, inv, empty, empty,
+                            empty, empty)
     order = np.arange(n)
     item = containing(ts, end, device, inv)
 
@@ -130,7 +139,8 @@ def find(tr, names: bool = False) -> CriticalPath:
         mine = np.flatnonzero(device == d)
         dev_prev[mine[1:]] = mine[:-1]
 
-    # Host order between items: host slices (one leaf each) and invocations (their leaves).
+    # Host order between items, per rank: host slices and untraced stretches (one leaf each) and
+    # invocations (their leaves).
     in_inv = np.flatnonzero(item >= 0)
     first_of = np.full(len(inv), -1, np.int64)
     last_of = np.full(len(inv), -1, np.int64)
@@ -141,14 +151,17 @@ def find(tr, names: bool = False) -> CriticalPath:
         groups, latest = np.unique(item[by_end], return_index=True)
         last_of[groups] = by_end[latest]  # each invocation's latest-ending leaf
     has = first_of >= 0
-    host_leaves = np.flatnonzero(kind == 0)
+    # (A DMA outside any invocation is a transfer to or from another rank: its host issues it too.)
+    host_leaves = np.flatnonzero((kind == 0) | (kind == 3) | ((kind == 1) & (item < 0)))
     firsts = np.concatenate([first_of[has], host_leaves])
     lasts = np.concatenate([last_of[has], host_leaves])
-    starts = ts[firsts]
     ends = np.concatenate([end[last_of[has]], end[host_leaves]])
+    item_rank = rank[firsts]
     host_prev = np.full(n, -1, np.int64)
-    for first, last in _host_order(starts, ends, firsts, lasts).items():
-        host_prev[first] = last
+    for r in np.unique(item_rank):
+        mine = item_rank == r
+        for first, last in _host_order(ts[firsts[mine]], ends[mine], firsts[mine], lasts[mine]).items():
+            host_prev[first] = last
 
     # Flows: the source of each flow into an element, the latest-ending one when several.
     flow_prev = np.full(n, -1, np.int64)
@@ -185,12 +198,13 @@ def find(tr, names: bool = False) -> CriticalPath:
     next_start = np.append(starts_on[1:], end[elements[-1]])
     on_path = np.maximum(np.minimum(end[elements], next_start) - starts_on, 0)
     gap_before = np.maximum(starts_on - np.concatenate([[run_start], end[elements[:-1]]]), 0)
-    return CriticalPath(run_start, run_end, ts, end, device, kind, item, leaf_names, leaf_layers, inv, elements,
+    return CriticalPath(run_start, run_end, ts, end, device, rank, kind, item, leaf_names, leaf_layers, inv, elements,
                 np.where(np.arange(len(elements)) == 0, 0, via[elements]), on_path, gap_before)
 
 
-SEGMENT_COLUMNS = ["position", "kind", "device", "name", "ts", "start_ms", "on_path_ms", "share_pct", "elements", "via"]
-ELEMENT_COLUMNS = ["position", "kind", "device", "name", "invocation", "ts", "start_ms", "dur_ms", "on_path_ms",
+SEGMENT_COLUMNS = ["position", "kind", "rank", "device", "name", "ts", "start_ms", "on_path_ms", "share_pct", "elements",
+                   "via"]
+ELEMENT_COLUMNS = ["position", "kind", "rank", "device", "name", "invocation", "ts", "start_ms", "dur_ms", "on_path_ms",
                    "share_pct", "via"]
 LAYER_COLUMNS = ["kind", "submodule", "name", "elements", "on_path_ms", "share_pct"]
 GAP_NAME = "(nothing recorded)"
@@ -215,25 +229,28 @@ def segments(path: CriticalPath):
             first = e[a]
             if path.gap_before[a] > 0:
                 gap = int(path.gap_before[a])
-                rows.append(("gap", None, GAP_NAME, int(path.ts[first]) - gap, gap, 0, ""))
+                rows.append(("gap", None, None, GAP_NAME, int(path.ts[first]) - gap, gap, 0, ""))
             inv = int(path.item[first])
             if inv >= 0:
                 kind, device = "invocation", int(path.invocations.device.iloc[inv])
+                rank = int(path.invocations["rank"].iloc[inv])
                 name = path.invocations.name.iloc[inv]
             else:
                 kind = KINDS[path.kind[first]]
-                device = None if path.device[first] < 0 else int(path.device[first])
+                device = None if path.device[first] < 0 else unit_device(path.device[first])
+                rank = int(path.rank[first])
                 name = path.names[first]
-            rows.append((kind, device, name, int(path.ts[first]), int(sums[k]), int(b - a), VIA[path.via[a]]))
+            rows.append((kind, rank, device, name, int(path.ts[first]), int(sums[k]), int(b - a), VIA[path.via[a]]))
         tail = path.run_end - int(path.end[e[-1]])
         if tail > 0:
-            rows.append(("gap", None, GAP_NAME, int(path.end[e[-1]]), tail, 0, ""))
-    table = pd.DataFrame(rows, columns=["kind", "device", "name", "ts", "on_path_ns", "elements", "via"])
+            rows.append(("gap", None, None, GAP_NAME, int(path.end[e[-1]]), tail, 0, ""))
+    table = pd.DataFrame(rows, columns=["kind", "rank", "device", "name", "ts", "on_path_ns", "elements", "via"])
     return _finish(table, path, SEGMENT_COLUMNS)
 
 
 def _finish(table, path: CriticalPath, columns):
     table.insert(0, "position", np.arange(len(table), dtype=np.int64))
+    table["rank"] = table["rank"].astype("Int64")
     table["device"] = table.device.astype("Int64")
     table["start_ms"] = (table.ts - path.run_start) / 1e6
     table["on_path_ms"] = table.on_path_ns / 1e6
@@ -250,14 +267,16 @@ def elements(path: CriticalPath):
     gaps = np.flatnonzero(path.gap_before > 0)
     element_rows = pd.DataFrame({
         "order": 2 * np.arange(len(e)) + 1, "kind": np.asarray(KINDS, dtype=object)[path.kind[e]],
-        "device": np.where(path.device[e] >= 0, path.device[e], -1), "name": [path.names[i] for i in e.tolist()],
+        "rank": path.rank[e], "device": np.where(path.device[e] >= 0, path.device[e] % RANK_STRIDE, -1),
+        "name": [path.names[i] for i in e.tolist()],
         "invocation": inv_names[path.item[e]], "ts": path.ts[e], "dur_ns": path.end[e] - path.ts[e],
         "on_path_ns": path.on_path, "via": np.asarray(VIA, dtype=object)[path.via]})
     gap_rows = pd.DataFrame({
-        "order": 2 * gaps, "kind": "gap", "device": -1, "name": GAP_NAME, "invocation": "",
+        "order": 2 * gaps, "kind": "gap", "rank": -1, "device": -1, "name": GAP_NAME, "invocation": "",
         "ts": path.ts[e[gaps]] - path.gap_before[gaps], "dur_ns": path.gap_before[gaps],
         "on_path_ns": path.gap_before[gaps], "via": ""})
     table = pd.concat([gap_rows, element_rows]).sort_values("order", kind="stable").reset_index(drop=True)
+    table["rank"] = table["rank"].where(table["rank"] >= 0)
     table["device"] = table.device.where(table.device >= 0)
     table["dur_ms"] = table.dur_ns / 1e6
     return _finish(table, path, ELEMENT_COLUMNS)

@@ -5,7 +5,10 @@ time in both, the delta and the ratio, sorted by the absolute delta; and that as
 
 A layer is compared by its name without the sequence index, so two runs whose `command_budget`
 split it into a different number of commands still compare, each side showing its command count
-(`status` "resplit"). A key present in only one run is "added" or "removed".
+(`status` "resplit"). A key present in only one run is "added" or "removed". The columns say what
+they count: `base_calls` (by layer or submodule), `base_commands` (by op: every command of the
+run), `base_invocations` (by device); by layer, `base_commands_per_call` is how many commands one
+call of the layer runs.
 """
 
 from __future__ import annotations
@@ -16,7 +19,7 @@ import numpy as np
 
 from ..errors import UsageError
 from .sources import opened
-from .trace_sql import INVOCATION_ROWS, op_args, ops
+from .trace_sql import invocations, op_args, ops
 
 BY = ("layer", "submodule", "op", "device")
 KEYS = {"layer": ["submodule", "layer"], "submodule": ["submodule"], "op": ["op"], "device": ["device"]}
@@ -29,7 +32,7 @@ def _side(trace, by: str):
     import pandas as pd
 
     if by in ("submodule", "device"):
-        inv = trace.query(INVOCATION_ROWS)
+        inv = invocations(trace)
         return inv.groupby(KEYS[by], sort=True).agg(count=("dur", "size"), total_ns=("dur", "sum")).reset_index()
     table = ops(trace, names=True)
     table = table[table.inv >= 0]
@@ -53,7 +56,7 @@ def compare(base, cand, by: str):
     if by == "layer":
         out["op"] = merged.op_cand.where(merged.op_cand.notna(), merged.op_base)
         for side in ("base", "cand"):
-            out[f"{side}_commands"] = merged[f"commands_{side}"].astype("Int64")
+            out[f"{side}_commands_per_call"] = merged[f"commands_{side}"].astype("Int64")
     for side in ("base", "cand"):
         out[f"{side}_{count}"] = merged[f"count_{side}"].fillna(0).astype(np.int64)
     for side in ("base", "cand"):
@@ -93,7 +96,7 @@ def diff(base, cand, by: str = "layer", top: int | None = None, *, backend: str 
 
 def _label(row, by: str) -> str:
     if by == "layer":
-        split = f" [{_count_text(row.base_commands)}->{_count_text(row.cand_commands)} cmds]" \
+        split = f" [{_count_text(row.base_commands_per_call)}->{_count_text(row.cand_commands_per_call)} cmds]" \
             if row.status == "resplit" else ("" if row.status == "both" else f" ({row.status})")
         return f"{row.layer} ({row.submodule}){split}"
     return f"device {row.device}" if by == "device" else str(getattr(row, KEYS[by][0]))

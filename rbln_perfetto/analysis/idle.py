@@ -1,18 +1,21 @@
 """Where each device waits, and why: the gaps in a device's compute, each attributed to what the
 run was doing instead.
 
-A device is idle when none of its commands runs. Its gaps are those between its invocations, the
-time before its first and after its last command within the run, and gaps between two ops (a
-command, or a split op, whose commands run back to back) of one invocation of at least
-`min_gap_ms`. Each instant of a gap goes to the first of these that covers it:
+A device (a (rank, device) pair in a merged trace) is idle when none of its commands runs. Its
+gaps are those between its invocations, the time before its first and after its last command within
+the run, and gaps between two ops (a command, or a split op, whose commands run back to back) of one
+invocation of at least `min_gap_ms`. Each instant of a gap goes to the first of these that covers it:
 
-    dma           a copy to or from this device (its DMA track)
-    other_device  an invocation on another device that ended by the time this device resumed, so
-                  that it can have produced this device's next input
+    untraced      an untraced stretch (`profile(steps=...)`): the trace holds nothing of it; no idle time
+    done          after the device's last invocation: it has nothing left to run
+    dma           a copy to or from this device, or a transfer to or from another rank (its DMA track)
+    other_device  an invocation on another device of its rank that ended by the time this device
+                  resumed, so that it can have produced this device's next input
+    other_rank    the same, on another rank of a merged trace (the detail names the rank)
     host          host work (a Host slice: tokenize, scheduler step, ...)
     unrecorded    nothing the trace records
 
-`idle(trace)` gives one row per device (count, total, median, max, share of the run span, time per
+`idle(trace)` gives one row per device (count, total, median, max, share of the traced run span, time per
 cause, the main cause); `idle(trace, gaps=True)` one row per gap.
 """
 
@@ -21,11 +24,13 @@ from __future__ import annotations
 import numpy as np
 
 from ..errors import UsageError
-from ..naming import NOT_UNTRACED_SQL
+from ..query.trace_model import (DEVICE_TRACKS, RUN_SPAN_ROW, in_category, not_untraced, unit_device, unit_rank,
+                                 with_ctes)
 from .sources import opened
-from .trace_sql import DEVICE_TRACKS, INVOCATION_ROWS, containing, in_category, track_devices, with_ctes
+from .trace_sql import Units, containing, invocations, untraced
 
-CAUSES = ("dma", "other_device", "host", "unrecorded")  # in priority order
+CAUSES = ("untraced", "done", "dma", "other_device", "other_rank", "host", "unrecorded")  # in priority order
+NOT_IDLE = ("untraced",)  # causes whose time is no idle time
 DEFAULT_MIN_GAP_MS = 0.01
 
 _GAPS = with_ctes(DEVICE_TRACKS, f"""ordered AS (
@@ -38,12 +43,12 @@ ORDER BY track_id, ts"""
 
 _COVERS = with_ctes(DEVICE_TRACKS) + f"""
 SELECT s.track_id, s.ts, s.ts + s.dur AS end_ts, s.name FROM slice s
-WHERE {in_category('Workload', 'Host', 'DMA')} AND s.depth = 0 AND s.dur >= 0 AND {NOT_UNTRACED_SQL}
+WHERE {in_category('Workload', 'Host', 'DMA')} AND s.depth = 0 AND s.dur >= 0 AND {not_untraced()}
 ORDER BY s.ts, s.id"""
 
-GAP_COLUMNS = ["device", "kind", "start_ms", "dur_ms", "cause", "detail", "before", "after",
+GAP_COLUMNS = ["rank", "device", "kind", "start_ms", "dur_ms", "cause", "detail", "before", "after",
                *(f"{c}_ms" for c in CAUSES)]
-DEVICE_COLUMNS = ["device", "gaps", "idle_ms", "idle_pct", "median_ms", "max_ms", *(f"{c}_ms" for c in CAUSES),
+DEVICE_COLUMNS = ["rank", "device", "gaps", "idle_ms", "idle_pct", "median_ms", "max_ms", *(f"{c}_ms" for c in CAUSES),
                   "main_cause"]
 
 
@@ -92,34 +97,43 @@ class _Intervals:
 def _gap_rows(trace, min_gap_ns: int):
     import pandas as pd
 
-    tracks = track_devices(trace)
-    inv = trace.query(INVOCATION_ROWS)
+    units = Units(trace)
+    inv = invocations(trace)
     cmds = trace.query(_GAPS)
     covers = trace.query(_COVERS)
-    covers["category"] = [tracks[int(t)][0] for t in covers.track_id]
-    covers["device"] = np.array([tracks[int(t)][1] for t in covers.track_id], np.int64)
-    cmds["device"] = np.array([tracks[int(t)][1] for t in cmds.track_id], np.int64)
-    ends = pd.concat([covers.end_ts, cmds.end_ts])
-    if ends.empty:
-        return [], 0, 0
-    run_start, run_end = int(pd.concat([covers.ts, cmds.ts]).min()), int(ends.max())
+    span = trace.query(RUN_SPAN_ROW)
+    if cmds.empty or span.lo.isna().all():
+        return [], 0, 0, 0
+    covers["category"] = units.category(covers.track_id)
+    covers["unit"] = units.unit(covers.track_id)
+    covers["name"] = units.own_names(covers.name, covers.track_id)
+    cmds["unit"] = units.unit(cmds.track_id)
+    run_start, run_end = int(span.lo.iloc[0]), int(span.hi.iloc[0])
+    skipped = untraced(trace)
+    untraced_iv = _Intervals(skipped.ts.to_numpy(), (skipped.ts + skipped.dur).to_numpy(), list(skipped.name))
     # The invocation holding the op after each gap, and the one holding the op before it.
-    device = cmds.device.to_numpy()
-    after = containing(cmds.ts.to_numpy(np.int64), cmds.end_ts.to_numpy(np.int64), device, inv)
+    unit = cmds.unit.to_numpy()
+    after = containing(cmds.ts.to_numpy(np.int64), cmds.end_ts.to_numpy(np.int64), unit, inv)
     prev_end = cmds.prev_end.fillna(run_start).to_numpy(np.int64)
-    before = containing(prev_end - 1, prev_end - 1, device, inv)
+    before = containing(prev_end - 1, prev_end - 1, unit, inv)
     names = list(inv.name) + [""]
+    last_end = (inv.ts + inv.dur).groupby(inv.unit).max().to_dict() if len(inv) else {}
     host = covers[covers.category == "Host"]
     host_iv = _Intervals(host.ts.to_numpy(), host.end_ts.to_numpy(), list(host.name))
+    work = covers[covers.category == "Workload"]
     rows = []
-    for d in np.unique(device):
-        dma = covers[(covers.category == "DMA") & (covers.device == d)]
+    for d in np.unique(unit):
+        dma = covers[(covers.category == "DMA") & (covers.unit == d)]
         dma_iv = _Intervals(dma.ts.to_numpy(), dma.end_ts.to_numpy(), list(dma.name))
-        other = covers[(covers.category == "Workload") & (covers.device != d)]
-        other_iv = _Intervals(other.ts.to_numpy(), other.end_ts.to_numpy(),
-                              [f"{n} (device {x})" for n, x in zip(other.name, other.device)])
+        others = []
+        for same_rank in (True, False):
+            other = work[(work.unit != d) & ((work.unit.map(unit_rank) == unit_rank(d)) == same_rank)]
+            others.append(_Intervals(other.ts.to_numpy(), other.end_ts.to_numpy(),
+                                     [f"{n} ({units.label(x)})" for n, x in zip(other.name, other.unit)]))
+        done_at = int(last_end.get(d, run_end))
+        done_iv = _Intervals(np.array([done_at]), np.array([max(run_end, done_at)]), [""])
         gaps = []
-        for i in np.flatnonzero(device == d).tolist():
+        for i in np.flatnonzero(unit == d).tolist():
             r = cmds.iloc[i]
             if r.is_first:
                 gaps.append(("before first command", run_start, int(r.ts), -1, after[i]))
@@ -135,14 +149,17 @@ def _gap_rows(trace, min_gap_ns: int):
                 continue
             # Another device's work explains a wait only for a next invocation of this device: after its
             # last one there is no input to wait for.
-            waited_on = other_iv.overlapping(lo, hi, ending_by=hi) if inv_after >= 0 else []
-            classes = [dma_iv.overlapping(lo, hi), waited_on, host_iv.overlapping(lo, hi)]
+            waited_on = [iv.overlapping(lo, hi, ending_by=hi) if inv_after >= 0 else [] for iv in others]
+            classes = [untraced_iv.overlapping(lo, hi), done_iv.overlapping(lo, hi), dma_iv.overlapping(lo, hi),
+                       *waited_on, host_iv.overlapping(lo, hi)]
             times, details = _attribute(lo, hi, classes)
-            main = int(np.argmax(times))
-            rows.append({"device": int(d), "kind": kind, "start_ms": (lo - run_start) / 1e6, "dur_ms": (hi - lo) / 1e6,
+            idle_times = [0 if c in NOT_IDLE else t for c, t in zip(CAUSES, times)]
+            main = int(np.argmax(idle_times)) if any(idle_times) else int(np.argmax(times))
+            rows.append({"rank": unit_rank(d), "device": unit_device(d), "kind": kind,
+                         "start_ms": (lo - run_start) / 1e6, "dur_ms": (hi - lo) / 1e6,
                          "cause": CAUSES[main], "detail": details[main], "before": names[inv_before],
                          "after": names[inv_after], **{f"{c}_ms": t / 1e6 for c, t in zip(CAUSES, times)}})
-    return rows, run_start, run_end
+    return rows, run_start, run_end, int(span.traced_ns.iloc[0])
 
 
 def idle(trace, min_gap_ms: float = DEFAULT_MIN_GAP_MS, gaps: bool = False, *, backend: str = "auto",
@@ -154,19 +171,19 @@ def idle(trace, min_gap_ms: float = DEFAULT_MIN_GAP_MS, gaps: bool = False, *, b
     if not min_gap_ms >= 0:
         raise UsageError(f"min_gap_ms={min_gap_ms} must be >= 0")
     with opened(trace, backend, tp_bin) as tr:
-        rows, run_start, run_end = _gap_rows(tr, round(min_gap_ms * 1e6))
+        rows, run_start, run_end, traced_ns = _gap_rows(tr, round(min_gap_ms * 1e6))
     table = pd.DataFrame(rows, columns=GAP_COLUMNS)
     if gaps:
         return table
-    span_ms = (run_end - run_start) / 1e6
+    span_ms = traced_ns / 1e6
     out = []
-    for device, g in table.groupby("device", sort=True):
+    for (rank, device), g in table.groupby(["rank", "device"], sort=True):
         per_cause = {f"{c}_ms": float(g[f"{c}_ms"].sum()) for c in CAUSES}
-        main = max(CAUSES, key=lambda c: per_cause[f"{c}_ms"])
+        main = max((c for c in CAUSES if c not in NOT_IDLE), key=lambda c: per_cause[f"{c}_ms"])
         details = g[g.cause == main].groupby("detail").dur_ms.sum()
         detail = details.idxmax() if len(details) and details.max() > 0 and details.idxmax() else ""
-        idle_ms = float(g.dur_ms.sum())
-        out.append({"device": int(device), "gaps": len(g), "idle_ms": idle_ms,
+        idle_ms = float(g.dur_ms.sum()) - sum(per_cause[f"{c}_ms"] for c in NOT_IDLE)
+        out.append({"rank": int(rank), "device": int(device), "gaps": len(g), "idle_ms": idle_ms,
                     "idle_pct": 100.0 * idle_ms / span_ms if span_ms else 0.0,
                     "median_ms": float(g.dur_ms.median()), "max_ms": float(g.dur_ms.max()), **per_cause,
                     "main_cause": main + (f": {detail}" if detail else "")})

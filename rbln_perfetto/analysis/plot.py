@@ -13,7 +13,7 @@ import zlib
 from pathlib import Path
 
 from ..errors import PlotError, UsageError
-from ..naming import NOT_UNTRACED_SQL
+from ..query.trace_model import DEVICE_TRACKS, in_category, is_command, not_untraced, own_name, with_ctes
 
 LEVELS = ("auto", "invocations", "commands")  # auto: commands for a one-invocation file, else invocations
 
@@ -31,25 +31,26 @@ HOST_COLOR = "#404040"
 MIN_BAR_PX = 1.5
 LABELLED_COMMANDS = 6  # at the commands level, the longest commands wide enough for it are named on their bar
 
-_SLICES = """
+# A device's row is named after its top-level track (`Device 1`, `Rank 1 / Device 1` in a merged trace).
+_SLICES = with_ctes(DEVICE_TRACKS) + """
 SELECT p.name AS device, s.ts, s.dur, extract_arg(s.arg_set_id, 'debug.submodule') AS submodule
 FROM slice s JOIN track t ON s.track_id = t.id JOIN track p ON t.parent_id = p.id
-WHERE t.name = '{track}' AND s.dur >= 0 {where}
+WHERE {where} AND s.dur >= 0
 ORDER BY s.ts
 """
 _QUERIES = {
-    "invocations": _SLICES.format(track="Workload", where=f"AND {NOT_UNTRACED_SQL}"),
-    "commands": _SLICES.format(track="Compute",
-                               where="AND extract_arg(s.arg_set_id, 'debug.command_index') IS NOT NULL"),
-    "dma": _SLICES.format(track="DMA", where=""),
-    "host": _SLICES.format(track="Host", where="AND s.depth = 0"),
+    "invocations": _SLICES.format(where=f"{in_category('Workload')} AND s.depth = 0 AND {not_untraced()}"),
+    "commands": _SLICES.format(where=f"{in_category('Compute')} AND {is_command()}"),
+    "dma": _SLICES.format(where=in_category("DMA")),
+    "host": _SLICES.format(where=f"{in_category('Host')} AND s.depth = 0"),
 }
-_LONGEST = """
-SELECT p.name AS device, s.ts, s.dur, s.name
-FROM slice s JOIN track t ON s.track_id = t.id JOIN track p ON t.parent_id = p.id
-WHERE t.name = 'Compute' AND s.dur >= 0 AND extract_arg(s.arg_set_id, 'debug.command_index') IS NOT NULL
+_LONGEST = with_ctes(DEVICE_TRACKS) + f"""
+SELECT p.name AS device, s.ts, s.dur, {own_name()} AS name
+FROM slice s JOIN device_tracks d ON d.track_id = s.track_id JOIN track t ON s.track_id = t.id
+  JOIN track p ON t.parent_id = p.id
+WHERE {in_category('Compute')} AND s.dur >= 0 AND {is_command()}
 ORDER BY s.dur DESC, s.ts
-LIMIT {n}
+LIMIT {{n}}
 """
 # Lanes of a device's row: (offset of the bar's bottom from the row's centre, height).
 _LANES = {"host": (0.22, 0.18), "invocations": (-0.40, 0.56), "commands": (-0.08, 0.26), "dma": (-0.40, 0.26)}

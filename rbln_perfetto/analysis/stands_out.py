@@ -12,15 +12,20 @@ def stands_out(tr) -> list[str]:
     """The lines, from an open `Trace`; none for a trace without device tracks."""
     lines = []
     per_device = idle(tr)
+    ranks = bool((per_device["rank"] > 0).any())  # a merged trace: name the rank too
+
+    def device(rank, d) -> str:
+        return f"rank {rank} device {d}" if ranks else f"device {d}"
+
     if len(per_device):
         worst = per_device.loc[per_device.idle_pct.idxmax()]
-        lines.append(f"device {worst.device} is idle {worst.idle_pct:.1f}% of the run ({worst.idle_ms:.3f} ms in "
-                     f"{worst.gaps} gaps), mostly {worst.main_cause}")
+        lines.append(f"{device(worst['rank'], worst.device)} is idle {worst.idle_pct:.1f}% of the traced run "
+                     f"({worst.idle_ms:.3f} ms in {worst.gaps} gaps), mostly {worst.main_cause}")
     path = segments(find(tr))
-    work = path[path.kind != "gap"]
+    work = path[~path.kind.isin(["gap", "untraced"])]  # (an untraced stretch is no work to speed up)
     if len(work):
         top = work.loc[work.on_path_ms.idxmax()]
-        where = f" (device {top.device})" if top.kind == "invocation" else ""
+        where = f" ({device(top['rank'], top.device)})" if top.kind == "invocation" else ""
         gaps = path[path.kind == "gap"].share_pct.sum()
         lines.append(f"critical path: {top['name']}{where} is its largest element, {top.share_pct:.1f}% of the run; "
                      f"gaps with nothing recorded {gaps:.1f}%")

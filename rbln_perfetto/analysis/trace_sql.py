@@ -1,97 +1,91 @@
-"""What the analyses read from a trace, shared: device tracks, invocations, and ops.
+"""What the analyses read from a trace, as tables: invocations, untraced stretches and ops, per
+unit (a (rank, device) pair; `query.trace_model` defines each of them, once, for every reader).
 
 An *op* is a top-level slice of a Compute track: one command, or a split op (a parent slice named
 after its layer, whose children are its commands and which spans them exactly). A run has about
 twenty times fewer ops than commands, so the analyses read ops, and command names only where a
 layer is asked for: each query then costs a scan of the slice table, not a Python object per
-command. Every query is plain SQLite plus trace_processor's `extract_arg`, so it runs unchanged on
-both backends; what SQL cannot do cheaply (which invocation holds an op) is a little numpy.
+command. What SQL cannot do cheaply (which invocation holds an op) is a little numpy.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-from ..naming import COMMAND_SLICE_NAME, NOT_UNTRACED_SQL
+from ..naming import COMMAND_SLICE_NAME
+from ..query.trace_model import (DEVICE_TRACKS, INVOCATION_ROWS, TRACK_UNITS, UNTRACED_ROWS, in_category, unit_label,
+                                 with_ctes)
 
-# `Device 3` -> 3: the device tracks' children, with their category and logical device.
-DEVICE_TRACKS = """device_tracks AS (
-  SELECT t.id AS track_id, t.name AS category, CAST(substr(p.name, 8) AS INT) AS device
-  FROM track t JOIN track p ON t.parent_id = p.id
-  WHERE p.name GLOB 'Device [0-9]*' AND t.name IN ('Workload', 'Host', 'Compute', 'DMA'))"""
-
-
-def in_category(*categories: str) -> str:
-    """SQL condition: slice `s` is on a device track of one of `categories` (Compute, DMA, Host,
-    Workload). An IN over the few track ids keeps the slice scan the outer loop on both backends;
-    put it first, so that a slice of another track costs no more than that test."""
-    names = ", ".join(repr(c) for c in categories)
-    return f"s.track_id IN (SELECT track_id FROM device_tracks WHERE category IN ({names}))"
-
-
-# One row per submodule invocation (Workload slice; not the "not traced: ..." slices of a selected run).
-# The track test comes first, so that only the few Workload slices have their name and args read.
-INVOCATIONS = f"""invocations AS (
-  SELECT s.id, s.ts, s.dur, d.device, s.name,
-         extract_arg(s.arg_set_id, 'debug.sequence_index') AS seq,
-         extract_arg(s.arg_set_id, 'debug.submodule') AS submodule,
-         extract_arg(s.arg_set_id, 'debug.call_index') AS call_index
-  FROM slice s JOIN device_tracks d ON s.track_id = d.track_id
-  WHERE {in_category('Workload')} AND s.dur >= 0 AND {NOT_UNTRACED_SQL})"""
-
-
-def with_ctes(*ctes: str) -> str:
-    """`WITH a, b, ...` for the given CTE texts (each `name AS (...)`)."""
-    return "WITH " + ",\n".join(ctes)
-
-
-# Every invocation, in run order.
-INVOCATION_ROWS = with_ctes(DEVICE_TRACKS, INVOCATIONS) + """
-SELECT id, seq, submodule, call_index, device, name, ts, dur FROM invocations ORDER BY ts, seq"""
-TRACK_DEVICES = with_ctes(DEVICE_TRACKS) + "\nSELECT track_id, category, device FROM device_tracks ORDER BY track_id"
 _OPS = with_ctes(DEVICE_TRACKS) + f"""
 SELECT s.id, s.ts, s.dur, s.track_id{{name}} FROM slice s
 WHERE {in_category('Compute')} AND s.depth = 0 AND s.dur >= 0"""
 
 
-def containing(ts: np.ndarray, end: np.ndarray, device: np.ndarray, inv) -> np.ndarray:
-    """Per interval, the row of `inv` (invocations: ts, dur, device) on its device that contains
-    it; -1 for none. Invocations of one device do not overlap."""
+class Units:
+    """The device tracks of an open trace: {track id: (category, unit, name prefix)}, and whether the
+    trace is a merged one (its units are then named with their rank)."""
+
+    def __init__(self, tr):
+        rows = tr.query(TRACK_UNITS)
+        self.tracks = {int(t): (c, int(u), p) for t, c, u, p in zip(rows.track_id, rows.category, rows.unit,
+                                                                     rows.prefix)}
+        self.merged = any(p for _, _, p in self.tracks.values())
+
+    def unit(self, track_ids) -> np.ndarray:
+        return np.array([self.tracks[int(t)][1] for t in track_ids], np.int64)
+
+    def category(self, track_ids) -> list[str]:
+        return [self.tracks[int(t)][0] for t in track_ids]
+
+    def own_names(self, names, track_ids) -> list[str]:
+        """The slices' names less the merged trace's `i{r}_` prefix."""
+        return [n[len(self.tracks[int(t)][2]):] for n, t in zip(names, track_ids)]
+
+    def label(self, unit: int) -> str:
+        return unit_label(unit, self.merged)
+
+
+def invocations(tr):
+    """Every invocation in run order: id, seq, submodule, call_index, unit, rank, device, name, ts, dur."""
+    return tr.query(INVOCATION_ROWS)
+
+
+def untraced(tr):
+    """Every untraced stretch: id, ts, dur, unit, rank, name."""
+    return tr.query(UNTRACED_ROWS)
+
+
+def containing(ts: np.ndarray, end: np.ndarray, unit: np.ndarray, inv) -> np.ndarray:
+    """Per interval, the row of `inv` (invocations: ts, dur, unit) on its unit that contains it; -1
+    for none. Invocations of one unit do not overlap."""
     out = np.full(len(ts), -1, np.int64)
-    inv_ts, inv_dev = inv.ts.to_numpy(np.int64), inv.device.to_numpy(np.int64)
+    inv_ts, inv_unit = inv.ts.to_numpy(np.int64), inv.unit.to_numpy(np.int64)
     inv_end = inv_ts + inv.dur.to_numpy(np.int64)
-    for d in np.unique(inv_dev):
-        rows = np.flatnonzero(inv_dev == d)
+    for d in np.unique(inv_unit):
+        rows = np.flatnonzero(inv_unit == d)
         rows = rows[np.argsort(inv_ts[rows], kind="stable")]
-        mine = np.flatnonzero(device == d)
+        mine = np.flatnonzero(unit == d)
         k = np.searchsorted(inv_ts[rows], ts[mine], side="right") - 1
         ok = (k >= 0) & (end[mine] <= inv_end[rows[np.maximum(k, 0)]])
         out[mine[ok]] = rows[k[ok]]
     return out
 
 
-def track_devices(tr) -> dict[int, tuple[str, int]]:
-    """{track id: (category, device)} of the device tracks."""
-    rows = tr.query(TRACK_DEVICES)
-    return {int(t): (c, int(d)) for t, c, d in zip(rows.track_id, rows.category, rows.device)}
-
-
-def ops(tr, *, names: bool = False, invocations=None):
-    """One row per op, in (ts, id) order: id, ts, dur, device, and its invocation (`inv`: row of
-    `invocations`, -1 for none; seq, submodule, call_index). With `names`: the op's `name` and
+def ops(tr, *, names: bool = False, invocations=None, units: Units | None = None):
+    """One row per op, in (ts, id) order: id, ts, dur, unit, and its invocation (`inv`: row of
+    `invocations`, -1 for none; seq, submodule, call_index). With `names`: the op's own `name` and
     `layer` (a command's name less its sequence index and command index; a split op's name)."""
     import pandas as pd
 
     inv = tr.query(INVOCATION_ROWS) if invocations is None else invocations
+    units = Units(tr) if units is None else units
     rows = tr.query(_OPS.format(name=", s.name" if names else ""))
-    device = {track: d for track, (_, d) in track_devices(tr).items()}
     out = pd.DataFrame({"id": rows.id.to_numpy(np.int64), "ts": rows.ts.to_numpy(np.int64),
-                        "dur": rows.dur.to_numpy(np.int64),
-                        "device": rows.track_id.astype(np.int64).map(device).to_numpy(np.int64)})
+                        "dur": rows.dur.to_numpy(np.int64), "unit": units.unit(rows.track_id)})
     if names:
-        out["name"] = rows.name.to_numpy(object)
+        out["name"] = np.asarray(units.own_names(rows.name, rows.track_id), dtype=object)
     out = out.sort_values(["ts", "id"], kind="stable").reset_index(drop=True)
-    out["inv"] = containing(out.ts.to_numpy(), (out.ts + out.dur).to_numpy(), out.device.to_numpy(), inv)
+    out["inv"] = containing(out.ts.to_numpy(), (out.ts + out.dur).to_numpy(), out.unit.to_numpy(), inv)
     has = out.inv.to_numpy() >= 0
     pick = np.maximum(out.inv.to_numpy(), 0)
     if len(inv):  # (a Workload slice without rbln-perfetto's args gives -1 and None)

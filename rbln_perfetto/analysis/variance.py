@@ -13,7 +13,7 @@ import numpy as np
 
 from ..errors import UsageError
 from .sources import opened
-from .trace_sql import INVOCATION_ROWS, ops
+from .trace_sql import invocations, ops
 
 BY = ("submodule", "layer")
 MIN_CALLS = 3
@@ -30,7 +30,7 @@ OUTLIER_COLUMNS = ["by", "submodule", "layer", "sequence_index", "call_index", "
 
 def _calls(tr, by: str):
     """One row per call: key columns, seq, call_index, ms."""
-    inv = tr.query(INVOCATION_ROWS)
+    inv = invocations(tr)
     if by == "submodule":
         rows = inv[["submodule", "seq", "call_index", "dur"]]
     else:  # per layer and call, of the submodules called more than once

@@ -4,7 +4,8 @@ The per-device table counts and times what the `devices` report reads from the t
 units, so `rbln-perfetto run` and `rbln-perfetto summary` give the same numbers: invocations
 (Workload slices), commands (Compute slices that are commands, not a split op's parent), transfers
 (DMA slices), host events (Host slices); busy, compute, DMA and host milliseconds; utilisation in
-percent of the run's span.
+percent of the run's traced span: a stretch a selection left untraced (`profile(steps=...)`) is
+neither work nor idle time, as `query.trace_model` has it for the traces.
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ class RunStats:
     host_events: int = 0
     start_ns: int | None = None
     end_ns: int | None = None
+    untraced: list = field(default_factory=list)  # (start_ns, end_ns) of each untraced stretch
 
     def _span(self, start: int, end: int) -> None:
         self.start_ns = start if self.start_ns is None else min(self.start_ns, start)
@@ -68,9 +70,20 @@ class RunStats:
         """Commands run by all the calls added."""
         return sum(s.commands for s in self.submodules.values())
 
+    def add_untraced(self, start: int, end: int) -> None:
+        """A stretch of the run that ran untraced (a capture `Untraced` record)."""
+        self.untraced.append((start, end))
+
     @property
     def span_ns(self) -> int:
         return 0 if self.start_ns is None else self.end_ns - self.start_ns
+
+    @property
+    def traced_span_ns(self) -> int:
+        """The span less the untraced stretches inside it: what utilisation is a share of."""
+        if self.start_ns is None:
+            return 0
+        return self.span_ns - sum(max(0, min(e, self.end_ns) - max(s, self.start_ns)) for s, e in self.untraced)
 
     def tables(self):
         """(per-device DataFrame, per-submodule DataFrame); times in milliseconds, utilisation in percent."""
@@ -88,7 +101,7 @@ class RunStats:
             columns=["submodule", "device", "calls", "commands", "commands_per_call", "split_commands_per_call",
                      "transfers", "total_ms", "mean_ms", "compute_ms", "dma_ms"],
         )
-        span_ns = self.span_ns
+        span_ns = self.traced_span_ns
         rows = []
         for d, torch_device in sorted(self.devices.items()):
             mine = [s for s in self.submodules.values() if s.device == d]

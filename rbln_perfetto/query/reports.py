@@ -12,7 +12,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ..errors import UsageError
-from ..naming import LAYER_SQL, NOT_UNTRACED_SQL
+from ..naming import LAYER_SQL
+from .trace_model import DEVICE_TRACKS, MODEL, in_category, is_command, not_untraced, own_name, with_ctes
 
 
 @dataclass(frozen=True)
@@ -21,13 +22,8 @@ class Report:
     sql: str
 
 
-def on_tracks(*names: str, alias: str = "s") -> str:
-    """SQL condition: slice `alias` is on a track named one of `names` (an IN over the few track ids)."""
-    return f"{alias}.track_id IN (SELECT id FROM track WHERE name IN ({', '.join(repr(n) for n in names)}))"
-
-
 REPORTS = {
-    "invocations": Report("per-submodule invocation times", f"""
+    "invocations": Report("per-submodule invocation times", with_ctes(DEVICE_TRACKS) + f"""
 SELECT extract_arg(s.arg_set_id, 'debug.submodule') AS submodule,
        extract_arg(s.arg_set_id, 'debug.device') AS device,
        count(*) AS calls,
@@ -36,25 +32,22 @@ SELECT extract_arg(s.arg_set_id, 'debug.submodule') AS submodule,
        min(s.dur) / 1e6 AS min_ms,
        max(s.dur) / 1e6 AS max_ms
 FROM slice s
-WHERE {on_tracks('Workload')} AND {NOT_UNTRACED_SQL}
+WHERE {in_category('Workload')} AND s.depth = 0 AND {not_untraced()}
 GROUP BY submodule, device
 ORDER BY min(s.ts)
 """),
     # `items` counts what `counted` names: a split op's parent slice is no command, so Compute counts
     # the slices that carry a command_index. The span is that of the invocations and host work, as
-    # `rbln-perfetto run` computes it (`summary.RunStats`). Untraced stretches (`profile(steps=...)`)
-    # are no work; only Workload slices at depth 0 can be one, so no other slice's name is read.
-    "devices": Report("per-device busy time and utilisation (% of the run span) per track category", f"""
-WITH span AS (
-  SELECT max(s.ts + s.dur) - min(s.ts) AS ns
-  FROM slice s
-  WHERE {on_tracks('Workload', 'Host')} AND s.dur >= 0 AND {NOT_UNTRACED_SQL}),
+    # `rbln-perfetto run` computes it (`summary.RunStats`), less the untraced stretches
+    # (`profile(steps=...)`), which are neither work nor idle time (`trace_model`).
+    "devices": Report("per-device busy time and utilisation (% of the traced run span) per track category",
+                      with_ctes(*MODEL) + f""",
 per_track AS (
   SELECT s.track_id, count(*) AS slices, count(extract_arg(s.arg_set_id, 'debug.command_index')) AS commands,
          sum(CASE WHEN s.depth = 0 THEN s.dur ELSE 0 END) AS busy_ns
   FROM slice s
-  WHERE {on_tracks('Workload', 'Host', 'Compute', 'DMA')}
-    AND (s.depth > 0 OR NOT {on_tracks('Workload')} OR {NOT_UNTRACED_SQL})
+  WHERE {in_category('Workload', 'Host', 'Compute', 'DMA')}
+    AND (s.depth > 0 OR NOT {in_category('Workload')} OR {not_untraced()})
   GROUP BY s.track_id),
 busy AS (
   SELECT p.name AS device, t.name AS category,
@@ -65,31 +58,32 @@ busy AS (
 SELECT device, category, items,
        CASE category WHEN 'Workload' THEN 'invocations' WHEN 'Host' THEN 'host events'
                      WHEN 'Compute' THEN 'commands' ELSE 'transfers' END AS counted,
-       busy_ns / 1e6 AS busy_ms, 100.0 * busy_ns / span.ns AS utilisation_pct
-FROM busy, span
+       busy_ns / 1e6 AS busy_ms, 100.0 * busy_ns / run_span.traced_ns AS utilisation_pct
+FROM busy, run_span
 ORDER BY device, CASE category WHEN 'Workload' THEN 0 WHEN 'Host' THEN 1 WHEN 'Compute' THEN 2 ELSE 3 END
 """),
     # Most commands are a split op's (depth 1): summed per split op first (an integer key, no name
     # read; one command's args name the submodule of all), then named after it: a split op is named
     # after its layer and holds its op (`naming`). The other commands (depth 0) get their layer from
-    # their names (`layer_sql`).
-    "top_layers": Report("top layers by total command time", f"""
-WITH per_op AS (
+    # their names (`layer_sql`), less a merged trace's `i{r}_` (`trace_model.own_name`).
+    "top_layers": Report("top layers by total command time", with_ctes(DEVICE_TRACKS) + f""",
+per_op AS (
   SELECT s.parent_id, extract_arg(min(s.arg_set_id), 'debug.submodule') AS submodule,
          count(*) AS commands, sum(s.dur) AS total_ns
   FROM slice s
-  WHERE {on_tracks('Compute')} AND s.depth = 1 AND extract_arg(s.arg_set_id, 'debug.command_index') IS NOT NULL
+  WHERE {in_category('Compute')} AND s.depth = 1 AND {is_command()}
   GROUP BY s.parent_id),
 per_layer AS (
-  SELECT p.name AS layer, o.submodule, extract_arg(p.arg_set_id, 'debug.op') AS op,
+  SELECT {own_name('p')} AS layer, o.submodule, extract_arg(p.arg_set_id, 'debug.op') AS op,
          sum(o.commands) AS commands, sum(o.total_ns) AS total_ns
-  FROM per_op o JOIN slice p ON p.id = o.parent_id
+  FROM per_op o JOIN slice p ON p.id = o.parent_id JOIN device_tracks d ON d.track_id = p.track_id
   GROUP BY layer, o.submodule, op
   UNION ALL
   SELECT {LAYER_SQL} AS layer, extract_arg(s.arg_set_id, 'debug.submodule') AS submodule,
          extract_arg(s.arg_set_id, 'debug.op') AS op, count(*) AS commands, sum(s.dur) AS total_ns
-  FROM slice s
-  WHERE {on_tracks('Compute')} AND s.depth = 0 AND extract_arg(s.arg_set_id, 'debug.command_index') IS NOT NULL
+  FROM (SELECT {own_name()} AS name, s.arg_set_id, s.dur
+        FROM slice s JOIN device_tracks d ON d.track_id = s.track_id
+        WHERE {in_category('Compute')} AND s.depth = 0 AND {is_command()}) s
   GROUP BY layer, submodule, op)
 SELECT layer, submodule, op,
        sum(commands) AS commands,
@@ -103,14 +97,14 @@ LIMIT 25
     # The commands are summed per split op first, so only the split ops, twenty times fewer, are joined
     # to their names and args and grouped by them. A split op's commands are all of one invocation, so
     # any one's args name their submodule (the op's args hold its op and command count, no submodule).
-    "split_ops": Report("ops split into several commands", f"""
-WITH per_op AS (
+    "split_ops": Report("ops split into several commands", with_ctes(DEVICE_TRACKS) + f""",
+per_op AS (
   SELECT c.parent_id, extract_arg(min(c.arg_set_id), 'debug.submodule') AS submodule, count(*) AS commands,
          sum(c.dur) AS total_ns, max(c.dur) AS max_ns
   FROM slice c
-  WHERE {on_tracks('Compute', alias='c')} AND c.depth = 1
+  WHERE {in_category('Compute', alias='c')} AND c.depth = 1
   GROUP BY c.parent_id)
-SELECT p.name AS layer,
+SELECT {own_name('p')} AS layer,
        o.submodule AS submodule,
        extract_arg(p.arg_set_id, 'debug.op') AS op,
        extract_arg(p.arg_set_id, 'debug.command_count') AS command_count,
@@ -119,15 +113,15 @@ SELECT p.name AS layer,
        sum(o.total_ns) / 1e6 AS total_ms,
        CAST(sum(o.total_ns) AS REAL) / sum(o.commands) / 1e6 AS mean_ms,
        max(o.max_ns) / 1e6 AS max_ms
-FROM per_op o JOIN slice p ON p.id = o.parent_id
+FROM per_op o JOIN slice p ON p.id = o.parent_id JOIN device_tracks d ON d.track_id = p.track_id
 WHERE p.depth = 0
 GROUP BY layer, o.submodule, op, command_count
 ORDER BY total_ms DESC, layer
 """),
     # A transfer to or from another rank (a run split across processes) goes from or to `rank N`; its
     # other end is the device of its track.
-    "dma": Report("DMA transfers", f"""
-WITH t AS (
+    "dma": Report("DMA transfers", with_ctes(DEVICE_TRACKS) + f""",
+t AS (
   SELECT extract_arg(s.arg_set_id, 'debug.submodule') AS submodule,
          coalesce(extract_arg(s.arg_set_id, 'debug.tensor'), extract_arg(s.arg_set_id, 'debug.tensors')) AS tensor,
          extract_arg(s.arg_set_id, 'debug.src') AS src,
@@ -136,10 +130,11 @@ WITH t AS (
          extract_arg(s.arg_set_id, 'debug.transfer') AS transfer,
          extract_arg(s.arg_set_id, 'debug.peer_rank') AS peer_rank,
          s.track_id, s.dur
-  FROM slice s WHERE {on_tracks('DMA')}),
+  FROM slice s WHERE {in_category('DMA')}),
 here AS (
-  SELECT t.id AS track_id, lower(p.name) AS device FROM track t JOIN track p ON p.id = t.parent_id
-  WHERE t.name = 'DMA')
+  SELECT track_id, CASE WHEN prefix = '' THEN 'device ' || device ELSE 'rank ' || rank || ' / device ' || device END
+           AS device
+  FROM device_tracks WHERE category = 'DMA')
 SELECT submodule, tensor,
        CASE WHEN transfer = 'recv' THEN 'rank ' || peer_rank WHEN transfer = 'send' THEN here.device
             WHEN src < 0 THEN 'host' ELSE 'device ' || src END AS source,
@@ -153,29 +148,36 @@ FROM t LEFT JOIN here USING (track_id)
 GROUP BY submodule, tensor, source, destination
 ORDER BY bytes DESC, submodule, tensor, source
 """),
-    # A command counts for a range when it starts inside it. Running sums over one time-ordered pass
+    # A command (a leaf Compute slice) or a DMA counts for a range when it starts inside it; `commands`
+    # counts the commands, `transfers` the DMAs. Running sums over one time-ordered pass
     # (range edges sort before commands at the same ts) give every range's share without a
-    # ranges x commands join; a range's numbers include those of the ranges nested in it.
-    "ranges": Report("user ranges (rbln_perfetto.range) and the device time inside them", """
-WITH r AS MATERIALIZED (
-  SELECT s.id, s.ts, s.dur, s.name, s.depth, s.arg_set_id
-  FROM slice s JOIN track t ON s.track_id = t.id
+    # ranges x commands join; a range's numbers include those of the ranges nested in it. In a merged
+    # trace the Ranges track is rank 0's, its names less their `i0_` (everything to the first `_`).
+    "ranges": Report("user ranges (rbln_perfetto.range) and the device time inside them",
+                     with_ctes(DEVICE_TRACKS) + f""",
+r AS MATERIALIZED (
+  SELECT s.id, s.ts, s.dur, s.depth, s.arg_set_id,
+         substr(s.name, CASE WHEN p.name GLOB 'Rank [0-9]* / *' THEN instr(s.name, '_') + 1 ELSE 1 END) AS name
+  FROM slice s JOIN track t ON s.track_id = t.id LEFT JOIN track p ON t.parent_id = p.id
   WHERE t.name = 'Ranges' AND s.dur >= 0),
 span AS (SELECT min(ts) AS lo, max(ts + dur) AS hi FROM r),
 cmd AS (
-  SELECT s.ts, s.dur, t.name = 'DMA' AS is_dma
-  FROM slice s JOIN track t ON s.track_id = t.id JOIN span
-  WHERE t.name IN ('Compute', 'DMA') AND s.ts >= span.lo AND s.ts < span.hi AND s.dur >= 0
+  SELECT s.ts, s.dur, {in_category('DMA')} AS is_dma
+  FROM slice s JOIN span
+  WHERE {in_category('Compute', 'DMA')} AND s.ts >= span.lo AND s.ts < span.hi AND s.dur >= 0
     AND s.id NOT IN (SELECT parent_id FROM slice WHERE parent_id IS NOT NULL)),
 ev AS (
-  SELECT ts, 1 AS k, dur * (1 - is_dma) AS compute_ns, dur * is_dma AS dma_ns, NULL AS rid, NULL AS edge FROM cmd
-  UNION ALL SELECT ts, 0, 0, 0, id, 0 FROM r
-  UNION ALL SELECT ts + dur, 0, 0, 0, id, 1 FROM r),
+  SELECT ts, 1 AS k, 1 - is_dma AS c, is_dma AS x, dur * (1 - is_dma) AS compute_ns, dur * is_dma AS dma_ns,
+         NULL AS rid, NULL AS edge FROM cmd
+  UNION ALL SELECT ts, 0, 0, 0, 0, 0, id, 0 FROM r
+  UNION ALL SELECT ts + dur, 0, 0, 0, 0, 0, id, 1 FROM r),
 run AS (
-  SELECT rid, edge, sum(k) OVER w AS commands, sum(compute_ns) OVER w AS compute_ns, sum(dma_ns) OVER w AS dma_ns
+  SELECT rid, edge, sum(c) OVER w AS commands, sum(x) OVER w AS transfers, sum(compute_ns) OVER w AS compute_ns,
+         sum(dma_ns) OVER w AS dma_ns
   FROM ev WINDOW w AS (ORDER BY ts, k ROWS UNBOUNDED PRECEDING)),
 inside AS (
   SELECT rid, sum(CASE edge WHEN 1 THEN commands ELSE -commands END) AS commands,
+         sum(CASE edge WHEN 1 THEN transfers ELSE -transfers END) AS transfers,
          sum(CASE edge WHEN 1 THEN compute_ns ELSE -compute_ns END) AS compute_ns,
          sum(CASE edge WHEN 1 THEN dma_ns ELSE -dma_ns END) AS dma_ns
   FROM run WHERE rid IS NOT NULL GROUP BY rid),
@@ -187,7 +189,8 @@ range_args AS MATERIALIZED (
 SELECT r.name,
        coalesce((SELECT group_concat(kv, ', ') FROM (
          SELECT kv FROM range_args WHERE range_args.arg_set_id = r.arg_set_id ORDER BY key)), '') AS args,
-       r.depth, r.ts, r.dur / 1e6 AS dur_ms, i.commands, i.compute_ns / 1e6 AS compute_ms, i.dma_ns / 1e6 AS dma_ms,
+       r.depth, r.ts, r.dur / 1e6 AS dur_ms, i.commands, i.transfers, i.compute_ns / 1e6 AS compute_ms,
+       i.dma_ns / 1e6 AS dma_ms,
        100.0 * (i.compute_ns + i.dma_ns) / max(r.dur, 1) AS device_pct
 FROM r JOIN inside i ON i.rid = r.id
 ORDER BY r.ts, r.depth
