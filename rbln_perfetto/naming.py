@@ -98,8 +98,6 @@ def workload_slice_name(submodule: str, call_index: int) -> str:
 UNTRACED_PREFIX = "not traced: "
 
 
-# SQL: slice `s` is not an untraced stretch (a Workload slice that no invocation made).
-NOT_UNTRACED_SQL = f"s.name NOT GLOB '{UNTRACED_PREFIX}*'"
 
 
 def untraced_slice_name(unit: str, first: int, last: int) -> str:

@@ -12,7 +12,7 @@ from `query.trace_model`, so a merged multi-rank trace and a selected-steps run 
 all of them. A trace argument is a trace file, a run directory (its aggregate.pb) or an open `Trace`.
 """
 
-from .check import CheckResult, check, metrics
+from .check import CheckResult, check, metrics, metrics_table
 from .critical_path import critical_path
 from .diff import diff, plot_diff
 from .idle import idle
@@ -21,5 +21,5 @@ from .stands_out import stands_out
 from .summary_spec import summary_spec_text, write_summary_spec
 from .variance import variance
 
-__all__ = ["CheckResult", "check", "critical_path", "diff", "idle", "metrics", "plot_diff", "stands_out",
+__all__ = ["CheckResult", "check", "critical_path", "diff", "idle", "metrics", "metrics_table", "plot_diff", "stands_out",
            "summary_spec_text", "variance", "write_overlay", "write_summary_spec"]

@@ -16,13 +16,14 @@ that `summary_spec` ships as a trace-summary spec for trace_processor's own `--s
 from __future__ import annotations
 
 import fnmatch
+import os
 import operator
 import re
 from dataclasses import dataclass, field
 
 from ..errors import UsageError
 from ..query.trace_model import MODEL, in_category, not_untraced, with_ctes
-from .sources import opened
+from .sources import opened, trace_path
 
 
 @dataclass(frozen=True)
@@ -99,6 +100,22 @@ def parse_percent(text: str) -> float:
     return value
 
 
+def _table(cand_values: dict[str, float], base_values: dict[str, float]):
+    import pandas as pd
+
+    table = pd.DataFrame({"metric": list(cand_values), "value": list(cand_values.values())})
+    table["baseline"] = [base_values.get(k, float("nan")) for k in cand_values]
+    table["change_pct"] = 100.0 * (table.value - table.baseline) / table.baseline.where(table.baseline != 0)
+    return table
+
+
+def metrics_table(cand, baseline=None, *, backend: str = "auto", tp_bin: str | None = None):
+    """Every metric of `cand` as a DataFrame (metric, value, baseline, change_pct), with `baseline`'s where
+    given: what `check --metrics` lists, with or without rules."""
+    base_values = metrics(baseline, backend=backend, tp_bin=tp_bin) if baseline is not None else {}
+    return _table(metrics(cand, backend=backend, tp_bin=tp_bin), base_values)
+
+
 @dataclass
 class CheckResult:
     """What `check` found: every metric (with the baseline's, where given) and the broken rules."""
@@ -118,8 +135,6 @@ def check(cand, baseline=None, max_regression: float | str | None = None, rules=
     """Check `cand` against `rules` ("transformer.mean_ms<=120") and, with `baseline` and
     `max_regression` (percent), every metric matching `regression_metrics` (globs) against the
     baseline's: more than `max_regression` percent above it is a violation."""
-    import pandas as pd
-
     if isinstance(max_regression, str):
         max_regression = parse_percent(max_regression)
     if max_regression is not None and baseline is None:
@@ -131,6 +146,9 @@ def check(cand, baseline=None, max_regression: float | str | None = None, rules=
             raise UsageError(f"rule {rule!r} is not of the form METRIC<=NUMBER (operators: <=, <, >=, >, ==), "
                              "e.g. \"transformer.mean_ms<=120\"")
         parsed.append((rule.strip(), m.group(1), m.group(2), float(m.group(3))))
+    for source in (cand, baseline):  # a path that names no trace is the first thing to say
+        if isinstance(source, (str, os.PathLike)):
+            trace_path(source)
     if not parsed and max_regression is None:
         raise UsageError("check has nothing to check: give a rule (--max \"transformer.mean_ms<=120\") or "
                          "--baseline BASE with --max-regression PERCENT")
@@ -139,9 +157,7 @@ def check(cand, baseline=None, max_regression: float | str | None = None, rules=
     for rule, name, _, _ in parsed:
         if name not in cand_values:
             raise UsageError(f"rule {rule!r}: no metric {name!r} in {cand}; valid: {', '.join(cand_values)}")
-    table = pd.DataFrame({"metric": list(cand_values), "value": list(cand_values.values())})
-    table["baseline"] = [base_values.get(k, float("nan")) for k in cand_values]
-    table["change_pct"] = 100.0 * (table.value - table.baseline) / table.baseline.where(table.baseline != 0)
+    table = _table(cand_values, base_values)
     violations = []
     for rule, name, op, limit in parsed:
         value = cand_values[name]

@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 
 from ..analysis import check, critical_path, diff, idle, plot_diff, variance, write_overlay, write_summary_spec
-from ..analysis.check import DEFAULT_REGRESSION_METRICS
+from ..analysis.check import DEFAULT_REGRESSION_METRICS, metrics_table
 from ..analysis.diff import BY as DIFF_BY
 from ..analysis.idle import CAUSES, DEFAULT_MIN_GAP_MS
 from ..analysis.sources import trace_path
@@ -96,6 +96,9 @@ def cmd_check(args) -> int:
             return 0
     if args.cand is None:
         raise UsageError("give the candidate run: rbln-perfetto check CAND [--baseline BASE] ...")
+    if args.metrics and not (args.max or args.max_regression is not None):  # only the list: nothing to check
+        print_table(metrics_table(args.cand, args.baseline, backend=args.backend, tp_bin=args.tp_bin), args)
+        return 0
     regression = tuple(g.strip() for g in args.regression_metrics.split(",") if g.strip())
     result = check(args.cand, baseline=args.baseline, max_regression=args.max_regression, rules=args.max,
                    regression_metrics=regression, backend=args.backend, tp_bin=args.tp_bin)
@@ -105,9 +108,7 @@ def cmd_check(args) -> int:
     say = sys.stderr if args.metrics and (args.csv or args.json) else sys.stdout
     for line in result.violations:
         print(f"FAIL {line}", file=say)
-    if result.rules == 0 and not args.metrics:
-        print("check: no rules given (--max, or --baseline with --max-regression); --metrics lists the metrics")
-    elif not args.violations_only:
+    if not args.violations_only:
         print(f"check: {len(result.violations)} of {result.rules} rules broken" if result.violations
               else f"check: ok, {result.rules} rules hold", file=say)
     return 1 if result.violations else 0

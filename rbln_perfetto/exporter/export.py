@@ -201,6 +201,8 @@ class _Export:
                 if self.agg is not None:
                     self.pending.append(("host", (h.name, h.start_ns, h.end_ns, h.detail)))
             elif kind in ("range", "untraced", "transfer"):
+                if kind == "untraced":  # (not idle: the run's utilisation is a share of its traced time)
+                    self.result.stats.add_untraced(record.untraced.start_ns, record.untraced.end_ns)
                 if self.agg is not None:
                     self.pending.append((kind, getattr(record, kind)))
             elif kind == "invocation":
