@@ -86,6 +86,13 @@ def test_check_cli_exit_codes_and_messages(runs, capsys):
     ]:
         assert main(["check", str(slow), *argv]) == 2
         assert message in capsys.readouterr().err
+    # A gate that checks nothing fails loudly; --metrics alone only lists them.
+    assert main(["check", str(slow)]) == 2
+    assert "check has nothing to check" in capsys.readouterr().err
+    assert main(["check", str(slow), "--metrics", "--csv"]) == 0
+    listed = capsys.readouterr().out.splitlines()
+    assert listed[0].split(",")[:2] == ["metric", "value"]
+    assert any(line.startswith("transformer.mean_ms,") for line in listed)
 
 
 def _summary_values(text: str) -> dict:
