@@ -24,7 +24,7 @@ from .errors import (
 )
 from .exporter.export import ExportResult, export
 from .exporter.merge import MergeResult, merge
-from .exporter.summary import Summary
+from .exporter.run_totals import Summary
 from .query import REPORTS, Trace, TraceSet, open_trace, open_traces
 from .recorder.activation import install as _install
 from .recorder.activation import profile

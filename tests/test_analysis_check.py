@@ -9,7 +9,7 @@ import pytest
 from analysis_cases import layers_program, synthetic_run
 
 from rbln_perfetto.analysis import check, metrics
-from rbln_perfetto.analysis.summary_spec import metric_name, write_summary_spec
+from rbln_perfetto.analysis.trace_summary_spec import metric_name, write_summary_spec
 from rbln_perfetto.cli import main
 
 TP_BIN = os.environ.get("RBLN_PERFETTO_TP_BIN")

@@ -17,7 +17,7 @@ from trace_kinds import KINDS, SELECTED, STEPS, build, truth
 
 from rbln_perfetto.analysis import check, critical_path, diff, idle, metrics, stands_out, variance
 from rbln_perfetto.errors import UsageError
-from rbln_perfetto.exporter.summary import RunStats
+from rbln_perfetto.exporter.run_totals import RunTotals
 from rbln_perfetto.query import open_trace
 
 TP_BIN = os.environ.get("RBLN_PERFETTO_TP_BIN")
@@ -250,7 +250,7 @@ def test_a_check_that_checks_nothing_fails(traces):
 
 
 def test_the_run_summary_leaves_untraced_stretches_out_of_utilisation():
-    stats = RunStats(devices={0: "cpu"})
+    stats = RunTotals(devices={0: "cpu"})
     stats.submodules["transformer"].device = 0
     stats.submodules["transformer"].calls = 2
     stats.submodules["transformer"].total_ns = 40

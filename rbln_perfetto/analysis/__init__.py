@@ -18,7 +18,7 @@ from .diff import diff, plot_diff
 from .idle import idle
 from .overlay import write_overlay
 from .stands_out import stands_out
-from .summary_spec import summary_spec_text, write_summary_spec
+from .trace_summary_spec import summary_spec_text, write_summary_spec
 from .variance import variance
 
 __all__ = ["CheckResult", "check", "critical_path", "diff", "idle", "metrics", "metrics_table", "plot_diff", "stands_out",

@@ -10,7 +10,7 @@ trace's devices are named as a single process's are.
 
 A check that checks nothing is refused (`UsageError`): no rule and no `max_regression`, or a
 `regression_metrics` glob that matches no metric of both runs. Each comes from one SQL query (`METRICS`), the same
-that `summary_spec` ships as a trace-summary spec for trace_processor's own `--summary`.
+that `trace_summary_spec` ships as a trace-summary spec for trace_processor's own `--summary`.
 """
 
 from __future__ import annotations

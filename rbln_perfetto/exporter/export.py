@@ -32,7 +32,7 @@ from .provenance import TraceProvenance
 from ..progress import progress_bar
 from ..proto_bytes import width_for
 from ..recorder.run_directory import claim_run_directory, run_identity
-from .summary import RunStats, Summary
+from .run_totals import RunTotals, Summary
 from .template_cache import TEMPLATES
 from .trace_file import (
     CommitQueue,
@@ -59,7 +59,7 @@ class ExportResult:
     slices: int = 0  # the slices aggregate.pb holds (`select count(*) from slice` on it), written or not
     bytes_written: int = 0
     seconds: float = 0.0
-    stats: RunStats = field(default_factory=RunStats)
+    stats: RunTotals = field(default_factory=RunTotals)
 
     @property
     def command_slices(self) -> int:

@@ -38,7 +38,7 @@ ORDER BY min(s.ts)
 """),
     # `items` counts what `counted` names: a split op's parent slice is no command, so Compute counts
     # the slices that carry a command_index. The span is that of the invocations and host work, as
-    # `rbln-perfetto run` computes it (`summary.RunStats`), less the untraced stretches
+    # `rbln-perfetto run` computes it (`run_totals.RunTotals`), less the untraced stretches
     # (`profile(steps=...)`), which are neither work nor idle time (`trace_model`).
     "devices": Report("per-device busy time and utilisation (% of the traced run span) per track category",
                       with_ctes(*MODEL) + f""",

@@ -31,7 +31,7 @@ class SubmoduleTotals:
 
 
 @dataclass
-class RunStats:
+class RunTotals:
     devices: dict = field(default_factory=dict)  # logical -> torch device
     submodules: dict = field(default_factory=lambda: defaultdict(SubmoduleTotals))  # name -> SubmoduleTotals
     host_ns: dict = field(default_factory=lambda: defaultdict(int))
@@ -124,7 +124,7 @@ class RunStats:
 class Summary:
     """What `rbln-perfetto run` prints and `profile().summary()` returns."""
 
-    def __init__(self, stats: RunStats):
+    def __init__(self, stats: RunTotals):
         self.span_ms = stats.span_ns / 1e6
         self.devices, self.submodules = stats.tables()
 
