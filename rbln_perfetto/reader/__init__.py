@@ -16,12 +16,12 @@ Slices that begin and never end keep dur = -1, as in trace_processor, and are co
 `unfinished_slices` (a row of ours: trace_processor v58.2 has no stat for them).
 
 Speed: the optional C scanner (`scanner`) records plain TrackEvent packets, which are decoded a
-run at a time with numpy (`scanned_runs`); other packets are split by protobuf's C parser through a
+batch at a time with numpy (`scanned_batches`); other packets are split by protobuf's C parser through a
 bytes view (`packet_view`) and decoded one at a time (`decoding`); each distinct TrackEvent byte
 string and argument set is decoded once; slices are built with numpy (`slices`).
 
 Modules: `tables` (what a read trace holds), `decoding` (packets -> event columns, one at a time),
-`scanned_runs` (runs of scanned packets -> event columns), `read_state` (what a pass accumulates),
+`scanned_batches` (batches of scanned packets -> event columns), `read_state` (what a pass accumulates),
 `sequence_state`, `columns`, `debug_args`, `clocks`, `memory`, `scanner`, `packet_view`, `slices`, `track_names`, `diagnosis` (what is wrong
 with a file as a trace: the messages both query backends give).
 """

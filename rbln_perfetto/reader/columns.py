@@ -63,7 +63,7 @@ class HashIdTable:
 
 
 class EventColumns:
-    """Event columns in file order: numpy chunks from scanned runs, Python lists from single packets."""
+    """Event columns in file order: numpy chunks from scanned batches, Python lists from single packets."""
 
     NAMES = ("ts", "type", "track", "name_prefix", "name_id", "cat_id", "argset")
     # As narrow as their values allow: a 1M-slice trace holds 2M events, all alive until slices are built.

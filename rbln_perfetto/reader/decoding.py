@@ -1,6 +1,6 @@
 """Packets to event columns, a packet at a time: one pass over a trace's packets in file order, keeping
 trace_processor's sequence semantics (incremental-state clearing, interned data, packet defaults, clock
-snapshots, track descriptors); runs of plain TrackEvent packets are handed to `scanned_runs`, and what a
+snapshots, track descriptors); batches of plain TrackEvent packets are handed to `scanned_batches`, and what a
 pass accumulates lives in `read_state`."""
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from .debug_args import as_text
 from .diagnosis import describe_non_trace
 from .packet_view import KNOWN_PACKET_FIELDS, ViewEvent, ViewPacket, ViewTrace
 from .read_state import ReadState
-from .scanned_runs import decode_simple_run
+from .scanned_batches import decode_simple_batch
 from .scanner import BundlePrefetcher, inflate_bundle, scan_packets
 from .sequence_state import SequenceState
 from .tables import TraceTables, Track
@@ -100,13 +100,13 @@ class PacketDecoder(ReadState):
         simple = (records["simple"] == 1) & ((records["flags"] & SEQ_CLEARED) == 0)
         prefetcher = BundlePrefetcher(data, records, np.flatnonzero(~simple), self.scanner) if top_level else None
         try:
-            # Runs of simple packets go column-wise; every other packet (and short runs) one at a time.
+            # Batches of simple packets go column-wise; every other packet (and short batches) one at a time.
             edges = np.flatnonzero(np.diff(simple.astype(np.int8))) + 1
             for i, j in zip(np.r_[0, edges].tolist(), np.r_[edges, len(records)].tolist()):
                 if i == j:
                     continue
                 if simple[i] and j - i >= 8:
-                    decode_simple_run(self, data, records[i:j])
+                    decode_simple_batch(self, data, records[i:j])
                     continue
                 for k, off, length in zip(range(i, j), records["off"][i:j].tolist(), records["len"][i:j].tolist()):
                     if prefetcher is not None and not simple[k]:

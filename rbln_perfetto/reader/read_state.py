@@ -1,6 +1,6 @@
 """What one pass over a trace accumulates and looks up as it goes (`ReadState`): the sequences' incremental
 states, the strings, argument sets and counter values read so far, and the event columns, which both the
-packet-at-a-time decoder (`decoding`) and the column-wise one (`scanned_runs`) fill."""
+packet-at-a-time decoder (`decoding`) and the column-wise one (`scanned_batches`) fill."""
 
 from __future__ import annotations
 

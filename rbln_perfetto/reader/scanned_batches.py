@@ -1,4 +1,4 @@
-"""A run of plain TrackEvent packets, as the C scanner recorded them, decoded column-wise with numpy:
+"""A batch of consecutive plain TrackEvent packets, as the C scanner recorded them, decoded column-wise with numpy:
 clocks, names and argument sets resolved once per distinct value rather than once per packet."""
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ def _count(stats, key: str, n: int) -> None:
         stats[key] += n
 
 
-def decode_simple_run(decoder: ReadState, data: bytes, r: np.ndarray) -> None:
+def decode_simple_batch(decoder: ReadState, data: bytes, r: np.ndarray) -> None:
     """Plain TrackEvent packets (no state changes among them; `r`: their scanner records into `data`),
     appended to the decoder's event columns."""
     n = len(r)
