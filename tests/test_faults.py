@@ -173,6 +173,7 @@ def test_sigkill_during_export_leaves_no_partial_trace(compiled_dirs, tmp_path, 
     assert len(check_final_files(run_dir)) == INVOCATIONS + 1
 
 
+@pytest.mark.slow
 def test_sigkill_of_the_cli_at_random_times(tmp_path):
     """`rbln-perfetto run` killed at seeded random moments: import, compile, run or export."""
     warm = subprocess.run([*CLI, "run", "--steps", str(STEPS), "--out", str(tmp_path / "warm")], cwd=ROOT,
