@@ -11,7 +11,8 @@ test:
 
 # The property tests with many examples (CI runs 25 of each, and 300 traces against trace_processor).
 fuzz:
-	RBLN_PERFETTO_FUZZ_EXAMPLES=2000 $(PY) -m pytest -q tests/test_properties.py tests/test_differential_tp.py
+	RBLN_PERFETTO_FUZZ_EXAMPLES=2000 $(PY) -m pytest -q tests/test_properties.py tests/test_differential_tp.py \
+		tests/test_table_writer_properties.py
 
 # Every benchmark, one table, JSON under bench/results/.
 bench:

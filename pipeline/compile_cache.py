@@ -52,6 +52,22 @@ def load_or_compile(model_dir: str | os.PathLike, rbln_config: dict | None = Non
             return RBLNStableDiffusion3Pipeline.from_pretrained(entry, export=False)
         except (ValueError, OSError, RuntimeError):
             shutil.rmtree(entry, ignore_errors=True)  # from another version: compile it again
+    return _compile_into(entry, model_dir, cfg)
+
+
+def compiled_dir(model_dir: str | os.PathLike, rbln_config: dict | None = None) -> Path:
+    """The cache entry of `model_dir` compiled with `rbln_config` (compiled into it first when missing): a
+    saved pipeline for `from_pretrained`, shared with every process that uses the same cache."""
+    model_dir = Path(model_dir)
+    cfg = RBLNConfig.from_dict(rbln_config)
+    entry = cache_dir() / "compiled" / _key(model_dir, cfg)
+    if not (entry / RBLN_CONFIG_FILE).is_file():
+        _compile_into(entry, model_dir, cfg)
+    return entry
+
+
+def _compile_into(entry: Path, model_dir: Path, cfg: RBLNConfig) -> RBLNStableDiffusion3Pipeline:
+    """The pipeline compiled and stored as `entry`, written beside it and renamed into place."""
     pipe = RBLNStableDiffusion3Pipeline.from_pretrained(model_dir, export=True, rbln_config=cfg.to_dict())
     tmp = entry.with_name(f".{entry.name}.{os.getpid()}.tmp")
     shutil.rmtree(tmp, ignore_errors=True)

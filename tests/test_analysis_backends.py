@@ -8,10 +8,8 @@ import warnings
 
 import pytest
 from analysis_cases import fork_join_trace
-from conftest import run
 from reference_traces import CASES, reference_trace
 
-import rbln_perfetto
 from rbln_perfetto.analysis import critical_path, diff, idle, metrics, stands_out, variance
 from rbln_perfetto.cli import main
 from rbln_perfetto.query import REPORTS, open_trace
@@ -48,15 +46,8 @@ def _answers(path, backend):
 
 
 @pytest.fixture(scope="module")
-def profiled(compiled_dirs, tmp_path_factory):
-    from pipeline import RBLNStableDiffusion3Pipeline
-
-    pipe = RBLNStableDiffusion3Pipeline.from_pretrained(compiled_dirs({"text_encoder_3": {"device": 1},
-                                                                       "command_budget": "64KiB"}))
-    pipe.set_progress_bar_config(disable=True)
-    with rbln_perfetto.profile(tmp_path_factory.mktemp("analysis-backends")) as prof:
-        run(pipe, steps=2)
-    return prof
+def profiled(shared_run):
+    return shared_run({"text_encoder_3": {"device": 1}, "command_budget": "64KiB"}, steps=2)
 
 
 def _traces(tmp_path, profiled_path=None):

@@ -9,9 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 from analysis_cases import BASE_NS, FORK_JOIN_GAPS, FORK_JOIN_PATH, SPAN_US, US, fork_join_trace
-from conftest import run
 
-import rbln_perfetto
 from rbln_perfetto.analysis import critical_path, idle, write_overlay
 from rbln_perfetto.analysis.idle import CAUSES
 from rbln_perfetto.recorder.capture import iter_records, read_info
@@ -27,15 +25,8 @@ def fork_join(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def profiled(compiled_dirs, tmp_path_factory):
-    from pipeline import RBLNStableDiffusion3Pipeline
-
-    pipe = RBLNStableDiffusion3Pipeline.from_pretrained(compiled_dirs({"text_encoder_3": {"device": 1},
-                                                                       "command_budget": "64KiB"}))
-    pipe.set_progress_bar_config(disable=True)
-    with rbln_perfetto.profile(tmp_path_factory.mktemp("analysis-run")) as prof:
-        run(pipe, steps=2)
-    return prof
+def profiled(shared_run):
+    return shared_run({"text_encoder_3": {"device": 1}, "command_budget": "64KiB"}, steps=2)
 
 
 @pytest.mark.parametrize("backend", BACKENDS)

@@ -8,7 +8,6 @@ import textwrap
 from pathlib import Path
 
 import pytest
-from conftest import run
 from reference_traces import reference_trace
 from trace_checks import check_trace
 
@@ -32,15 +31,8 @@ def test_generated_capture_module_is_not_stale(tmp_path):
 
 
 @pytest.fixture(scope="module")
-def capture(compiled_dirs, tmp_path_factory):
-    from pipeline import RBLNStableDiffusion3Pipeline
-
-    pipe = RBLNStableDiffusion3Pipeline.from_pretrained(compiled_dirs({"text_encoder_3": {"device": 1}}))
-    pipe.set_progress_bar_config(disable=True)
-    out = tmp_path_factory.mktemp("capture")
-    with rbln_perfetto.profile(out) as prof:
-        run(pipe, steps=2)
-    return prof.capture_file
+def capture(shared_run):
+    return shared_run({"text_encoder_3": {"device": 1}}, steps=2).capture_file
 
 
 def test_truncated_capture_exports_every_complete_invocation(capture, tmp_path):

@@ -18,7 +18,6 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
-from conftest import run
 from synthetic import program, write_capture
 from trace_checks import check_trace
 
@@ -135,15 +134,9 @@ with rbln_perfetto.profile(sys.argv[4]):
 
 
 @pytest.fixture(scope="module")
-def capture(compiled_dirs, tmp_path_factory):
+def capture(shared_run):
     """The capture of a whole profiled run like the children's."""
-    from pipeline import RBLNStableDiffusion3Pipeline
-
-    pipe = RBLNStableDiffusion3Pipeline.from_pretrained(compiled_dirs(SPLIT))
-    pipe.set_progress_bar_config(disable=True)
-    with rbln_perfetto.profile(tmp_path_factory.mktemp("faults")) as prof:
-        run(pipe, steps=STEPS)
-    return prof.capture_file
+    return shared_run(SPLIT, steps=STEPS).capture_file
 
 
 def _kill_child(compiled_dirs, tmp_path, where, at):
@@ -207,6 +200,7 @@ def _export_started(run_dir: Path) -> bool:
     return run_dir.exists() and any(p.suffix in (".tmp", ".pb") for p in run_dir.iterdir())
 
 
+@pytest.mark.slow
 def test_sigkill_of_the_cli_while_capturing_and_exporting(tmp_path):
     """`rbln-perfetto run` killed from outside while it captures, and as its export starts.
 

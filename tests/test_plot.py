@@ -7,9 +7,7 @@ import matplotlib.colors
 import matplotlib.image
 import numpy as np
 import pytest
-from conftest import run
 
-import rbln_perfetto
 from rbln_perfetto.recorder.capture import iter_records, read_info
 from rbln_perfetto.cli import main
 from rbln_perfetto.errors import UsageError
@@ -18,15 +16,8 @@ from rbln_perfetto.query import open_trace
 
 
 @pytest.fixture(scope="module")
-def profiled(compiled_dirs, tmp_path_factory):
-    from pipeline import RBLNStableDiffusion3Pipeline
-
-    pipe = RBLNStableDiffusion3Pipeline.from_pretrained(compiled_dirs({"text_encoder_3": {"device": 1},
-                                                                       "command_budget": "64KiB"}))
-    pipe.set_progress_bar_config(disable=True)
-    with rbln_perfetto.profile(tmp_path_factory.mktemp("plot-run")) as prof:
-        run(pipe, steps=2)
-    return prof
+def profiled(shared_run):
+    return shared_run({"text_encoder_3": {"device": 1}, "command_budget": "64KiB"}, steps=2)
 
 
 def _invocations(capture):

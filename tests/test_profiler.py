@@ -24,15 +24,8 @@ def profiled(make_pipe, out, rbln_config=None, steps=2, guidance=7.0, **kwargs):
 
 
 @pytest.fixture(scope="module")
-def split_run(compiled_dirs, tmp_path_factory):
-    from pipeline import RBLNStableDiffusion3Pipeline
-
-    pipe = RBLNStableDiffusion3Pipeline.from_pretrained(compiled_dirs(SPLIT))
-    pipe.set_progress_bar_config(disable=True)
-    out = tmp_path_factory.mktemp("split-run")
-    with rbln_perfetto.profile(out) as prof:
-        run(pipe, steps=2)
-    return prof
+def split_run(shared_run):
+    return shared_run(SPLIT, steps=2)
 
 
 def expected_files(calls, unprofiled=frozenset()):

@@ -13,28 +13,18 @@ import matplotlib.image
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import run
 from reference_traces import CASES, REFERENCE
 from trace_checks import check_scanner_agrees
 from perfetto.protos.perfetto.trace import perfetto_trace_pb2 as pt
 
-import rbln_perfetto
 from rbln_perfetto.recorder.capture import iter_records, read_info
 from rbln_perfetto.cli import main
 from rbln_perfetto.query import REPORTS, QueryError, open_trace
 
 
 @pytest.fixture(scope="module")
-def profiled(compiled_dirs, tmp_path_factory):
-    from pipeline import RBLNStableDiffusion3Pipeline
-
-    pipe = RBLNStableDiffusion3Pipeline.from_pretrained(compiled_dirs({"text_encoder_3": {"device": 1},
-                                                                       "command_budget": "64KiB"}))
-    pipe.set_progress_bar_config(disable=True)
-    out = tmp_path_factory.mktemp("query-run")
-    with rbln_perfetto.profile(out) as prof:
-        run(pipe, steps=2)
-    return prof
+def profiled(shared_run):
+    return shared_run({"text_encoder_3": {"device": 1}, "command_budget": "64KiB"}, steps=2)
 
 
 def _shell_format(value) -> str:

@@ -215,6 +215,7 @@ def test_merge_removes_an_injected_clock_offset_within_its_uncertainty(two):
         assert sent - clock.uncertainty_ns <= call.ts and call.ts + call.dur <= back + clock.uncertainty_ns
 
 
+@pytest.mark.slow
 def test_three_ranks(tiny_model, tmp_path, single):
     procs = start_ranks(tiny_model, tmp_path, THREE_RANKS, 3)
     results = finish(procs)
@@ -227,6 +228,7 @@ def test_three_ranks(tiny_model, tmp_path, single):
     assert "0006_transformer_0.pb" in {p.name for p in (tmp_path / "rank2").glob("*.pb")}
 
 
+@pytest.mark.slow
 def test_a_killed_rank_leaves_the_others_mergeable(tiny_model, tmp_path, capsys):
     config = {"transformer": {"device": 1}, "devices": ["cpu", "cpu"], "ranks": [0, 1]}
     procs = start_ranks(tiny_model, tmp_path, config, 2, steps=200, RBLN_RANK_TIMEOUT_S="60")

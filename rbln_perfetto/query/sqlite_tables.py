@@ -13,10 +13,12 @@ a run's many per-call names cost an integer each and the view gives back the exa
 
 from __future__ import annotations
 
+import importlib
 import itertools
 import os
 import re
 import sqlite3
+import warnings
 
 import numpy as np
 
@@ -99,10 +101,14 @@ def _load_extension():
     if os.environ.get("RBLN_PERFETTO_PURE_PYTHON") == "1" or not hasattr(sqlite3.Connection, "deserialize"):
         return None
     try:
-        from . import _sqlite_tables
-    except ImportError:
+        extension = importlib.import_module("._sqlite_tables", __package__)  # (names the module when it is missing)
+    except ImportError as e:
+        # Said once, not silently: an install without a C compiler or SQLite's headers works, only slower.
+        warnings.warn(f"rbln-perfetto: the C table writer is not built ({e}); the embedded backend INSERTs its "
+                      "tables from Python (same rows, slower). Reinstall where a C compiler and SQLite's headers "
+                      "are present to build it.", RuntimeWarning, stacklevel=2)
         return None
-    return _sqlite_tables
+    return extension
 
 
 # The loaded C extension, or None (see `_load_extension`).

@@ -4,7 +4,9 @@ the record it writes per packet, scanning a buffer, and inflating compressed bun
 
 from __future__ import annotations
 
+import importlib
 import os
+import warnings
 import zlib
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
@@ -29,8 +31,12 @@ def _load_scanner():
     if os.environ.get("RBLN_PERFETTO_PURE_PYTHON") == "1":
         return None
     try:
-        from . import _packet_scan as scanner
-    except ImportError:
+        scanner = importlib.import_module("._packet_scan", __package__)  # (names the module when it is missing)
+    except ImportError as e:
+        # Said once, not silently: an install without a C compiler works, only slower.
+        warnings.warn(f"rbln-perfetto: the C packet scanner is not built ({e}); traces are read by the pure-Python "
+                      "path (same tables, slower). Reinstall where a C compiler is present to build it.",
+                      RuntimeWarning, stacklevel=2)
         return None
     packet, event = pt.TracePacket.DESCRIPTOR.fields_by_name, pt.TrackEvent.DESCRIPTOR.fields_by_name
     expected = {"P_TIMESTAMP": packet["timestamp"], "P_CLOCK_ID": packet["timestamp_clock_id"],
