@@ -17,7 +17,7 @@ from trace_kinds import KINDS, SELECTED, STEPS, build, truth
 
 from rbln_perfetto.analysis import check, critical_path, diff, idle, metrics, stands_out, variance
 from rbln_perfetto.errors import UsageError
-from rbln_perfetto.exporter.run_totals import RunTotals
+from rbln_perfetto.exporter.run_totals import RunTotals, Summary
 from rbln_perfetto.query import open_trace
 
 TP_BIN = os.environ.get("RBLN_PERFETTO_TP_BIN")
@@ -260,6 +260,21 @@ def test_the_run_summary_leaves_untraced_stretches_out_of_utilisation():
     devices, _ = stats.tables()
     assert stats.span_ns == 100
     assert devices.utilisation_pct.iloc[0] == pytest.approx(100 * 40 / (100 - 40))
+
+
+def test_the_printed_summary_says_its_utilisation_is_a_share_of_the_traced_span():
+    ms = 1_000_000
+    stats = RunTotals(devices={0: "cpu"})
+    stats.add_host("tokenize", 0, 10 * ms)
+    stats.add_untraced(20 * ms, 60 * ms)
+    stats.add_host("postprocess", 90 * ms, 100 * ms)
+    assert str(Summary(stats)).splitlines()[0] == (
+        "run span 100.0 ms, 60.0 ms of it traced (utilisation_pct = busy_ms, the Workload time, as % of the "
+        "traced span; 40.0 ms ran untraced)")
+    whole = RunTotals(devices={0: "cpu"})
+    whole.add_host("tokenize", 0, 10 * ms)
+    assert str(Summary(whole)).splitlines()[0] == ("run span 10.0 ms (utilisation_pct = busy_ms, the Workload time, "
+                                                   "as % of the span)")
 
 
 def test_selected_steps_are_the_trace_steps_that_ran(traces):

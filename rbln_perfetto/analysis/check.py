@@ -104,14 +104,16 @@ def _table(cand_values: dict[str, float], base_values: dict[str, float]):
     import pandas as pd
 
     table = pd.DataFrame({"metric": list(cand_values), "value": list(cand_values.values())})
+    if not base_values:  # no baseline: no columns of NaN
+        return table
     table["baseline"] = [base_values.get(k, float("nan")) for k in cand_values]
     table["change_pct"] = 100.0 * (table.value - table.baseline) / table.baseline.where(table.baseline != 0)
     return table
 
 
 def metrics_table(cand, baseline=None, *, backend: str = "auto", tp_bin: str | None = None):
-    """Every metric of `cand` as a DataFrame (metric, value, baseline, change_pct), with `baseline`'s where
-    given: what `check --metrics` lists, with or without rules."""
+    """Every metric of `cand` as a DataFrame (metric, value), with `baseline`'s and the change (baseline,
+    change_pct) where one is given: what `check --metrics` lists, with or without rules."""
     base_values = metrics(baseline, backend=backend, tp_bin=tp_bin) if baseline is not None else {}
     return _table(metrics(cand, backend=backend, tp_bin=tp_bin), base_values)
 
@@ -120,7 +122,7 @@ def metrics_table(cand, baseline=None, *, backend: str = "auto", tp_bin: str | N
 class CheckResult:
     """What `check` found: every metric (with the baseline's, where given) and the broken rules."""
 
-    metrics: object  # DataFrame: metric, value, baseline, change_pct
+    metrics: object  # DataFrame: metric, value (and baseline, change_pct, given a baseline)
     violations: list[str] = field(default_factory=list)
     rules: int = 0
 

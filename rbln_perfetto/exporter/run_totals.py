@@ -126,6 +126,7 @@ class Summary:
 
     def __init__(self, stats: RunTotals):
         self.span_ms = stats.span_ns / 1e6
+        self.traced_span_ms = stats.traced_span_ns / 1e6
         self.devices, self.submodules = stats.tables()
 
     def __str__(self) -> str:
@@ -133,8 +134,12 @@ class Summary:
 
         with pd.option_context("display.width", 200, "display.max_columns", 20,
                                "display.float_format", "{:.3f}".format):
-            return (f"run span {self.span_ms:.1f} ms (utilisation_pct = busy_ms, the Workload time, as % of the "
-                    f"span)\n\nper device:\n{self.devices.to_string(index=False)}\n\n"
+            untraced = self.span_ms - self.traced_span_ms
+            span = (f"run span {self.span_ms:.1f} ms (utilisation_pct = busy_ms, the Workload time, as % of the span)"
+                    if untraced <= 0 else
+                    f"run span {self.span_ms:.1f} ms, {self.traced_span_ms:.1f} ms of it traced (utilisation_pct = "
+                    f"busy_ms, the Workload time, as % of the traced span; {untraced:.1f} ms ran untraced)")
+            return (f"{span}\n\nper device:\n{self.devices.to_string(index=False)}\n\n"
                     f"per submodule:\n{self.submodules.to_string(index=False)}")
 
     def __repr__(self) -> str:
