@@ -1,0 +1,53 @@
+"""What a run leaves behind and what it never does: a script is not run again by the library's worker
+processes, a `run --force` replaces every file the tool wrote into the run directory, and a rank
+stopped by its launcher says what it kept and leaves no temporary file."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+# A user's script as the README shows it, without `if __name__ == "__main__":`. Its top level runs once
+# per process that imports it as the main module: the marker counts how often it ran.
+PROFILE_THEN_QUERY = """
+import os, sys, threading
+import torch
+import rbln_perfetto
+from pipeline import RBLNStableDiffusion3Pipeline
+
+print("TOP LEVEL RAN", flush=True)
+compiled, out, with_thread = sys.argv[1], sys.argv[2], sys.argv[3] == "thread"
+if with_thread:  # a thread of the program's own (a progress bar, a server) still runs when it queries
+    stop = threading.Event()
+    threading.Thread(target=stop.wait, daemon=True).start()
+pipe = RBLNStableDiffusion3Pipeline.from_pretrained(compiled, export=False)
+pipe.set_progress_bar_config(disable=True)
+with rbln_perfetto.profile(out, overwrite=True):
+    pipe("a cat", num_inference_steps=2, guidance_scale=7.0, output_type="np",
+         generator=torch.Generator().manual_seed(0))
+listing = lambda: sorted((e.name, e.inode(), e.stat().st_mtime_ns) for e in os.scandir(out))
+before = listing()
+with rbln_perfetto.open_traces(out, backend="sqlite", workers=2) as ts:
+    slices = int(ts.query("select count(*) as n from slice")["n"].sum())
+print("SLICES", slices, "UNCHANGED" if listing() == before else f"CHANGED {before} -> {listing()}", flush=True)
+"""
+
+
+@pytest.mark.parametrize("thread", ["thread", "alone"])
+def test_open_traces_after_profile_in_a_script_runs_the_script_once(compiled_dirs, tmp_path, thread):
+    script = tmp_path / "profile_then_query.py"
+    script.write_text(PROFILE_THEN_QUERY)
+    out = tmp_path / "out"
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    done = subprocess.run([sys.executable, str(script), str(compiled_dirs({})), str(out), thread], cwd=tmp_path,
+                          env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    lines = done.stdout.splitlines()
+    assert lines.count("TOP LEVEL RAN") == 1, done.stdout
+    slices = [line.split() for line in lines if line.startswith("SLICES")]
+    assert len(slices) == 1 and slices[0][2] == "UNCHANGED", done.stdout
+    assert int(slices[0][1]) > 0
