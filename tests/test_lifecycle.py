@@ -51,3 +51,36 @@ def test_open_traces_after_profile_in_a_script_runs_the_script_once(compiled_dir
     slices = [line.split() for line in lines if line.startswith("SLICES")]
     assert len(slices) == 1 and slices[0][2] == "UNCHANGED", done.stdout
     assert int(slices[0][1]) > 0
+
+
+def test_force_removes_the_traces_the_tool_wrote_into_the_run_directory_too(tmp_path, capsys):
+    """The README's own example writes `critical-path.pb` into the run directory; the next run there with
+    --force replaces it with the rest of the run, and leaves the user's own files (a `.pb` too) alone."""
+    from synthetic import program, write_capture
+
+    from rbln_perfetto.analysis import write_overlay
+    from rbln_perfetto.cli import main
+    from rbln_perfetto.query import open_traces
+
+    def capture(name: str, submodule: str) -> Path:
+        prog = program(submodule, 0, [(f"{submodule}.ff", "linear", i, 2, "[1, 8]", 64, 128, 64) for i in range(2)])
+        (tmp_path / name).mkdir()
+        return write_capture(tmp_path / name / "capture.rblncap", [prog], [(0, [5, 5])] * 2)
+
+    first, second = capture("a", "transformer"), capture("b", "vae")
+    out = tmp_path / "out"
+    assert main(["export", str(first), "-o", str(out)]) == 0
+    write_overlay(out / "aggregate.pb", out / "critical-path.pb", backend="sqlite")
+    (out / "mine.pb").write_bytes(b"not a trace of ours")
+    (out / "notes.txt").write_text("mine")
+    capsys.readouterr()
+
+    assert main(["export", str(second), "-o", str(out)]) == 1
+    assert "already holds 5 files of another run" in capsys.readouterr().err  # 2 traces, aggregate, run id, overlay
+    assert main(["export", str(second), "-o", str(out), "--force"]) == 0
+    assert capsys.readouterr().err == f"rbln-perfetto: removed 5 files of an earlier run from {out}\n"
+    assert sorted(p.name for p in out.iterdir()) == ["0000_vae_0.pb", "0001_vae_1.pb", "aggregate.pb", "mine.pb",
+                                                     "notes.txt", "run-id.txt"]
+    with open_traces([out / "0000_vae_0.pb", out / "0001_vae_1.pb", out / "aggregate.pb"], backend="sqlite",
+                     workers=1) as ts:
+        assert "transformer" not in " ".join(ts.query("select name from slice")["name"])

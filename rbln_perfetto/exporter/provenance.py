@@ -26,6 +26,7 @@ import struct
 from perfetto.protos.perfetto.trace import perfetto_trace_pb2 as pt
 
 from ..proto_bytes import CLOCK_BOOTTIME, SEQUENCE_ID, SLICE_BEGIN, SLICE_END, FieldNumber, f_bytes
+from ..naming import TRACING_SERVICE
 from .tracks import RUN_TRACK
 
 CLOCK = ("CLOCK_MONOTONIC ns of the profiled process, placed on CLOCK_BOOTTIME (the trace clock) by the "
@@ -110,7 +111,7 @@ class TraceProvenance:
                 utsname=pt.Utsname(sysname=host.sysname, release=host.release, version=host.version,
                                    machine=host.machine),
                 num_cpus=host.cpu_count, page_size=host.page_size, timezone_off_mins=host.timezone_off_mins,
-                tracing_service_version=f"rbln-perfetto {h.tool_version or 'unknown'}",
+                tracing_service_version=f"{TRACING_SERVICE}{h.tool_version or 'unknown'}",
             )))
         self._begin = pt.TrackEvent(type=SLICE_BEGIN, track_uuid=RUN_TRACK, name=f"run {h.run_id}",
                                     debug_annotations=[_annotation(k, v) for k, v in run_args(info)])
