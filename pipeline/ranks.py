@@ -46,6 +46,30 @@ class RankGroup:
         return torch.device("cuda", torch.cuda.current_device()) if self.backend == "nccl" else torch.device("cpu")
 
 
+class RankLost(RuntimeError):
+    """A message to or from another rank failed: its process died (or its host went away)."""
+
+    def __init__(self, rank: int, error: BaseException):
+        super().__init__(f"rank {rank} stopped answering (its process died?): {' '.join(str(error).split())}")
+        self.rank = rank
+
+
+def send(tensor: torch.Tensor, peer: int) -> None:
+    """`dist.send`; `RankLost` names the peer when it fails."""
+    try:
+        dist.send(tensor, peer)
+    except RuntimeError as exc:
+        raise RankLost(peer, exc) from exc
+
+
+def recv(tensor: torch.Tensor, peer: int) -> None:
+    """`dist.recv` from `peer`; `RankLost` names the peer when it fails."""
+    try:
+        dist.recv(tensor, peer)
+    except RuntimeError as exc:
+        raise RankLost(peer, exc) from exc
+
+
 @dataclass(frozen=True)
 class ClockOffset:
     """Rank `rank`'s clock minus rank 0's, as measured (`offset_ns`), within `uncertainty_ns`."""
@@ -120,24 +144,24 @@ def exchange_clocks(group: RankGroup, rounds: int = CLOCK_ROUNDS) -> ClockOffset
     buf = torch.zeros(3, dtype=torch.int64, device=device)
     if group.rank != 0:
         for _ in range(rounds):
-            dist.recv(buf, 0)
+            recv(buf, 0)
             buf[0] = time.monotonic_ns()
-            dist.send(buf, 0)
-        dist.recv(buf, 0)
+            send(buf, 0)
+        recv(buf, 0)
         offset, uncertainty, round_trip = (int(v) for v in buf.tolist())
         return ClockOffset(group.rank, offset, uncertainty, round_trip)
     for peer in range(1, group.world_size):
         best = None
         for _ in range(rounds):
             t0 = time.monotonic_ns()
-            dist.send(buf, peer)
-            dist.recv(buf, peer)
+            send(buf, peer)
+            recv(buf, peer)
             t1 = time.monotonic_ns()
             remote = int(buf[0])
             if best is None or t1 - t0 < best[1] - best[0]:
                 best = (t0, t1, remote)
         t0, t1, remote = best
         # Integer halves: the offset is rounded down, the uncertainty up, so the truth stays inside.
-        dist.send(torch.tensor([remote - (t0 + t1) // 2, (t1 - t0 + 1) // 2, t1 - t0], dtype=torch.int64,
+        send(torch.tensor([remote - (t0 + t1) // 2, (t1 - t0 + 1) // 2, t1 - t0], dtype=torch.int64,
                                device=device), peer)
     return ClockOffset(0, 0, 0, 0)

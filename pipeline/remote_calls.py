@@ -22,13 +22,12 @@ import time
 from contextlib import ExitStack, contextmanager
 
 import torch
-import torch.distributed as dist
 
 from .contract import SUBMODULES, RankTransfer
 from .dtypes import torch_dtype
 from .pipeline_sd3 import STEP_SUBMODULE
 from .profiling_hooks import active_call, profiled_call
-from .ranks import RankGroup
+from .ranks import RankGroup, recv, send
 
 BEGIN, CALL, END, STOP = range(4)
 HEADER_SIZE = 6
@@ -47,7 +46,7 @@ class RankLink:
         self.calls = 0  # remote calls so far, on any rank: each one's number
 
     def _send_header(self, header: torch.Tensor, peer: int) -> None:
-        dist.send(header.to(self.group.comm_device), peer)
+        send(header.to(self.group.comm_device), peer)
 
     @contextmanager
     def pipeline_call(self):
@@ -75,15 +74,15 @@ class RankLink:
         t0 = time.monotonic_ns()
         self._send_header(_header(CALL, SUBMODULES.index(info.submodule), number, started, timed), peer)
         for x in inputs:
-            dist.send(x.contiguous().to(comm), peer)
+            send(x.contiguous().to(comm), peer)
         t1 = time.monotonic_ns()
         done = torch.empty(HEADER_SIZE, dtype=torch.int64, device=comm)
-        dist.recv(done, peer)
+        recv(done, peer)
         t2 = time.monotonic_ns()
         outputs = []
         for spec in info.outputs:
             out = torch.empty(spec.shape, dtype=torch_dtype(spec.dtype), device=comm)
-            dist.recv(out, peer)
+            recv(out, peer)
             outputs.append(out.to("cpu"))
         t3 = time.monotonic_ns()
         if call is not None and timed:
@@ -123,7 +122,7 @@ def serve(pipe, group: RankGroup) -> int:
     served = 0
     with ExitStack() as pipeline_call:
         while True:
-            dist.recv(header, 0)
+            recv(header, 0)
             t0 = time.monotonic_ns()  # what came before was waiting for rank 0, not a transfer
             op, submodule_index, number, started, timed, _ = (int(v) for v in header.tolist())
             call = active_call()
@@ -141,15 +140,15 @@ def serve(pipe, group: RankGroup) -> int:
             info = module.compiled.info
             inputs = [torch.empty(s.shape, dtype=torch_dtype(s.dtype), device=comm) for s in info.inputs]
             for x in inputs:
-                dist.recv(x, 0)
+                recv(x, 0)
             t1 = time.monotonic_ns()
             if call is not None and started >= 0:
                 call.catch_up(started - 1)  # the calls rank 0 started before this one
             outputs = module._invoke(*[x.to("cpu") for x in inputs])
             t2 = time.monotonic_ns()
-            dist.send(_header(CALL, submodule_index, number).to(comm), 0)
+            send(_header(CALL, submodule_index, number).to(comm), 0)
             for out in outputs:
-                dist.send(out.contiguous().to(comm), 0)
+                send(out.contiguous().to(comm), 0)
             t3 = time.monotonic_ns()
             if call is not None and timed:
                 call.transfer(_transfer(info, "recv", INPUTS, 0, info.device, number, t0, t1))

@@ -84,3 +84,42 @@ def test_force_removes_the_traces_the_tool_wrote_into_the_run_directory_too(tmp_
     with open_traces([out / "0000_vae_0.pb", out / "0001_vae_1.pb", out / "aggregate.pb"], backend="sqlite",
                      workers=1) as ts:
         assert "transformer" not in " ".join(ts.query("select name from slice")["name"])
+
+
+def test_a_rank_killed_under_torchrun_leaves_one_line_and_no_temporary(tiny_model, tmp_path):
+    """torchrun stops rank 0 with SIGTERM once rank 1 died: rank 0 says in one line which rank died and
+    how to merge what was kept, and leaves no temporary file, wherever the SIGTERM caught it."""
+    import signal
+    import time
+
+    from test_ranks import TIMEOUT, TORCHRUN, _env, _free_port, _run_args
+
+    from rbln_perfetto.cli import main
+    from rbln_perfetto.naming import CAPTURE_FILE
+    from rbln_perfetto.recorder.capture import read_info
+
+    config = {"transformer": {"device": 1}, "devices": ["cpu", "cpu"], "ranks": [0, 1]}
+    torchrun = subprocess.Popen([str(TORCHRUN), "--nproc-per-node", "2", "--master-addr", "127.0.0.1",
+                                 "--master-port", str(_free_port()), "-m", "rbln_perfetto.cli",
+                                 *_run_args(tiny_model, tmp_path, config, steps=200)],
+                                cwd=ROOT, env=_env(RBLN_RANK_TIMEOUT_S="60"), stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True)
+    capture = tmp_path / "rank1" / CAPTURE_FILE
+    deadline = time.monotonic() + TIMEOUT
+    try:
+        while not (capture.is_file() and read_info(capture).invocations >= 3):
+            assert time.monotonic() < deadline and torchrun.poll() is None, torchrun.communicate()
+            time.sleep(0.2)
+        os.kill(read_info(capture).header.pid, signal.SIGKILL)
+        _, err = torchrun.communicate(timeout=TIMEOUT)
+    finally:
+        if torchrun.poll() is None:
+            torchrun.kill()
+    assert torchrun.returncode != 0
+    ours = [line for line in err.splitlines() if "rbln-perfetto" in line]
+    assert len(ours) == 1, err[-3000:]
+    assert ours[0].startswith("rbln-perfetto run: error: rank 1 ")
+    assert "rank 1's capture ends early" in ours[0] and f"`rbln-perfetto merge {tmp_path}`" in ours[0], ours[0]
+    assert not [p for p in tmp_path.rglob("*") if p.name.endswith(".tmp")]
+    assert main(["merge", str(tmp_path)]) == 1  # (1: rank 1 is cut short) and what was kept merges
+    assert (tmp_path / "aggregate.pb").is_file()
