@@ -13,7 +13,9 @@ somewhere between t0 and t1). The round with the smallest round trip of several 
 
 `RBLN_TEST_CLOCK_SKEW_NS=RANK:NS` is for tests only: it shifts every clock reading of process RANK
 (monotonic, boottime, wall clock) by NS nanoseconds, as if it ran on a host with another clock,
-so that tests can check that a merge finds and removes the offset.
+so that tests can check that a merge finds and removes the offset. `RBLN_TEST_BUSY_MS=RANK:MS`,
+for tests only too: serving rank RANK is busy MS milliseconds each time it enters a pipeline call
+(`remote_calls.serve`), so that tests can check that rank 0's sends do not hold that wait.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ import torch.distributed as dist
 from .config import ConfigError, RBLNConfig
 
 ENV_TEST_CLOCK_SKEW = "RBLN_TEST_CLOCK_SKEW_NS"
+ENV_TEST_BUSY = "RBLN_TEST_BUSY_MS"
 CLOCK_ROUNDS = 32
 # How long a rank waits for another before giving up (a dead peer usually fails faster: its socket closes).
 TIMEOUT = timedelta(seconds=float(os.environ.get("RBLN_RANK_TIMEOUT_S", "300")))
@@ -120,17 +123,26 @@ def leave_process_group() -> None:
         dist.destroy_process_group()
 
 
-def _apply_test_clock_skew(rank: int) -> None:
-    raw = os.environ.get(ENV_TEST_CLOCK_SKEW)
+def _test_setting(name: str, rank: int, example: str) -> int:
+    """The amount a tests-only `RANK:AMOUNT` variable gives this rank; 0 when unset or for another rank."""
+    raw = os.environ.get(name)
     if not raw:
+        return 0
+    target, _, amount = raw.partition(":")
+    if not (target.strip().isdigit() and amount.strip().lstrip("-").isdigit()):
+        raise ConfigError(f"{name}={raw!r} is not valid; valid: RANK:{example} (tests only)")
+    return int(amount) if int(target) == rank else 0
+
+
+def busy_for_tests_s(rank: int) -> float:
+    """How long this serving rank is busy entering each pipeline call (`RBLN_TEST_BUSY_MS`, tests only)."""
+    return _test_setting(ENV_TEST_BUSY, rank, "MILLISECONDS, e.g. 1:2000") / 1000
+
+
+def _apply_test_clock_skew(rank: int) -> None:
+    shift = _test_setting(ENV_TEST_CLOCK_SKEW, rank, "NANOSECONDS, e.g. 1:5000000000")
+    if not shift:
         return
-    target, _, skew = raw.partition(":")
-    if not (target.strip().isdigit() and skew.strip().lstrip("-").isdigit()):
-        raise ConfigError(f"{ENV_TEST_CLOCK_SKEW}={raw!r} is not valid; valid: RANK:NANOSECONDS, e.g. 1:5000000000 "
-                          "(tests only)")
-    if int(target) != rank:
-        return
-    shift = int(skew)
     monotonic_ns, clock_gettime_ns, time_ns = time.monotonic_ns, time.clock_gettime_ns, time.time_ns
     time.monotonic_ns = lambda: monotonic_ns() + shift
     time.clock_gettime_ns = lambda clock: clock_gettime_ns(clock) + shift

@@ -123,3 +123,26 @@ def test_a_rank_killed_under_torchrun_leaves_one_line_and_no_temporary(tiny_mode
     assert not [p for p in tmp_path.rglob("*") if p.name.endswith(".tmp")]
     assert main(["merge", str(tmp_path)]) == 1  # (1: rank 1 is cut short) and what was kept merges
     assert (tmp_path / "aggregate.pb").is_file()
+
+
+def test_a_send_to_a_busy_rank_holds_the_transfer_not_the_wait(tiny_model, tmp_path):
+    """Rank 1 is busy 2 s as it enters the pipeline call (RBLN_TEST_BUSY_MS); a gloo send would block
+    until it posts its recv. Rank 0's send slices (its DMA busy) hold the transfers only, not that wait
+    (less the little rank 0 ran before its first send), while the call as a whole took it."""
+    from test_ranks import TIMEOUT, TORCHRUN, TWO_RANKS, _env, _free_port, _run_args
+
+    from rbln_perfetto.query import open_trace
+
+    busy_ns = 2_000_000_000
+    done = subprocess.run([str(TORCHRUN), "--nproc-per-node", "2", "--master-addr", "127.0.0.1",
+                           "--master-port", str(_free_port()), "-m", "rbln_perfetto.cli",
+                           *_run_args(tiny_model, tmp_path, TWO_RANKS)],
+                          cwd=ROOT, env=_env(RBLN_TEST_BUSY_MS=f"1:{busy_ns // 1_000_000}"), capture_output=True,
+                          text=True, timeout=TIMEOUT)
+    assert done.returncode == 0, done.stderr[-3000:]
+    with open_trace(tmp_path / "rank0" / "aggregate.pb", backend="sqlite") as tr:
+        sends = tr.query("""select s.dur from slice s where extract_arg(s.arg_set_id, 'debug.transfer') = 'send'""")
+        run = tr.query("select dur from slice where name like 'run %'")
+    assert len(sends) == 2  # text_encoder_3's inputs, prompt and negative
+    assert (sends.dur < busy_ns // 2).all(), sends
+    assert run.dur.iloc[0] > busy_ns  # (the wait happened: rank 0 waited for rank 1, idle)
