@@ -29,6 +29,7 @@ pipe.set_progress_bar_config(disable=True)
 with rbln_perfetto.profile(out, overwrite=True):
     pipe("a cat", num_inference_steps=2, guidance_scale=7.0, output_type="np",
          generator=torch.Generator().manual_seed(0))
+print("THREADS", *[t.name for t in threading.enumerate()], flush=True)
 listing = lambda: sorted((e.name, e.inode(), e.stat().st_mtime_ns) for e in os.scandir(out))
 before = listing()
 with rbln_perfetto.open_traces(out, backend="sqlite", workers=2) as ts:
@@ -51,6 +52,8 @@ def test_open_traces_after_profile_in_a_script_runs_the_script_once(compiled_dir
     slices = [line.split() for line in lines if line.startswith("SLICES")]
     assert len(slices) == 1 and slices[0][2] == "UNCHANGED", done.stdout
     assert int(slices[0][1]) > 0
+    threads = [line.split()[1:] for line in lines if line.startswith("THREADS")]
+    assert not [t for t in threads[0] if t.startswith("rbln-perfetto")], threads  # the exporter's end with it
 
 
 def test_force_removes_the_traces_the_tool_wrote_into_the_run_directory_too(tmp_path, capsys):

@@ -6,7 +6,7 @@ ranks exchange clock readings at the start and the end (recorded in each capture
 merges them into OUT (`rbln_perfetto.exporter.merge`).
 
 When a rank dies, torchrun stops the others with SIGTERM, which would end them where they are (an
-export half-written). A rank turns SIGTERM into an interrupt (`Terminated`), so its export discards
+export half-written). A rank turns SIGTERM into an interrupt (KeyboardInterrupt), so its export discards
 its temporary files as on Ctrl-C; it then fails with one line (`RankFailure`): which rank died,
 what was kept (every rank's capture and the traces committed), and that `rbln-perfetto merge OUT`
 merges them. Rank 0 does not merge after a failure itself: torchrun would stop that too.
@@ -34,7 +34,7 @@ from pipeline.remote_calls import distribute, serve
 
 from ..recorder.activation import default_out_dir, env_enabled, profile
 from ..recorder.capture import read_info
-from ..errors import CaptureError, RblnPerfettoError, UsageError
+from ..errors import CaptureError, RankFailure, UsageError
 from ..exporter.export import ExportResult, check_creatable
 from ..exporter.merge import MergeResult, merge, rank_dir
 from ..naming import CAPTURE_FILE
@@ -42,14 +42,6 @@ from ..recorder.run_directory import refuse_other_runs
 from ..recorder.selection import Selection
 
 SELECTION_FLAGS = ("--profile-steps", "--profile-calls", "--profile-submodules")
-
-
-class Terminated(KeyboardInterrupt):
-    """SIGTERM arrived (torchrun stopping every rank once one failed): ends the run as Ctrl-C would."""
-
-
-class RankFailure(RblnPerfettoError):
-    """A rank of a run split across processes failed or was stopped; says what was kept."""
 
 
 @dataclass
@@ -117,7 +109,7 @@ def profile_ranks(model: str, config: dict, out: Path, call: dict, *, force: boo
     image = None
     failed = False
     try:
-        with _sigterm_interrupts(), profile(rank_dir(out, group.rank), overwrite=force, steps=profile_steps,
+        with _sigterm_interrupts() as stopped_by, profile(rank_dir(out, group.rank), overwrite=force, steps=profile_steps,
                                             calls=profile_calls, submodules=profile_submodules) as prof:
             offset = exchange_clocks(group)
             prof.clock_sync("start", group.rank, offset.offset_ns, offset.uncertainty_ns, offset.round_trip_ns)
@@ -132,7 +124,7 @@ def profile_ranks(model: str, config: dict, out: Path, call: dict, *, force: boo
             prof.clock_sync("end", group.rank, offset.offset_ns, offset.uncertainty_ns, offset.round_trip_ns)
     except BaseException as exc:
         failed = True
-        failure = _failure(out, group, exc)
+        failure = _failure(out, group, exc, stopped_by)
         if failure is None:
             raise
         raise failure from exc
@@ -152,19 +144,22 @@ def profile_ranks(model: str, config: dict, out: Path, call: dict, *, force: boo
 
 @contextmanager
 def _sigterm_interrupts():
-    """SIGTERM raises `Terminated` in the main thread while the block runs, once: a second one, while the
-    first is being handled (temporary files removed, the failure said), is ignored, and so is one after
-    the block failed (`_failure`: the process ends saying why)."""
+    """SIGTERM raises KeyboardInterrupt in the main thread while the block runs, once, and is named in the
+    list the block gets: a second one, while the first is being handled (temporary files removed, the
+    failure said), is ignored, and so is one after the block failed (`_failure`: the process ends
+    saying why)."""
+    stopped_by: list[str] = []
     if threading.current_thread() is not threading.main_thread():
-        yield  # (signal handlers belong to the main thread)
+        yield stopped_by  # (signal handlers belong to the main thread)
         return
 
     def interrupt(signum, frame):
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
-        raise Terminated(f"stopped by {signal.Signals(signum).name}")
+        stopped_by.append(signal.Signals(signum).name)
+        raise KeyboardInterrupt  # (an interrupt, as Ctrl-C is: the export discards its temporaries)
 
     previous = signal.signal(signal.SIGTERM, interrupt)
-    yield
+    yield stopped_by
     signal.signal(signal.SIGTERM, previous)
 
 
@@ -191,18 +186,19 @@ def _cut_short(out: Path, world_size: int, me: int) -> list[str]:
     return said
 
 
-def _failure(out: Path, group, exc: BaseException) -> RankFailure | None:
+def _failure(out: Path, group, exc: BaseException, stopped_by: list[str]) -> RankFailure | None:
     """The one line a rank ends with when another rank died or SIGTERM stopped this one (None: the
     failure is this rank's own, or Ctrl-C, and its own error says it)."""
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)  # torchrun's SIGTERM may come now: the line is said first
+    if threading.current_thread() is threading.main_thread():  # torchrun's SIGTERM may come now: say the line first
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
     lost = _lost_peer(exc)
-    terminated = isinstance(exc, Terminated)
+    terminated = bool(stopped_by)
     if lost is None and not terminated:
         return None
     said = [f"rank {lost.rank} stopped answering"] if lost is not None else []
     if group.rank == 0:
         said += _cut_short(out, group.world_size, group.rank)
     if terminated:
-        said.append(f"rank {group.rank} {exc} (torchrun stops every rank once one fails)")
+        said.append(f"rank {group.rank} stopped by {stopped_by[0]} (torchrun stops every rank once one fails)")
     return RankFailure(f"{'; '.join(said)}; kept what every rank captured and exported under {out}/rank*/ "
                        f"(no partial files): `rbln-perfetto merge {out}` merges it")

@@ -43,7 +43,7 @@ from .trace_file import (
     remove_stale_temporaries,
 )
 from .tracks import DeviceTrack, TrackIds
-from .worker_threads import COMPRESSION_THREADS, compression_pool, sync_pool
+from .worker_threads import COMPRESSION_THREADS, acquire_pools, release_pools
 
 # Files the browser UI opens comfortably; beyond this, trace_processor's HTTP mode is the way.
 UI_LIMIT_BYTES = 1 << 30
@@ -182,12 +182,12 @@ def export(capture: str | os.PathLike, out_dir: str | os.PathLike | None = None,
     templates: dict[tuple[int, int, int, bool], ProgramTemplate] = {}
     # Compression runs on worker threads (zlib releases the GIL) while this thread assembles the
     # next invocation; `pending` keeps every output in capture order.
-    pool = compression_pool()
     pending: deque = deque()
-    commits = CommitQueue(sync_pool())
     # Bytes of the capture read so far: a bar on a terminal once the export has run a second.
     bar = progress_bar(capture.stat().st_size, f"exporting {capture.name}")
     shown = 0
+    pool, syncs = acquire_pools()  # (released with the bar, below)
+    commits = CommitQueue(syncs)
 
     def write(item) -> None:
         kind, payload = item
@@ -223,6 +223,7 @@ def export(capture: str | os.PathLike, out_dir: str | os.PathLike | None = None,
                if aggregate else None)
     except BaseException:
         bar.close()
+        release_pools()
         raise
     try:
         # What read_info took in already, and the clock exchanges only merge reads, are not parsed again.
@@ -297,5 +298,6 @@ def export(capture: str | os.PathLike, out_dir: str | os.PathLike | None = None,
             if kind == "invocation":
                 payload[0].cancel()
         bar.close()
+        release_pools()
     result.seconds = time.perf_counter() - started
     return result
