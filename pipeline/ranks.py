@@ -13,7 +13,9 @@ somewhere between t0 and t1). The round with the smallest round trip of several 
 
 `RBLN_TEST_CLOCK_SKEW_NS=RANK:NS` is for tests only: it shifts every clock reading of process RANK
 (monotonic, boottime, wall clock) by NS nanoseconds, as if it ran on a host with another clock,
-so that tests can check that a merge finds and removes the offset.
+so that tests can check that a merge finds and removes the offset. `RBLN_TEST_BUSY_MS=RANK:MS`,
+for tests only too: serving rank RANK is busy MS milliseconds each time it enters a pipeline call
+(`remote_calls.serve`), so that tests can check that rank 0's sends do not hold that wait.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ import torch.distributed as dist
 from .config import ConfigError, RBLNConfig
 
 ENV_TEST_CLOCK_SKEW = "RBLN_TEST_CLOCK_SKEW_NS"
+ENV_TEST_BUSY = "RBLN_TEST_BUSY_MS"
 CLOCK_ROUNDS = 32
 # How long a rank waits for another before giving up (a dead peer usually fails faster: its socket closes).
 TIMEOUT = timedelta(seconds=float(os.environ.get("RBLN_RANK_TIMEOUT_S", "300")))
@@ -44,6 +47,30 @@ class RankGroup:
     def comm_device(self) -> torch.device:
         """Where tensors must be to cross ranks: nccl moves CUDA tensors, gloo host ones."""
         return torch.device("cuda", torch.cuda.current_device()) if self.backend == "nccl" else torch.device("cpu")
+
+
+class RankLost(RuntimeError):
+    """A message to or from another rank failed: its process died (or its host went away)."""
+
+    def __init__(self, rank: int, error: BaseException):
+        super().__init__(f"rank {rank} stopped answering (its process died?): {' '.join(str(error).split())}")
+        self.rank = rank
+
+
+def send(tensor: torch.Tensor, peer: int) -> None:
+    """`dist.send`; `RankLost` names the peer when it fails."""
+    try:
+        dist.send(tensor, peer)
+    except RuntimeError as exc:
+        raise RankLost(peer, exc) from exc
+
+
+def recv(tensor: torch.Tensor, peer: int) -> None:
+    """`dist.recv` from `peer`; `RankLost` names the peer when it fails."""
+    try:
+        dist.recv(tensor, peer)
+    except RuntimeError as exc:
+        raise RankLost(peer, exc) from exc
 
 
 @dataclass(frozen=True)
@@ -96,17 +123,26 @@ def leave_process_group() -> None:
         dist.destroy_process_group()
 
 
-def _apply_test_clock_skew(rank: int) -> None:
-    raw = os.environ.get(ENV_TEST_CLOCK_SKEW)
+def _test_setting(name: str, rank: int, example: str) -> int:
+    """The amount a tests-only `RANK:AMOUNT` variable gives this rank; 0 when unset or for another rank."""
+    raw = os.environ.get(name)
     if not raw:
+        return 0
+    target, _, amount = raw.partition(":")
+    if not (target.strip().isdigit() and amount.strip().lstrip("-").isdigit()):
+        raise ConfigError(f"{name}={raw!r} is not valid; valid: RANK:{example} (tests only)")
+    return int(amount) if int(target) == rank else 0
+
+
+def busy_for_tests_s(rank: int) -> float:
+    """How long this serving rank is busy entering each pipeline call (`RBLN_TEST_BUSY_MS`, tests only)."""
+    return _test_setting(ENV_TEST_BUSY, rank, "MILLISECONDS, e.g. 1:2000") / 1000
+
+
+def _apply_test_clock_skew(rank: int) -> None:
+    shift = _test_setting(ENV_TEST_CLOCK_SKEW, rank, "NANOSECONDS, e.g. 1:5000000000")
+    if not shift:
         return
-    target, _, skew = raw.partition(":")
-    if not (target.strip().isdigit() and skew.strip().lstrip("-").isdigit()):
-        raise ConfigError(f"{ENV_TEST_CLOCK_SKEW}={raw!r} is not valid; valid: RANK:NANOSECONDS, e.g. 1:5000000000 "
-                          "(tests only)")
-    if int(target) != rank:
-        return
-    shift = int(skew)
     monotonic_ns, clock_gettime_ns, time_ns = time.monotonic_ns, time.clock_gettime_ns, time.time_ns
     time.monotonic_ns = lambda: monotonic_ns() + shift
     time.clock_gettime_ns = lambda clock: clock_gettime_ns(clock) + shift
@@ -120,24 +156,24 @@ def exchange_clocks(group: RankGroup, rounds: int = CLOCK_ROUNDS) -> ClockOffset
     buf = torch.zeros(3, dtype=torch.int64, device=device)
     if group.rank != 0:
         for _ in range(rounds):
-            dist.recv(buf, 0)
+            recv(buf, 0)
             buf[0] = time.monotonic_ns()
-            dist.send(buf, 0)
-        dist.recv(buf, 0)
+            send(buf, 0)
+        recv(buf, 0)
         offset, uncertainty, round_trip = (int(v) for v in buf.tolist())
         return ClockOffset(group.rank, offset, uncertainty, round_trip)
     for peer in range(1, group.world_size):
         best = None
         for _ in range(rounds):
             t0 = time.monotonic_ns()
-            dist.send(buf, peer)
-            dist.recv(buf, peer)
+            send(buf, peer)
+            recv(buf, peer)
             t1 = time.monotonic_ns()
             remote = int(buf[0])
             if best is None or t1 - t0 < best[1] - best[0]:
                 best = (t0, t1, remote)
         t0, t1, remote = best
         # Integer halves: the offset is rounded down, the uncertainty up, so the truth stays inside.
-        dist.send(torch.tensor([remote - (t0 + t1) // 2, (t1 - t0 + 1) // 2, t1 - t0], dtype=torch.int64,
+        send(torch.tensor([remote - (t0 + t1) // 2, (t1 - t0 + 1) // 2, t1 - t0], dtype=torch.int64,
                                device=device), peer)
     return ClockOffset(0, 0, 0, 0)

@@ -9,6 +9,12 @@ receives the outputs with `dist.recv`. The other ranks run `serve`: receive a he
 compiled program (profiled by their own profiler, as any call), send the outputs, until rank 0
 says stop.
 
+A gloo send does not return before the receiver has posted its recv, so a send timed while the peer
+is still busy (entering a pipeline call, say) would hold that wait as transfer time, DMA busy on the
+sender. So a serving rank says `READY` (a header) each time it is about to wait for the next
+header, and rank 0 takes that message (untimed: its wait for the peer is idle time) before it
+sends one: a timed send starts when the peer's recv is posted and spans only the transfer.
+
 A header is six int64s: `(op, submodule, call number, calls started, timed, 0)`. `BEGIN` and `END`
 bracket each pipeline call, so that a serving rank profiles the same pipeline calls as rank 0;
 `calls started` (rank 0's count of submodule calls in the pipeline call so far) keeps every
@@ -22,15 +28,14 @@ import time
 from contextlib import ExitStack, contextmanager
 
 import torch
-import torch.distributed as dist
 
 from .contract import SUBMODULES, RankTransfer
 from .dtypes import torch_dtype
 from .pipeline_sd3 import STEP_SUBMODULE
 from .profiling_hooks import active_call, profiled_call
-from .ranks import RankGroup
+from .ranks import RankGroup, recv, send, busy_for_tests_s
 
-BEGIN, CALL, END, STOP = range(4)
+BEGIN, CALL, END, STOP, READY = range(5)
 HEADER_SIZE = 6
 INPUTS, OUTPUTS = 0, 1  # which message of a call: flow = 2 * call number + this
 
@@ -46,8 +51,17 @@ class RankLink:
         self.group = group
         self.calls = 0  # remote calls so far, on any rank: each one's number
 
+    def _await_ready(self, peer: int) -> None:
+        """Wait (idle time) until `peer` waits for the next header: its `READY`."""
+        ready = torch.empty(HEADER_SIZE, dtype=torch.int64, device=self.group.comm_device)
+        recv(ready, peer)
+        if int(ready[0]) != READY:
+            raise RuntimeError(f"rank {peer} sent op {int(ready[0])} where READY ({READY}) was due: the ranks disagree "
+                               "on the calls (a bug)")
+
     def _send_header(self, header: torch.Tensor, peer: int) -> None:
-        dist.send(header.to(self.group.comm_device), peer)
+        self._await_ready(peer)
+        send(header.to(self.group.comm_device), peer)
 
     @contextmanager
     def pipeline_call(self):
@@ -72,18 +86,19 @@ class RankLink:
         call = active_call()
         number, self.calls = self.calls, self.calls + 1
         started = call.calls_started if call is not None else -1
-        t0 = time.monotonic_ns()
-        self._send_header(_header(CALL, SUBMODULES.index(info.submodule), number, started, timed), peer)
+        self._await_ready(peer)
+        t0 = time.monotonic_ns()  # the peer's recv is posted: from here on the send is the transfer
+        send(_header(CALL, SUBMODULES.index(info.submodule), number, started, timed).to(comm), peer)
         for x in inputs:
-            dist.send(x.contiguous().to(comm), peer)
+            send(x.contiguous().to(comm), peer)
         t1 = time.monotonic_ns()
         done = torch.empty(HEADER_SIZE, dtype=torch.int64, device=comm)
-        dist.recv(done, peer)
+        recv(done, peer)
         t2 = time.monotonic_ns()
         outputs = []
         for spec in info.outputs:
             out = torch.empty(spec.shape, dtype=torch_dtype(spec.dtype), device=comm)
-            dist.recv(out, peer)
+            recv(out, peer)
             outputs.append(out.to("cpu"))
         t3 = time.monotonic_ns()
         if call is not None and timed:
@@ -120,10 +135,13 @@ def serve(pipe, group: RankGroup) -> int:
     """A serving rank's loop: run the calls rank 0 sends until it says stop; returns the calls served."""
     comm = group.comm_device
     header = torch.empty(HEADER_SIZE, dtype=torch.int64, device=comm)
+    ready = _header(READY).to(comm)
+    busy_s = busy_for_tests_s(group.rank)
     served = 0
     with ExitStack() as pipeline_call:
         while True:
-            dist.recv(header, 0)
+            send(ready, 0)  # rank 0 sends the next header once it has this
+            recv(header, 0)
             t0 = time.monotonic_ns()  # what came before was waiting for rank 0, not a transfer
             op, submodule_index, number, started, timed, _ = (int(v) for v in header.tolist())
             call = active_call()
@@ -131,6 +149,7 @@ def serve(pipe, group: RankGroup) -> int:
                 return served
             if op == BEGIN:
                 pipeline_call.enter_context(profiled_call(pipe.pipeline_info(), STEP_SUBMODULE))
+                time.sleep(busy_s)
                 continue
             if op == END:
                 if call is not None and started >= 0:
@@ -141,15 +160,15 @@ def serve(pipe, group: RankGroup) -> int:
             info = module.compiled.info
             inputs = [torch.empty(s.shape, dtype=torch_dtype(s.dtype), device=comm) for s in info.inputs]
             for x in inputs:
-                dist.recv(x, 0)
+                recv(x, 0)
             t1 = time.monotonic_ns()
             if call is not None and started >= 0:
                 call.catch_up(started - 1)  # the calls rank 0 started before this one
             outputs = module._invoke(*[x.to("cpu") for x in inputs])
             t2 = time.monotonic_ns()
-            dist.send(_header(CALL, submodule_index, number).to(comm), 0)
+            send(_header(CALL, submodule_index, number).to(comm), 0)
             for out in outputs:
-                dist.send(out.contiguous().to(comm), 0)
+                send(out.contiguous().to(comm), 0)
             t3 = time.monotonic_ns()
             if call is not None and timed:
                 call.transfer(_transfer(info, "recv", INPUTS, 0, info.device, number, t0, t1))

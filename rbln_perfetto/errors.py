@@ -79,3 +79,7 @@ class PlotError(RblnPerfettoError, ValueError):
 
 class PortUnavailableError(RblnPerfettoError, OSError):
     """A local port that a server cannot bind (already in use, or not permitted)."""
+
+
+class RankFailure(RblnPerfettoError, RuntimeError):
+    """A rank of a run split across processes lost another rank or was stopped (SIGTERM); says what was kept."""

@@ -30,6 +30,8 @@ RUN_ID_FILE = "run-id.txt"
 IMAGE_FILE = "image.png"  # what `rbln-perfetto run` saves; a run's file only beside the others
 RANK_DIR = re.compile(r"^rank([0-9]+)\Z")  # a rank's own run, inside the directory of a run split across processes
 MERGED = "merged "  # how `run-id.txt` of a merged run starts (`rbln-perfetto merge`)
+# How `system_info.tracing_service_version` starts in every trace the tool writes (then its version).
+TRACING_SERVICE = "rbln-perfetto "
 
 
 def merged_ranks(out_dir: Path) -> bool:

@@ -252,7 +252,7 @@ def test_an_interrupted_query_ends_the_pool_so_no_stale_reply_answers_the_next(r
 
 
 def test_workers_are_forked_only_while_no_other_thread_runs(runs):
-    """Forked from the caller when it runs one thread; from a fork server while others run (one could hold a
+    """Forked from the caller when it runs one thread; new interpreters while others run (one could hold a
     lock that the forked child then waits on forever). The same rows either way."""
     import subprocess
     import sys
@@ -272,7 +272,7 @@ def test_workers_are_forked_only_while_no_other_thread_runs(runs):
     other.start()
     try:
         with open_traces(root, backend="sqlite", workers=2) as ts:
-            assert {type(p).__name__ for p, _ in ts._impl.workers} == {"ForkServerProcess"}
+            assert {type(p).__name__ for p, _ in ts._impl.workers} == {"WorkerSubprocess"}
             assert ts.query(PER_NAME).to_json() == forked.strip()
     finally:
         stop.set()

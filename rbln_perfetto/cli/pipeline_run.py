@@ -3,7 +3,13 @@
 Under torchrun (`RANK`/`WORLD_SIZE` set) it is one rank of a run split across processes
 (`rbln_config['ranks']`, `pipeline.remote_calls`): each rank profiles into `OUT/rank{r}/`, the
 ranks exchange clock readings at the start and the end (recorded in each capture), and rank 0
-merges them into OUT (`rbln_perfetto.exporter.merge`), also after a rank died.
+merges them into OUT (`rbln_perfetto.exporter.merge`).
+
+When a rank dies, torchrun stops the others with SIGTERM, which would end them where they are (an
+export half-written). A rank turns SIGTERM into an interrupt (KeyboardInterrupt), so its export discards
+its temporary files as on Ctrl-C; it then fails with one line (`RankFailure`): which rank died,
+what was kept (every rank's capture and the traces committed), and that `rbln-perfetto merge OUT`
+merges them. Rank 0 does not merge after a failure itself: torchrun would stop that too.
 
 The one module of rbln_perfetto that imports the pipeline's torch side; the CLI imports it only
 when `run` is the command, so every other command starts without torch.
@@ -11,7 +17,9 @@ when `run` is the command, so every other command starts without torch.
 
 from __future__ import annotations
 
-import sys
+import signal
+import threading
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,14 +29,16 @@ from pipeline.compile_cache import embedded_model, load_or_compile
 # ConfigError and DeviceMemoryError are here for `run`, which reports them by class (it may not import pipeline).
 from pipeline.config import ConfigError, RBLNConfig
 from pipeline.placement import DeviceMemoryError, torch_devices
-from pipeline.ranks import (check_ranks, exchange_clocks, join_process_group, launched_world,
+from pipeline.ranks import (RankLost, check_ranks, exchange_clocks, join_process_group, launched_world,
                             leave_process_group)
 from pipeline.remote_calls import distribute, serve
 
 from ..recorder.activation import default_out_dir, env_enabled, profile
-from ..errors import UsageError
+from ..recorder.capture import read_info
+from ..errors import CaptureError, RankFailure, UsageError
 from ..exporter.export import ExportResult, check_creatable
 from ..exporter.merge import MergeResult, merge, rank_dir
+from ..naming import CAPTURE_FILE
 from ..recorder.run_directory import refuse_other_runs
 from ..recorder.selection import Selection
 from .common import SELECTION_FLAGS
@@ -99,8 +109,8 @@ def profile_ranks(model: str, config: dict, out: Path, call: dict, *, force: boo
     image = None
     failed = False
     try:
-        with profile(rank_dir(out, group.rank), overwrite=force, steps=profile_steps, calls=profile_calls,
-                     submodules=profile_submodules) as prof:
+        with _sigterm_interrupts() as stopped_by, profile(rank_dir(out, group.rank), overwrite=force, steps=profile_steps,
+                                            calls=profile_calls, submodules=profile_submodules) as prof:
             offset = exchange_clocks(group)
             prof.clock_sync("start", group.rank, offset.offset_ns, offset.uncertainty_ns, offset.round_trip_ns)
             if link is None:
@@ -112,11 +122,12 @@ def profile_ranks(model: str, config: dict, out: Path, call: dict, *, force: boo
                     link.stop()
             offset = exchange_clocks(group)
             prof.clock_sync("end", group.rank, offset.offset_ns, offset.uncertainty_ns, offset.round_trip_ns)
-    except BaseException:
+    except BaseException as exc:
         failed = True
-        if group.rank == 0:  # what every rank captured stays mergeable: say so, with the missing rank
-            _merge_after_failure(out, force)
-        raise
+        failure = _failure(out, group, exc, stopped_by)
+        if failure is None:
+            raise
+        raise failure from exc
     finally:
         try:
             if not failed:
@@ -131,12 +142,63 @@ def profile_ranks(model: str, config: dict, out: Path, call: dict, *, force: boo
     return ProfiledRun(prof.result, image_path, model, 0, merged)
 
 
-def _merge_after_failure(out: Path, force: bool) -> None:
-    try:
-        merged = merge(out, overwrite=force)
-    except Exception as exc:  # the run's own error is what the caller sees
-        print(f"rbln-perfetto: merging {out} after the failure failed too: {exc}", file=sys.stderr)
+@contextmanager
+def _sigterm_interrupts():
+    """SIGTERM raises KeyboardInterrupt in the main thread while the block runs, once, and is named in the
+    list the block gets: a second one, while the first is being handled (temporary files removed, the
+    failure said), is ignored, and so is one after the block failed (`_failure`: the process ends
+    saying why)."""
+    stopped_by: list[str] = []
+    if threading.current_thread() is not threading.main_thread():
+        yield stopped_by  # (signal handlers belong to the main thread)
         return
-    for line in merged.problems:
-        print(f"rbln-perfetto: {line}", file=sys.stderr)
-    print(f"rbln-perfetto: merged what the ranks captured into {merged.aggregate_file}", file=sys.stderr)
+
+    def interrupt(signum, frame):
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        stopped_by.append(signal.Signals(signum).name)
+        raise KeyboardInterrupt  # (an interrupt, as Ctrl-C is: the export discards its temporaries)
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    yield stopped_by
+    signal.signal(signal.SIGTERM, previous)
+
+
+def _lost_peer(exc: BaseException | None) -> RankLost | None:
+    """The `RankLost` that `exc` is, or that it was raised while handling."""
+    while exc is not None and not isinstance(exc, RankLost):
+        exc = exc.__cause__ or exc.__context__
+    return exc
+
+
+def _cut_short(out: Path, world_size: int, me: int) -> list[str]:
+    """The other ranks whose capture says they did not end (killed), one phrase each."""
+    said = []
+    for rank in range(world_size):
+        capture = rank_dir(out, rank) / CAPTURE_FILE
+        if rank == me or not capture.is_file():
+            continue
+        try:
+            info = read_info(capture)
+        except CaptureError:
+            continue
+        if info.end is None:
+            said.append(f"rank {rank}'s capture ends early ({info.status}; the process was killed?)")
+    return said
+
+
+def _failure(out: Path, group, exc: BaseException, stopped_by: list[str]) -> RankFailure | None:
+    """The one line a rank ends with when another rank died or SIGTERM stopped this one (None: the
+    failure is this rank's own, or Ctrl-C, and its own error says it)."""
+    if threading.current_thread() is threading.main_thread():  # torchrun's SIGTERM may come now: say the line first
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    lost = _lost_peer(exc)
+    terminated = bool(stopped_by)
+    if lost is None and not terminated:
+        return None
+    said = [f"rank {lost.rank} stopped answering"] if lost is not None else []
+    if group.rank == 0:
+        said += _cut_short(out, group.world_size, group.rank)
+    if terminated:
+        said.append(f"rank {group.rank} stopped by {stopped_by[0]} (torchrun stops every rank once one fails)")
+    return RankFailure(f"{'; '.join(said)}; kept what every rank captured and exported under {out}/rank*/ "
+                       f"(no partial files): `rbln-perfetto merge {out}` merges it")

@@ -43,7 +43,7 @@ from .trace_file import (
     remove_stale_temporaries,
 )
 from .tracks import DeviceTrack, TrackIds
-from .worker_threads import COMPRESSION_THREADS, compression_pool, sync_pool
+from .worker_threads import COMPRESSION_THREADS, acquire_pools, release_pools
 
 # Files the browser UI opens comfortably; beyond this, trace_processor's HTTP mode is the way.
 UI_LIMIT_BYTES = 1 << 30
@@ -180,9 +180,9 @@ class _Export:
         self.interner = Interner()
         self.tracks = TrackIds()
         self.templates: dict[tuple[int, int, int, bool], ProgramTemplate] = {}
-        self.pool = compression_pool()
         self.pending: deque = deque()
-        self.commits = CommitQueue(sync_pool())
+        self.pool, syncs = acquire_pools()  # (the export releases them when it ends)
+        self.commits = CommitQueue(syncs)
         self.agg: _AggregateFile | None = None
 
     def open_aggregate(self) -> None:
@@ -337,6 +337,7 @@ def export(capture: str | os.PathLike, out_dir: str | os.PathLike | None = None,
             job.open_aggregate()
     except BaseException:
         bar.close()
+        release_pools()
         raise
     try:
         job.read(bar)
@@ -350,5 +351,6 @@ def export(capture: str | os.PathLike, out_dir: str | os.PathLike | None = None,
     finally:
         job.cancel_pending()
         bar.close()
+        release_pools()
     job.result.seconds = time.perf_counter() - started
     return job.result

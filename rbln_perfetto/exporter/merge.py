@@ -40,7 +40,7 @@ from ..proto_bytes import CLOCK_BOOTTIME, CLOCK_MONOTONIC, SEQUENCE_ID
 from ..recorder.run_directory import claim_run_directory, run_identity
 from .trace_file import CommitQueue, TraceFile
 from .tracks import RUN_TRACK
-from .worker_threads import sync_pool
+from .worker_threads import acquire_pools, release_pools
 
 UUID_STRIDE = 1 << 24  # a rank's track uuids: its own plus rank * this
 FLOW_STRIDE = 1 << 48  # a rank's own flow ids (DMA -> command): its own plus rank * this
@@ -257,7 +257,7 @@ def merge(run_dir: str | os.PathLike, *, overwrite: bool = False) -> MergeResult
 def _write_in_order(files) -> list[Path]:
     """Write each (path, parts()) as an atomic trace file, committed in order as export's are: a
     failure keeps the files written completely before it and leaves no temporary."""
-    commits = CommitQueue(sync_pool())
+    commits = CommitQueue(acquire_pools()[1])
     committed: list[Path] = []
     try:
         for path, parts in files:
@@ -268,3 +268,5 @@ def _write_in_order(files) -> list[Path]:
     except BaseException as exc:
         commits.settle(exc)
         raise
+    finally:
+        release_pools()

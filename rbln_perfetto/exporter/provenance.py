@@ -25,6 +25,7 @@ import struct
 
 from perfetto.protos.perfetto.trace import perfetto_trace_pb2 as pt
 
+from ..naming import TRACING_SERVICE
 from ..proto_bytes import FieldNumber, f_bytes
 from .slice_packets import annotation, boottime_slice_packets
 from .tracks import RUN_TRACK
@@ -103,7 +104,7 @@ class TraceProvenance:
                 utsname=pt.Utsname(sysname=host.sysname, release=host.release, version=host.version,
                                    machine=host.machine),
                 num_cpus=host.cpu_count, page_size=host.page_size, timezone_off_mins=host.timezone_off_mins,
-                tracing_service_version=f"rbln-perfetto {h.tool_version or 'unknown'}",
+                tracing_service_version=f"{TRACING_SERVICE}{h.tool_version or 'unknown'}",
             )))
         self._run_name = f"run {h.run_id}"
         self._run_args = [annotation(k, v) for k, v in run_args(info)]

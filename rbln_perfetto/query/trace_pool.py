@@ -9,27 +9,30 @@ are balanced by file size (load and scan time grow with it), largest first onto 
 
 Workers are forked from the caller where no other Python thread runs: a worker then starts in
 milliseconds and inherits the imported modules. Where other threads run (a progress bar, a server),
-one of them may hold a lock at the moment of the fork that the child then waits on forever, so the
-workers come from a fork server instead (started once per process, with this module and pandas
-imported: about half a second more on 2 cores, `bench/trace_set.py`). Its workers import the
-caller's main module, as with any start method but fork: a script that opens traces at top level
-from a threaded program needs `if __name__ == "__main__":`.
+one of them may hold a lock at the moment of the fork that the child then waits on forever, so each
+worker is a new interpreter instead, which imports this package (`trace_worker.main`) and nothing of
+the caller's. multiprocessing's spawn and forkserver are not used: their children import the
+caller's main module, which runs a script's top level again (profiling into the same directory,
+say) when it opens traces without `if __name__ == "__main__":`.
 """
 
 from __future__ import annotations
 
 import multiprocessing
 import os
-import pickle
-import signal
+import socket
+import subprocess
+import sys
 import threading
-import warnings
+from multiprocessing.connection import Connection
 from pathlib import Path
 
-from ..errors import QueryError, RblnPerfettoError, TraceReadError, WorkerError
+from ..errors import QueryError, WorkerError
+from . import trace_worker
 
-_OPEN: dict[int, object] = {}  # in a worker: trace index -> open `Trace`
-_PRELOAD = ["rbln_perfetto.query.trace_pool", "pandas"]
+# Where this package is imported from, first on a new worker's path: the caller found it there.
+_IMPORT_ROOT = str(Path(__file__).resolve().parents[2])
+_WORKER_MAIN = "from rbln_perfetto.query.trace_worker import main; main()"
 
 
 def shards(sizes: list[int], workers: int) -> list[list[int]]:
@@ -43,74 +46,65 @@ def shards(sizes: list[int], workers: int) -> list[list[int]]:
     return [sorted(s) for s in out if s]
 
 
-def _portable(exc: BaseException) -> BaseException:
-    """`exc` if it survives the trip to the parent, else its message as the nearest error that does."""
-    try:
-        pickle.loads(pickle.dumps(exc))
-        return exc
-    except Exception:
-        return TraceReadError(str(exc)) if isinstance(exc, RblnPerfettoError) else RuntimeError(repr(exc))
+class WorkerSubprocess:
+    """A worker started as a new interpreter running `trace_worker.main`, with the methods of a
+    `multiprocessing.Process` that the pool uses; `conn` is the pool's end of its pipe."""
 
-
-def _serve(conn) -> None:
-    """A worker: run each (function, argument) request on this process's traces until told to stop."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the caller's to handle; it then ends the workers
-    while True:
+    def __init__(self):
+        mine, theirs = socket.socketpair()
+        path = os.pathsep.join(p for p in (_IMPORT_ROOT, os.environ.get("PYTHONPATH")) if p)
         try:
-            request = conn.recv()
-        except EOFError:  # the caller is gone
-            return
-        if request is None:
-            return
-        fn, arg = request
-        try:
-            reply = (True, fn(arg))
-        except Exception as exc:  # a bug or a resource error: the caller raises it
-            reply = (False, _portable(exc))
-        conn.send(reply)
+            # Its own session: Ctrl-C at a terminal is the caller's to handle (it then ends the workers).
+            self._popen = subprocess.Popen([sys.executable, "-c", _WORKER_MAIN, str(theirs.fileno())],
+                                           pass_fds=[theirs.fileno()], stdin=subprocess.DEVNULL,
+                                           env={**os.environ, "PYTHONPATH": path}, start_new_session=True)
+        except BaseException:
+            mine.close()
+            raise
+        finally:
+            theirs.close()
+        self.conn = Connection(mine.detach())
+        self.pid = self._popen.pid
+
+    def is_alive(self) -> bool:
+        return self._popen.poll() is None
+
+    def terminate(self) -> None:
+        if self.is_alive():
+            self._popen.terminate()
+
+    def kill(self) -> None:
+        if self.is_alive():
+            self._popen.kill()
+
+    def join(self) -> None:
+        self._popen.wait()
 
 
-def _load(shard: list[tuple[int, str]]):
-    """In a worker: open the shard's traces. (warnings per trace, None), or (warnings so far, (index, error))
-    at the first trace that fails (the parent then ends the pool, and the traces with it)."""
-    from . import open_trace
-
-    caught_per_trace = []
-    for index, path in shard:
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
-            try:
-                _OPEN[index] = open_trace(path, backend="sqlite")
-            except RblnPerfettoError as exc:
-                return caught_per_trace, (index, _portable(exc))
-        caught_per_trace.append([(w.category, str(w.message)) for w in caught])
-    return caught_per_trace, None
-
-
-def _query(sql: str):
-    """In a worker: (frames in index order, None), or (frames so far, (index, error)) at the first failure."""
-    frames = []
-    for index in sorted(_OPEN):
-        try:
-            frames.append(_OPEN[index].query(sql))
-        except QueryError as exc:
-            return frames, (index, exc)
-    return frames, None
+def _start_worker(forked: bool):
+    """(process, the pool's end of its pipe): forked from this process, or a new interpreter."""
+    if not forked:
+        process = WorkerSubprocess()
+        return process, process.conn
+    context = multiprocessing.get_context("fork")
+    mine, theirs = context.Pipe()
+    process = context.Process(target=trace_worker.serve, args=(theirs,), daemon=True,
+                              name="rbln-perfetto trace worker")
+    process.start()
+    theirs.close()
+    return process, mine
 
 
 def _worker_died(paths: list[Path], shard: list[int]) -> WorkerError:
     names = ", ".join(paths[i].name for i in shard[:3]) + (", ..." if len(shard) > 3 else "")
-    return WorkerError(f"the worker process holding {names} died (out of memory? killed?); or, in a program "
-                       "with threads, the main module opens traces at top level without "
-                       "`if __name__ == \"__main__\":` (its workers import it)")
+    return WorkerError(f"the worker process holding {names} died (out of memory? killed?)")
 
 
 class TracePool:
     """`paths` loaded by the embedded backend in `workers` processes."""
 
     def __init__(self, paths: list[Path], workers: int):
-        context = multiprocessing.get_context("fork" if threading.active_count() == 1 else "forkserver")
-        context.set_forkserver_preload(_PRELOAD)  # (only the first fork server of a process starts with it)
+        forked = threading.active_count() == 1
         self.paths = paths
         self.shards = shards([p.stat().st_size for p in paths], workers)
         self.workers = []
@@ -118,12 +112,8 @@ class TracePool:
         self.ended_by = "closed"  # why `workers` is empty, once it is
         try:
             for _ in self.shards:
-                mine, theirs = context.Pipe()
-                process = context.Process(target=_serve, args=(theirs,), daemon=True, name="rbln-perfetto trace worker")
-                process.start()
-                theirs.close()
-                self.workers.append((process, mine))
-            loaded = self._gather(_load, [[(i, str(paths[i])) for i in shard] for shard in self.shards])
+                self.workers.append(_start_worker(forked))
+            loaded = self._gather(trace_worker.load, [[(i, str(paths[i])) for i in shard] for shard in self.shards])
         except BaseException:
             self.close()
             raise
@@ -169,7 +159,7 @@ class TracePool:
 
     def query(self, sql: str) -> tuple[list, tuple[int, QueryError] | None]:
         """One DataFrame per trace, in set order, and the first failing trace's (index, QueryError), if any."""
-        answered = self._gather(_query, [sql] * len(self.shards))
+        answered = self._gather(trace_worker.query, [sql] * len(self.shards))
         frames: list = [None] * len(self.paths)
         failures = []
         for shard, (found, failure) in zip(self.shards, answered):

@@ -1,10 +1,13 @@
 """One run per output directory: which files in a directory belong to a run, and keeping runs apart.
 
 A run's files are its traces (`0006_transformer_0.pb`, `aggregate.pb`), its capture
-(`capture.rblncap`), `run-id.txt` (which run they are), and `image.png` when `rbln-perfetto run`
-saved one beside them. Writing a run into a directory that holds another run's files would mix
-the two (`ls` order would no longer be run order), so it is refused unless `overwrite`, which
-removes those files first and says how many. Every other file in the directory is left alone.
+(`capture.rblncap`), `run-id.txt` (which run they are), `image.png` when `rbln-perfetto run`
+saved one beside them, and every other trace the tool wrote there (a critical-path overlay
+`critical-path.pb`, say: `query --files all` reads it as part of the run). A trace says it was
+written by the tool in its `system_info` packet (`naming.TRACING_SERVICE`). Writing a run into a
+directory that holds another run's files would mix the two (`ls` order would no longer be run
+order), so it is refused unless `overwrite`, which removes those files first and says how many.
+Every other file in the directory (a `.pb` of the user's too) is left alone.
 
 Two runs are told apart by their capture's header (run id, host, process, start time): the
 directory's `run-id.txt` and its capture name the run it holds. Exporting a capture again into
@@ -17,11 +20,19 @@ import os
 import sys
 from pathlib import Path
 
+from perfetto.protos.perfetto.trace import perfetto_trace_pb2 as pt
+from google.protobuf.message import DecodeError
+
 from .capture import iter_records
-from ..errors import CaptureError, OutputExistsError
-from ..naming import AGGREGATE_FILE_NAME, CAPTURE_FILE, IMAGE_FILE, RUN_ID_FILE, parse_invocation_file_name
+from ..errors import CaptureError, OutputExistsError, VarintError
+from ..naming import (AGGREGATE_FILE_NAME, CAPTURE_FILE, IMAGE_FILE, RUN_ID_FILE, TRACING_SERVICE,
+                      parse_invocation_file_name)
+from ..proto_bytes import FieldNumber, read_varint, tag
 
 _SHOWN = 3  # file names an error lists before "..."
+# Where a trace of the tool has its system_info: after its first packets, the track descriptors.
+_HEAD_BYTES = 1 << 16
+_PACKET_TAG = tag(FieldNumber.TRACE_PACKET, 2)
 
 
 def run_identity(header) -> str:
@@ -34,15 +45,43 @@ def _files(n: int) -> str:
     return f"{n} file" if n == 1 else f"{n} files"
 
 
-def _is_run_file(name: str) -> bool:
-    return name in (AGGREGATE_FILE_NAME, CAPTURE_FILE, RUN_ID_FILE) or parse_invocation_file_name(name) is not None
+def written_by_the_tool(path: Path) -> bool:
+    """Whether the trace file `path` says in its system_info that this tool wrote it (an export, a
+    merge, an overlay copy); another file, or one that cannot be read, does not."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(_HEAD_BYTES)
+    except OSError:
+        return False
+    pos = 0
+    try:
+        while head.startswith(_PACKET_TAG, pos):
+            size, start = read_varint(head, pos + len(_PACKET_TAG))
+            pos = start + size
+            if pos > len(head):
+                return False
+            packet = pt.TracePacket.FromString(head[start:pos])
+            if packet.HasField("system_info"):
+                return packet.system_info.tracing_service_version.startswith(TRACING_SERVICE)
+            if packet.HasField("track_event") or packet.HasField("compressed_packets"):
+                return False  # past where the tool puts it
+    except (VarintError, DecodeError):
+        pass
+    return False
+
+
+def _is_run_file(entry: os.DirEntry) -> bool:
+    name = entry.name
+    if name in (AGGREGATE_FILE_NAME, CAPTURE_FILE, RUN_ID_FILE) or parse_invocation_file_name(name) is not None:
+        return True
+    return name.endswith(".pb") and written_by_the_tool(Path(entry.path))
 
 
 def run_files(out_dir: Path) -> list[Path]:
     """The files of whatever run `out_dir` holds, in name order (none when it is not a directory)."""
     if not out_dir.is_dir():
         return []
-    names = sorted(e.name for e in os.scandir(out_dir) if e.is_file(follow_symlinks=False) and _is_run_file(e.name))
+    names = sorted(e.name for e in os.scandir(out_dir) if e.is_file(follow_symlinks=False) and _is_run_file(e))
     if names and (out_dir / IMAGE_FILE).is_file():
         names = sorted(names + [IMAGE_FILE])
     return [out_dir / name for name in names]
