@@ -10,7 +10,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 from conftest import run
-from reference_traces import CASES, REFERENCE
+from reference_traces import CASES, REFERENCE, reference_trace
 from tp_compare import QUERY, differences
 
 import rbln_perfetto
@@ -277,3 +277,25 @@ def test_workers_are_forked_only_while_no_other_thread_runs(runs):
     finally:
         stop.set()
         other.join()
+
+
+def test_auto_takes_the_embedded_backend_for_small_traces_even_with_a_binary(tmp_path, monkeypatch):
+    """Issue 20 item 16: trace_processor starts one process per trace (10.9 s for 18 tiny traces against
+    1.0 s embedded), so "auto" loads a set of small traces in the embedded pool. A configured binary that
+    would leave a mark if it were ever started is never started."""
+    from rbln_perfetto.query.trace_set import SMALL_TRACE_BYTES, all_small
+
+    mark = tmp_path / "started"
+    binary = tmp_path / "trace_processor_shell"
+    binary.write_text(f"#!/bin/sh\ntouch {mark}\nexit 1\n")
+    binary.chmod(0o755)
+    monkeypatch.setenv("RBLN_PERFETTO_TP_BIN", str(binary))
+    paths = [reference_trace(case) for case in CASES]
+    assert all_small(paths) and max(p.stat().st_size for p in paths) < SMALL_TRACE_BYTES
+    with open_traces(paths, workers=1) as ts:
+        assert ts.backend == "sqlite"
+        assert len(ts.query("select count(*) as n from slice")) == len(paths)
+    assert not mark.exists()
+    big = tmp_path / "big.pb"
+    big.write_bytes(b"\0" * SMALL_TRACE_BYTES)
+    assert not all_small([*paths, big])
