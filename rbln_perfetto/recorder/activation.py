@@ -127,6 +127,17 @@ class Session:
         self.result = export(self.capture_file, self.out_dir)
         return self.result
 
+    def close_after(self, error: BaseException | None) -> ExportResult | None:
+        """`close(error)`; when the export fails while `error` is on its way up, the failure becomes a note
+        on `error` (the caller's error stays the one raised) and None comes back."""
+        try:
+            return self.close(error)
+        except Exception as exc:
+            if error is None:
+                raise
+            error.add_note(f"rbln-perfetto: exporting the traces of {self.out_dir} also failed: {exc}")
+            return None
+
 
 class PipelineCall:
     """What one pipeline call traces, and where it goes: the `pipeline.contract.Sink` of that call.
@@ -200,12 +211,8 @@ class PipelineCall:
             self.session.untraced_call_ends(self.call_index)
         if not self.owns_session:
             return
-        try:
-            result = self.session.close(error)
-        except Exception as exc:
-            if error is None:
-                raise
-            error.add_note(f"rbln-perfetto: exporting the traces of {self.session.out_dir} also failed: {exc}")
+        result = self.session.close_after(error)
+        if result is None:
             return
         print(f"rbln-perfetto: {len(result.invocation_files)} invocation traces and {result.aggregate_file} "
               f"written to {result.out_dir}", file=sys.stderr)
@@ -315,12 +322,8 @@ class profile:
         global _active
         with _lock:
             _active = None
-        try:
-            result = self.session.close(exc)
-        except Exception as export_error:
-            if exc is None:
-                raise
-            exc.add_note(f"rbln-perfetto: exporting the traces of {self.out_dir} also failed: {export_error}")
+        result = self.session.close_after(exc)
+        if result is None:
             return False
         if exc is not None:  # (a Ctrl-C or an error: what the block profiled until then is kept, and where)
             aggregate = f" and {result.aggregate_file.name}" if result.aggregate_file else ""
