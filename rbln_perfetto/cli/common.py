@@ -5,6 +5,7 @@ that describe an export.
 
 from __future__ import annotations
 
+import argparse
 import sys
 from contextlib import contextmanager
 from pathlib import Path
@@ -16,6 +17,16 @@ from ..query.trace_paths import FILES
 
 # `run`'s flags that choose what is traced, named in its errors (checked before and after torch loads).
 SELECTION_FLAGS = ("--profile-steps", "--profile-calls", "--profile-submodules")
+
+def bounded_int(what: str, low: int, high: int, note: str = ""):
+    """An argparse type: a whole number from `low` to `high`, else a usage error naming `what` and the range."""
+    def parse(text: str) -> int:
+        if not text.isdigit() or not low <= int(text) <= high:
+            raise argparse.ArgumentTypeError(f"{text!r} is not {what}; valid: {low}..{high}{note}")
+        return int(text)
+
+    return parse
+
 
 
 def backend_args(p) -> None:

@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 
 from ..errors import UsageError
-from .common import print_export_result
+from .common import bounded_int, print_export_result
 
 
 def cmd_export(args) -> int:
@@ -20,12 +19,6 @@ def cmd_export(args) -> int:
     return 0
 
 
-def _compression_level(text: str) -> int:
-    if not text.isdigit() or not 0 <= int(text) <= 9:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a zlib level; valid: 0..9")
-    return int(text)
-
-
 def add_export_command(sub) -> None:
     """Add `export` to the `rbln-perfetto` subcommands `sub`."""
     exp = sub.add_parser("export", help="export a capture to Perfetto traces")
@@ -37,6 +30,6 @@ def add_export_command(sub) -> None:
                      help="write only aggregate.pb, not one file per submodule invocation")
     exp.add_argument("--no-aggregate", dest="aggregate", action="store_false",
                      help="write only the per-invocation files, not aggregate.pb")
-    exp.add_argument("--compression-level", type=_compression_level, metavar="0-9",
+    exp.add_argument("--compression-level", type=bounded_int("a zlib level", 0, 9), metavar="0-9",
                      help="zlib level of the compressed packets (default: the codec's default, about 15 B per command)")
     exp.set_defaults(func=cmd_export)

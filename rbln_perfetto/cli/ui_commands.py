@@ -3,11 +3,10 @@ HTTP mode for ui.perfetto.dev) and `open` (the file served once to ui.perfetto.d
 
 from __future__ import annotations
 
-import argparse
 
 from ..errors import TraceProcessorError
 from ..exporter.export import UI_LIMIT_BYTES
-from .common import load_trace, trace_args, trace_file
+from .common import bounded_int, load_trace, trace_args, trace_file
 
 
 def cmd_plot(args) -> int:
@@ -51,14 +50,8 @@ def cmd_open(args) -> int:
     return 0
 
 
-def _port(text: str) -> int:
-    if not text.isdigit() or not 0 <= int(text) <= 65535:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a port; valid: 0..65535 (0: any free port)")
-    return int(text)
-
-
 def _ui_args(p) -> None:
-    p.add_argument("--port", type=_port, default=9001,
+    p.add_argument("--port", type=bounded_int("a port", 0, 65535, " (0: any free port)"), default=9001,
                    help="local port (default 9001, the one port ui.perfetto.dev's content security policy allows)")
     p.add_argument("--origin", default="https://ui.perfetto.dev",
                    help="the Perfetto UI's origin, for a self-hosted UI (default https://ui.perfetto.dev)")
