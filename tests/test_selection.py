@@ -276,7 +276,6 @@ def test_analyses_of_a_selected_run_count_only_what_was_traced(steps_run):
     transformer_calls = sum(1 for w in traced if w[0].startswith("transformer"))
     var = rbln_perfetto.variance(prof.aggregate_file, backend="sqlite")
     assert int(var.set_index("submodule").loc["transformer", "calls"]) == transformer_calls == 4
-    table = rbln_perfetto.check(prof.aggregate_file, backend="sqlite").metrics
-    values = dict(zip(table.metric, table.value))
+    values = rbln_perfetto.analysis.metrics(prof.aggregate_file, backend="sqlite")
     assert values["transformer.calls"] == 4
     assert sum(v for k, v in values.items() if k.endswith(".calls")) == len(traced)
