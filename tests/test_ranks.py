@@ -78,23 +78,33 @@ def _image(path) -> np.ndarray:
 
 
 @pytest.fixture(scope="module")
-def single(tiny_model, tmp_path_factory):
+def compiles(tmp_path_factory):
+    """A compile cache of the image tests' own: the one-process and the two-rank pipelines are both compiled
+    here, by `rbln-perfetto run` under the same threads (OMP_NUM_THREADS=1), as a user's two runs would be,
+    not taken from the session's cache, where whichever test came first compiled them in its own process.
+    (In one CI-like run of the whole suite the two images differed with the shared cache; alone they agree.)"""
+    return tmp_path_factory.mktemp("compiles")
+
+
+@pytest.fixture(scope="module")
+def single(tiny_model, tmp_path_factory, compiles):
     """The same placement in one process: the reference image."""
     out = tmp_path_factory.mktemp("single")
     config = {k: v for k, v in TWO_RANKS.items() if k != "ranks"}
     subprocess.run([sys.executable, "-m", "rbln_perfetto.cli", *_run_args(tiny_model, out, config)], cwd=ROOT,
-                   env=_env(), check=True, capture_output=True, timeout=TIMEOUT)
+                   env=_env(RBLN_PERFETTO_CACHE=str(compiles)), check=True, capture_output=True, timeout=TIMEOUT)
     return out
 
 
 @pytest.fixture(scope="module")
-def two(tiny_model, tmp_path_factory):
+def two(tiny_model, tmp_path_factory, compiles):
     """Two ranks through torchrun itself, rank 1's clocks skewed by SKEW_NS."""
     out = tmp_path_factory.mktemp("two")
     done = subprocess.run([str(TORCHRUN), "--nproc-per-node", "2", "--master-addr", "127.0.0.1",
                            "--master-port", str(_free_port()), "-m", "rbln_perfetto.cli",
                            *_run_args(tiny_model, out, TWO_RANKS)],
-                          cwd=ROOT, env=_env(RBLN_TEST_CLOCK_SKEW_NS=f"1:{SKEW_NS}"), capture_output=True, text=True,
+                          cwd=ROOT, env=_env(RBLN_TEST_CLOCK_SKEW_NS=f"1:{SKEW_NS}", RBLN_PERFETTO_CACHE=str(compiles)),
+                          capture_output=True, text=True,
                           timeout=TIMEOUT)
     assert done.returncode == 0, done.stderr[-3000:]
     return out, done.stdout

@@ -294,3 +294,26 @@ def test_timeline_plot_has_a_row_per_device_with_its_utilisation(case):
         busy = sum(end - ts for u, _, _, ts, end in t.invocations if u == key)
         want.append(f"{unit.label}\n{100 * busy / t.traced:.1f}% busy")
     assert got == sorted(want)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_a_merged_trace_answers_per_rank_as_each_rank_own_trace_does(traces, backend):
+    """Per (rank, device) and per submodule, the merged trace's metrics and variance equal those of the rank's
+    own trace (its `rank{r}/aggregate.pb`); only what spans ranks differs: the run span, and the idle share
+    of a device whose rank waits for another (rank 0 spans the run, so its idle share agrees too)."""
+    merged = traces["merged"][0]
+    own = {r: merged.parent / f"rank{r}" / "aggregate.pb" for r in (0, 1)}
+    together = metrics(merged, backend=backend)
+    apart = {r: metrics(path, backend=backend) for r, path in own.items()}
+    spanning = {"run.span_ms", "device1.idle_pct"}
+    for name, value in together.items():
+        if name in spanning:
+            continue
+        holders = [r for r in apart if name in apart[r]]
+        assert len(holders) == 1, (name, holders)
+        assert value == pytest.approx(apart[holders[0]][name]), name
+    assert set(together) - spanning == (set(apart[0]) | set(apart[1])) - spanning
+    rows = variance(merged, backend=backend).set_index("submodule")
+    for path in own.values():
+        for sub, row in variance(path, backend=backend).set_index("submodule").iterrows():
+            assert rows.loc[sub].calls == row.calls and rows.loc[sub].mean_ms == pytest.approx(row.mean_ms), sub
