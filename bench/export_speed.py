@@ -4,7 +4,7 @@ Both profile the same pipeline call. rbln-perfetto: command slices per second of
 (capture -> aggregate + per-invocation files) and bytes per command slice of `aggregate.pb`.
 torch.profiler: events per second of `export_chrome_trace` and bytes per event. The ratio of a
 slices/s row is its rate over torch.profiler's events/s, measured in the same run. Program
-templates are kept across exports in a process (`rbln_perfetto.template_cache`), so the first rows
+templates are kept across exports in a process (`rbln_perfetto.exporter.template_cache`), so the first rows
 find them built (by the export `profile()` made); "templates built" rows clear them first.
 
     python -m bench.export_speed [--scale medium] [--steps 1] [--steps-long 28]

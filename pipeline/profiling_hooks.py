@@ -11,7 +11,7 @@ untimed, as outside a profiled call, and host seams read `records_host` before t
 `RBLN_PROFILER` works without importing a profiler: when that variable is on (or an rbln_config
 sets `activate_profiler: True` for a submodule) and no profiler is installed, the first such pipeline
 call loads the profilers that installed distributions declare under
-the entry-point group `rbln_pipeline.profilers` (rbln-perfetto declares `rbln_perfetto.activation:install`).
+the entry-point group `rbln_pipeline.profilers` (rbln-perfetto declares `rbln_perfetto.recorder.activation:install`).
 Every pipeline call checks the variable first: a value that is neither on nor off is a `ConfigError`.
 Torch-free, like `pipeline.contract`.
 """

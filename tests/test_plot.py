@@ -143,7 +143,10 @@ def test_a_per_invocation_file_shows_its_commands_over_time(profiled, tmp_path):
         longest = prog.commands[int(np.argmax(durations[seq][n_in:n_in + len(prog.commands)]))]
         labels = [t.get_text().lstrip("…") for t in ax.texts if t.get_gid() == "command-label"]
         assert all(any(c.layer.endswith(text) for c in prog.commands) for text in labels), labels
-        if prog.submodule == "transformer":
+        # (where it fits: 8 characters of about 6 px; a noisy run can leave even the longest bar narrower)
+        axes_px = ax.get_window_extent().width
+        widest_px = max(w for _, w, _ in commands) / (ax.get_xlim()[1] - ax.get_xlim()[0]) * axes_px
+        if prog.submodule == "transformer" and widest_px >= 60:
             assert any(longest.layer.endswith(text) for text in labels), (longest.layer, labels)
     out = tmp_path / "one.png"
     assert main(["plot", str(profiled.invocation_files[-1]), "-o", str(out), "--backend", "sqlite"]) == 0

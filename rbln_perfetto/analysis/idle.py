@@ -95,8 +95,6 @@ class _Intervals:
 
 
 def _gap_rows(trace, min_gap_ns: int):
-    import pandas as pd
-
     units = Units(trace)
     inv = invocations(trace)
     cmds = trace.query(_GAPS)

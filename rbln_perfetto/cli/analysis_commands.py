@@ -21,19 +21,13 @@ from ..analysis.variance import RULE
 from ..errors import UsageError
 from ..naming import AGGREGATE_FILE_NAME
 from ..query import REPORTS
-from .common import backend_args, format_args, load_trace, print_table, trace_file
+from .common import backend_args, bounded_int, format_args, load_trace, print_table, trace_file
 
 ANALYSES = {
     "idle": "idle time per device, each gap attributed to what the run did instead (" + ", ".join(CAUSES) + ")",
     "critical-path": "the chain of host work, invocations, commands and DMAs that sets the run's span",
     "variance": "per submodule / layer across repeated calls: mean, std, min, max, first vs rest, outliers",
 }
-
-
-def _top(text: str) -> int:
-    if not text.isdigit() or int(text) < 1:
-        raise UsageError(f"--top {text!r} must be a whole number >= 1")
-    return int(text)
 
 
 def _run_name(source: str) -> str:
@@ -43,7 +37,7 @@ def _run_name(source: str) -> str:
 
 
 def cmd_diff(args) -> int:
-    table = diff(args.base, args.cand, by=args.by, top=_top(args.top) if args.top else None,
+    table = diff(args.base, args.cand, by=args.by, top=args.top,
                  backend=args.backend, tp_bin=args.tp_bin)
     print_table(table, args)
     if args.plot:
@@ -62,7 +56,7 @@ def cmd_report(args) -> int:
     args.trace = str(trace_file(args))
     if args.overlay and Path(args.overlay).resolve() == Path(args.trace).resolve():
         raise UsageError(f"--overlay {args.overlay} is the trace itself; the overlay is a copy: give another path")
-    top = _top(args.top) if args.top else None
+    top = args.top
     with load_trace(args) as tr:
         if name in REPORTS:
             table = tr.report(name)
@@ -120,7 +114,7 @@ def add_analysis_commands(sub) -> None:
     d.add_argument("base", help="the baseline: a trace file or a run directory")
     d.add_argument("cand", help="the candidate: a trace file or a run directory")
     d.add_argument("--by", choices=DIFF_BY, default="layer", help="rows per layer (default), submodule, op or device")
-    d.add_argument("--top", help="only the N largest changes")
+    d.add_argument("--top", type=bounded_int("a number of rows", 1, 10**9), help="only the N largest changes")
     d.add_argument("--plot", metavar="OUT.png", help="also draw the largest changes as a bar chart")
     format_args(d)
     backend_args(d)
@@ -132,7 +126,8 @@ def add_analysis_commands(sub) -> None:
     r.add_argument("trace", help="a trace file or a run directory")
     r.add_argument("--by", help="critical-path: segment (default), element or layer; variance: submodule "
                                 "(default) or layer")
-    r.add_argument("--top", help="only the first N rows (critical-path: the N with the most time on the path)")
+    r.add_argument("--top", type=bounded_int("a number of rows", 1, 10**9),
+                   help="only the first N rows (critical-path: the N with the most time on the path)")
     r.add_argument("--min-gap", type=float, default=DEFAULT_MIN_GAP_MS, metavar="MS",
                    help=f"idle: the smallest gap between two commands of one invocation that counts (default "
                         f"{DEFAULT_MIN_GAP_MS} ms); gaps between invocations always count")

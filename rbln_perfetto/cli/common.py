@@ -29,11 +29,15 @@ def bounded_int(what: str, low: int, high: int, note: str = ""):
 
 
 
+TP_BIN_HELP = "a trace_processor binary (default: $RBLN_PERFETTO_TP_BIN)"
+
+
 def backend_args(p) -> None:
     """`--backend` and `--tp-bin`."""
     p.add_argument("--backend", choices=BACKENDS, default="auto",
-                   help="auto: trace_processor when a binary is configured, else the embedded sqlite")
-    p.add_argument("--tp-bin", help="a trace_processor binary (default: $RBLN_PERFETTO_TP_BIN)")
+                   help="auto: trace_processor when a binary is configured (for several traces: when one is "
+                        "over 8 MiB), else the embedded sqlite")
+    p.add_argument("--tp-bin", help=TP_BIN_HELP)
 
 
 def trace_args(p, backend: bool = True, several: bool = False) -> None:
@@ -52,7 +56,7 @@ def trace_args(p, backend: bool = True, several: bool = False) -> None:
     if backend:
         backend_args(p)
     else:
-        p.add_argument("--tp-bin", help="a trace_processor binary (default: $RBLN_PERFETTO_TP_BIN)")
+        p.add_argument("--tp-bin", help=TP_BIN_HELP)
 
 
 def format_args(p, csv_help: str = "print CSV") -> None:

@@ -159,8 +159,11 @@ def _sigterm_interrupts():
         raise KeyboardInterrupt  # (an interrupt, as Ctrl-C is: the export discards its temporaries)
 
     previous = signal.signal(signal.SIGTERM, interrupt)
-    yield stopped_by
-    signal.signal(signal.SIGTERM, previous)
+    try:
+        yield stopped_by
+    finally:
+        if signal.getsignal(signal.SIGTERM) is interrupt:  # (not when the first SIGTERM set it to ignore)
+            signal.signal(signal.SIGTERM, previous)
 
 
 def _lost_peer(exc: BaseException | None) -> RankLost | None:
@@ -189,12 +192,12 @@ def _cut_short(out: Path, world_size: int, me: int) -> list[str]:
 def _failure(out: Path, group, exc: BaseException, stopped_by: list[str]) -> RankFailure | None:
     """The one line a rank ends with when another rank died or SIGTERM stopped this one (None: the
     failure is this rank's own, or Ctrl-C, and its own error says it)."""
-    if threading.current_thread() is threading.main_thread():  # torchrun's SIGTERM may come now: say the line first
-        signal.signal(signal.SIGTERM, signal.SIG_IGN)
     lost = _lost_peer(exc)
     terminated = bool(stopped_by)
     if lost is None and not terminated:
         return None
+    if threading.current_thread() is threading.main_thread():  # torchrun's SIGTERM may come now: say the line first
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
     said = [f"rank {lost.rank} stopped answering"] if lost is not None else []
     if group.rank == 0:
         said += _cut_short(out, group.world_size, group.rank)

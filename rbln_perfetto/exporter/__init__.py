@@ -3,6 +3,7 @@
 capture file -> `export` (program templates, packets, interning, tracks) -> trace files committed
 through one queue (`trace_file`); `merge` does the same for the captures of a run split across ranks.
 
-The public names are re-exported by `rbln_perfetto` itself; this package imports nothing when it is
-imported.
+The public names are re-exported by `rbln_perfetto` itself; this package's `__init__` imports none of its
+modules, so importing one module (the exporter reading `recorder.capture`) does not import the others
+through it.
 """

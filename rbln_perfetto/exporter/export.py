@@ -181,9 +181,9 @@ class _Export:
         self.tracks = TrackIds()
         self.templates: dict[tuple[int, int, int, bool], ProgramTemplate] = {}
         self.pending: deque = deque()
-        self.pool, syncs = acquire_pools()  # (the export releases them when it ends)
-        self.commits = CommitQueue(syncs)
         self.agg: _AggregateFile | None = None
+        self.pool, syncs = acquire_pools()  # (last: the export releases them when it ends)
+        self.commits = CommitQueue(syncs)
 
     def open_aggregate(self) -> None:
         self.agg = _AggregateFile(self.out / AGGREGATE_FILE_NAME, sorted(self.devices.values()), self.boot_offset,
@@ -329,15 +329,17 @@ def export(capture: str | os.PathLike, out_dir: str | os.PathLike | None = None,
     out = Path(out_dir) if out_dir is not None else capture.parent
     check_writable(out)
     claim_run_directory(out, run_identity(info.header), overwrite=overwrite, keep=capture)
-    job = _Export(capture, info, out, per_invocation=per_invocation, compression_level=compression_level)
     # Bytes of the capture read so far: a bar on a terminal once the export has run a second.
     bar = progress_bar(capture.stat().st_size, f"exporting {capture.name}")
+    job = None
     try:  # (right before the main loop's guard, which discards it)
+        job = _Export(capture, info, out, per_invocation=per_invocation, compression_level=compression_level)
         if aggregate:
             job.open_aggregate()
     except BaseException:
         bar.close()
-        release_pools()
+        if job is not None:  # (it took the pools last thing)
+            release_pools()
         raise
     try:
         job.read(bar)

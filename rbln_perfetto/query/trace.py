@@ -29,13 +29,13 @@ class Trace:
         self.path = require_trace_file(path)
         self._impl = BACKEND_CLASSES[backend](self.path, tp_bin)
         self.backend = backend
-        unfinished = self._impl.unfinished_slices()
-        if unfinished:  # the same one line on either backend
-            try:
+        try:
+            unfinished = self._impl.unfinished_slices()
+            if unfinished:  # the same one line on either backend
                 warnings.warn(unfinished_slices_warning(self.path, unfinished), UserWarning, stacklevel=3)
-            except BaseException:  # warnings turned into errors: do not leave the backend open
-                self._impl.close()
-                raise
+        except BaseException:  # (warnings turned into errors, a failing query): do not leave the backend open
+            self._impl.close()
+            raise
 
     def query(self, sql: str):
         """Run `sql`; a DataFrame of the rows. `QueryError` when the backend rejects it."""

@@ -5,6 +5,7 @@ pipeline run -> profiler hooks (`activation`) -> capture file (`capture`), in a 
 the machine. `activation.profile()` hands its capture to the exporter when it ends: the one place
 where recording reaches into the next stage.
 
-The public names are re-exported by `rbln_perfetto` itself; this package imports nothing when it is
-imported, so the exporter can read `recorder.capture` without loading the profiler.
+The public names are re-exported by `rbln_perfetto` itself; this package's `__init__` imports none of its
+modules, so importing one module (the exporter reading `recorder.capture`) does not import the others
+through it.
 """
