@@ -25,7 +25,7 @@ from google.protobuf.message import DecodeError
 
 from .capture import iter_records
 from ..errors import CaptureError, OutputExistsError, VarintError
-from ..naming import (AGGREGATE_FILE_NAME, CAPTURE_FILE, IMAGE_FILE, RUN_ID_FILE, TRACING_SERVICE,
+from ..naming import (AGGREGATE_FILE_NAME, CAPTURE_FILE, IMAGE_FILE, MERGE_ARCHIVE_FILE, RUN_ID_FILE, TRACING_SERVICE,
                       parse_invocation_file_name)
 from ..proto_bytes import FieldNumber, read_varint, tag
 
@@ -72,7 +72,7 @@ def written_by_the_tool(path: Path) -> bool:
 
 def _is_run_file(entry: os.DirEntry) -> bool:
     name = entry.name
-    if name in (AGGREGATE_FILE_NAME, CAPTURE_FILE, RUN_ID_FILE) or parse_invocation_file_name(name) is not None:
+    if name in (AGGREGATE_FILE_NAME, CAPTURE_FILE, RUN_ID_FILE, MERGE_ARCHIVE_FILE) or parse_invocation_file_name(name) is not None:
         return True
     return name.endswith(".pb") and written_by_the_tool(Path(entry.path))
 
