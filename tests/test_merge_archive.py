@@ -433,3 +433,47 @@ def test_trace_processor_opens_the_archive_as_one_trace(merged):
         aggregate = _slices(out / "aggregate.pb", f"coalesce(p.name, t.name) like 'Rank {rank} / %'")
         assert len(got) == len(aggregate) > 0
         assert sorted(zip(got.name, got.ts)) == sorted((s[0], s[1]) for s in aggregate)
+
+
+# --- A real run under torchrun ----------------------------------------------------------------------------
+
+from test_ranks import SKEW_NS as RUN_SKEW_NS, compiles, two  # noqa: E402,F401 (the fixtures, run here once)
+
+
+@pytest.mark.slow
+def test_a_torchrun_run_merged_by_rank_0_leaves_its_archive(two, tmp_path):
+    """Rank 1's clocks 7 s ahead (RBLN_TEST_CLOCK_SKEW_NS): the archive ties it back as the aggregate does."""
+    out, stdout = two
+    assert f"{MERGE_ARCHIVE_FILE}: the same run as a Perfetto merge archive" in stdout
+    document, members = read_archive(out / MERGE_ARCHIVE_FILE)
+    assert manifest_problems(json.dumps(document), set(members)) == []
+    meta = document["perfetto_manifest"]
+    offset = meta["attributes"]["rbln_perfetto.rank1.clock_offset_ns"]
+    uncertainty = meta["attributes"]["rbln_perfetto.rank1.clock_uncertainty_ns"]
+    assert meta["files"][1]["clocks"]["offset_ns"] == -offset and abs(offset - RUN_SKEW_NS) <= uncertainty
+    moved = on_rank0_timeline(out / MERGE_ARCHIVE_FILE, tmp_path)
+    for rank in (0, 1):
+        aggregate = sorted(_slices(out / "aggregate.pb", f"coalesce(p.name, t.name) like 'Rank {rank} / %'"))
+        assert len(moved[rank]) == len(aggregate) > 0
+        assert [(s[0], s[1], s[2]) for s in moved[rank]] == [(s[0], s[1], s[2]) for s in aggregate]
+
+
+def test_a_merge_killed_while_writing_the_archive_leaves_nothing_behind_the_next_merge(tmp_path, monkeypatch):
+    """The archive is written as the traces are (a temporary renamed into place): what a killed merge left is
+    cleared by the next one, and a failure while building it leaves the files committed before it."""
+    write_ranks(tmp_path, monkeypatch)
+    dead = tmp_path / f".{MERGE_ARCHIVE_FILE}.999999999.tmp"  # (no such process)
+    dead.write_bytes(b"half an archive")
+
+    def fail(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    with monkeypatch.context() as m:
+        m.setattr("rbln_perfetto.exporter.merge.archive_bytes", fail)
+        with pytest.raises(OSError):
+            merge(tmp_path)
+    assert not dead.exists() and (tmp_path / "aggregate.pb").is_file()
+    assert not (tmp_path / MERGE_ARCHIVE_FILE).exists()
+    assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
+    merge(tmp_path)
+    assert (tmp_path / MERGE_ARCHIVE_FILE).is_file()
