@@ -8,6 +8,7 @@
     rank transfers     `send {submodule} -> rank {r}`, `recv {submodule} <- rank {r}`   (runs split across processes)
     invocation file    `{sequence_index:04d}_{submodule}_{call_index}.pb`   e.g. `0006_transformer_0.pb`
     aggregate file     `aggregate.pb`
+    merge archive      `ranks.tar` (a merged run: each rank's trace and a `perfetto_manifest`)
     a run directory    its traces, `capture.rblncap`, `run-id.txt` (`merged ...` after a merge), `image.png`,
                        and `rank{r}/` per rank of a run split across processes
 
@@ -26,6 +27,7 @@ from pathlib import Path
 from typing import NamedTuple
 
 AGGREGATE_FILE_NAME = "aggregate.pb"
+MERGE_ARCHIVE_FILE = "ranks.tar"  # a merged run as a Perfetto merge archive: a trace per rank and a manifest
 CAPTURE_FILE = "capture.rblncap"
 CAPTURE_MAGIC = b"RBLNCAP1"  # how a capture file starts (`recorder.capture`); readers of traces name it when given one
 RUN_ID_FILE = "run-id.txt"

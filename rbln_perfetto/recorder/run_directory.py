@@ -27,7 +27,7 @@ from google.protobuf.message import DecodeError
 
 from .capture import iter_records
 from ..errors import CaptureError, OutputExistsError, VarintError
-from ..naming import (AGGREGATE_FILE_NAME, CAPTURE_FILE, IMAGE_FILE, RUN_ID_FILE, TRACING_SERVICE,
+from ..naming import (AGGREGATE_FILE_NAME, CAPTURE_FILE, IMAGE_FILE, MERGE_ARCHIVE_FILE, RUN_ID_FILE, TRACING_SERVICE,
                       parse_invocation_file_name, trace_uuid)
 from ..proto_bytes import FieldNumber, read_varint, tag
 
@@ -77,7 +77,8 @@ def tool_trace_uuid(path: Path) -> tuple[int, int] | None:
 
 
 def _is_named_run_file(name: str) -> bool:
-    return name in (AGGREGATE_FILE_NAME, CAPTURE_FILE, RUN_ID_FILE) or parse_invocation_file_name(name) is not None
+    return (name in (AGGREGATE_FILE_NAME, CAPTURE_FILE, RUN_ID_FILE, MERGE_ARCHIVE_FILE)
+            or parse_invocation_file_name(name) is not None)
 
 
 def run_files(out_dir: Path) -> list[Path]:
