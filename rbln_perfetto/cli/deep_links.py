@@ -47,7 +47,7 @@ def print_with_links(table, args) -> None:
         return
     print_table(table.drop(columns="link"), args)
     if len(table):
-        print("\nlinks (row: link):")
+        print("\nlinks, one per row in the order printed:")
         print("\n".join(f"  {i}: {link or '(none: the row has no one place in the trace)'}"
                         for i, link in enumerate(table.link)))
         print(LINKS_NOTE)
