@@ -8,6 +8,7 @@ real pipeline run (`shared_run`)."""
 from __future__ import annotations
 
 import json
+import os
 import re
 import subprocess
 import sys
@@ -16,6 +17,7 @@ from pathlib import Path
 from urllib.parse import parse_qsl, urlsplit
 
 import numpy as np
+import pandas as pd
 import pytest
 from trace_kinds import build
 
@@ -23,7 +25,7 @@ from rbln_perfetto import open_trace
 from rbln_perfetto.analysis import critical_path, idle
 from rbln_perfetto.analysis.critical_path import find, segments
 from rbln_perfetto.analysis.ui_links import Target, bounds, ui_link, window
-from rbln_perfetto.analysis.ui_views import VIEWS, critical_path_sql, idle_gaps_sql, startup_commands
+from rbln_perfetto.analysis.ui_views import MAX_PATH_ROWS, VIEWS, critical_path_sql, idle_gaps_sql, startup_commands
 from rbln_perfetto.cli import main
 from rbln_perfetto.query.trace_model import RUN_SPAN_ROW
 
@@ -172,6 +174,33 @@ def test_the_critical_path_track_is_the_paths_segments(traces, kind):
     assert list(rows.dur) == [round(ms * 1e6) for ms in on.on_path_ms]
     assert rows.dur.sum() == int(span.ns.iloc[0])  # the segments add up to the run's span
     assert (rows.ts.iloc[1:].to_numpy() == (rows.ts + rows.dur).iloc[:-1].to_numpy()).all()
+
+
+@pytest.mark.skipif(not os.environ.get("RBLN_PERFETTO_TP_BIN"), reason="RBLN_PERFETTO_TP_BIN is not set")
+@pytest.mark.parametrize("kind", KINDS)
+def test_trace_processor_answers_every_views_queries_as_the_embedded_backend(traces, kind):
+    """What the hosted UI runs: trace_processor, on the same queries."""
+    with open_trace(traces[kind], backend="sqlite") as tr:
+        queries = [a for view in VIEWS for c in startup_commands(tr, view)
+                   if c.id.startswith(("dev.perfetto.AddDebug", "dev.perfetto.RunQuery")) for a in c.args[:1]]
+        expected = [tr.query(q) for q in queries]
+    with open_trace(traces[kind], backend="trace_processor", tp_bin=os.environ["RBLN_PERFETTO_TP_BIN"]) as tp:
+        for sql, rows in zip(queries, expected):
+            pd.testing.assert_frame_equal(tp.query(sql).reset_index(drop=True), rows.reset_index(drop=True),
+                                          check_dtype=False, obj=sql[:80])
+
+
+def test_a_long_critical_path_keeps_its_longest_segments(traces):
+    with open_trace(traces["single"], backend="sqlite") as tr:
+        path = segments(find(tr))
+    many = path.loc[np.repeat(path.index, 400)].reset_index(drop=True)  # more rows than a link carries
+    many["ts"] = np.arange(len(many)) * 10**6
+    many["on_path_ms"] = np.arange(len(many)) % 997 / 1e3
+    with open_trace(traces["single"], backend="sqlite") as tr:
+        rows = tr.query(critical_path_sql(many))
+    assert len(rows) == MAX_PATH_ROWS < len(many[many.on_path_ms > 0])
+    assert sorted(rows.dur) == sorted(round(ms * 1e6) for ms in many.on_path_ms.nlargest(MAX_PATH_ROWS))
+    assert list(rows.ts) == sorted(rows.ts)
 
 
 @pytest.mark.slow

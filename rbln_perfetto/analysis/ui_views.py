@@ -32,7 +32,8 @@ from ..query.trace_model import MODEL, RUN_SPAN_ROW, in_category, with_ctes
 VIEWS = ("overview", "idle", "critical-path", "layers")
 WORKSPACE = "rbln devices"
 NOTES = 3  # notes per finding
-MAX_PATH_ROWS = 2000  # critical-path segments carried in a link (the longest, beyond that)
+MAX_PATH_ROWS = 500  # critical-path segments carried in a link (the longest, beyond that): a link stays
+# well under the 128 KiB one command-line argument may hold (`webbrowser` hands it to a browser process)
 # A device group's name, and its tracks' paths (the UI joins a track's path with " > "). A UI that
 # predates matching by path matches the pattern against names: the optional prefix then still matches.
 DEVICE_GROUP = r"^(Rank \d+ / )?Device \d+$"
@@ -148,7 +149,8 @@ def idle_notes(tr, top: int = NOTES) -> list[Command]:
 
 def critical_path_notes(segments, top: int = NOTES) -> list[Command]:
     """Notes at the `top` segments with the most time on the critical path."""
-    work = segments[segments.kind != "gap"].nlargest(top, "on_path_ms")
+    work = segments[~segments.kind.isin(["gap", "untraced"])]  # (an untraced stretch is no work to speed up)
+    work = work.nlargest(top, "on_path_ms")
     return [_note(r.ts, f"critical path: {_segment_name(r)}, {r.on_path_ms:.3f} ms ({r.share_pct:.1f}% of the run)")
             for r in work.itertuples()]
 
