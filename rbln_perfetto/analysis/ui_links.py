@@ -5,7 +5,7 @@ The UI reads its arguments from the route (`{origin}/#!/?a=1&b=2`; Perfetto's `u
 every value a string (`ui/src/public/route_schema.ts`):
 
     url             a trace to fetch (a server that sends `Access-Control-Allow-Origin` for the UI)
-    rpc_port        a trace_processor `--httpd` on another port than 9001
+    rpc_port        a trace_processor `--httpd` on another port than 9001 (`serve --port`)
     ts, dur         select the slice with this start and duration and scroll to it
                     (`dev.perfetto.DeeplinkQuerystring`: `select id from slice where ts = .. and dur = ..`)
     visStart/End    the visible window, in trace ns; ignored unless inside the trace's bounds
@@ -32,7 +32,6 @@ from .idle import DEFAULT_MIN_GAP_MS, idle
 from .trace_sql import invocations, ops
 
 DEFAULT_ORIGIN = "https://ui.perfetto.dev"
-TP_PORT = 9001  # the trace_processor port the UI probes by itself
 PAD = 0.1  # a range's window: the range and a tenth of its length each side
 
 
@@ -46,15 +45,13 @@ class Target:
     select: bool = False
 
 
-def ui_link(origin: str = DEFAULT_ORIGIN, *, url: str | None = None, rpc_port: int | None = None,
-            target: Target | None = None, bounds: tuple[int, int] | None = None, commands=None) -> str:
+def ui_link(origin: str = DEFAULT_ORIGIN, *, url: str | None = None, target: Target | None = None,
+            bounds: tuple[int, int] | None = None, commands=None) -> str:
     """The UI link with these route arguments. `bounds` (the trace's first and last ns) clamp the
     window, which the UI ignores when it reaches outside them; `commands`: `ui_views.Command`s."""
     args: list[tuple[str, str]] = []
     if url is not None:
         args.append(("url", url))
-    if rpc_port is not None and rpc_port != TP_PORT:
-        args.append(("rpc_port", str(rpc_port)))
     if target is not None:
         if target.select:
             args += [("ts", str(target.ts)), ("dur", str(target.dur))]

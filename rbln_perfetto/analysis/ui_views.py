@@ -28,6 +28,10 @@ from dataclasses import dataclass
 from ..errors import UsageError
 from ..query.reports import REPORTS
 from ..query.trace_model import MODEL, RUN_SPAN_ROW, in_category, with_ctes
+from .critical_path import find, segments
+from .idle import idle
+from .trace_sql import Units
+from .ui_links import ns_of_ms, report_targets
 
 VIEWS = ("overview", "idle", "critical-path", "layers")
 WORKSPACE = "rbln devices"
@@ -128,10 +132,6 @@ def _note(ts: int, text: str) -> Command:
 
 def idle_notes(tr, top: int = NOTES) -> list[Command]:
     """Notes at the `top` longest idle gaps (untraced stretches left out), each with its cause."""
-    from .idle import idle
-    from .trace_sql import Units
-    from .ui_links import ns_of_ms
-
     gaps = idle(tr, gaps=True)
     gaps = gaps[gaps.cause != "untraced"].nlargest(top, "dur_ms")
     if gaps.empty:
@@ -157,8 +157,6 @@ def critical_path_notes(segments, top: int = NOTES) -> list[Command]:
 
 def layer_notes(tr, top: int = NOTES) -> list[Command]:
     """Notes at the longest op of each of the `top` layers with the most command time."""
-    from .ui_links import report_targets
-
     table = tr.report("top_layers").head(top)
     out = []
     for r, target in zip(table.itertuples(), report_targets(tr, "top_layers", table)):
@@ -170,8 +168,6 @@ def layer_notes(tr, top: int = NOTES) -> list[Command]:
 
 def startup_commands(tr, view: str) -> list[Command]:
     """The startup commands of `view` (one of VIEWS) for an open `Trace`."""
-    from .critical_path import find, segments
-
     if view not in VIEWS:
         raise UsageError(f"--view {view!r} is not known; valid: {', '.join(VIEWS)}")
     commands = _layout()
