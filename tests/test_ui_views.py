@@ -302,6 +302,22 @@ def test_report_links_open_each_gap_and_each_critical_path_element(traces, kind,
                 assert _slice_at(tr, args["ts"], args["dur"]) >= 1
 
 
+@pytest.mark.parametrize("kind", KINDS)
+def test_report_links_open_each_devices_longest_idle_gap(traces, kind, capsys):
+    rows = _report_links(capsys, "idle", traces[kind])
+    with open_trace(traces[kind], backend="sqlite") as tr:
+        gaps = idle(tr, gaps=True)
+        run_start = int(tr.query(RUN_SPAN_ROW).lo.iloc[0])
+    assert len(rows) == 2
+    for row in rows:
+        mine = gaps[(gaps["rank"] == row["rank"]) & (gaps.device == row["device"]) & (gaps.cause != "untraced")]
+        g = mine.loc[mine.dur_ms.idxmax()]
+        args = decode(row["link"])
+        start = run_start + round(g.start_ms * 1e6)
+        assert int(args["visStart"]) <= start < start + round(g.dur_ms * 1e6) <= int(args["visEnd"])
+        assert (int(args["visEnd"]) - int(args["visStart"])) < 2 * round(g.dur_ms * 1e6) + 2000
+
+
 @pytest.mark.parametrize("report", ["invocations", "top_layers", "split_ops", "dma", "ranges", "variance"])
 def test_report_links_select_a_slice_of_each_row(traces, report, capsys):
     path = traces["merged"]

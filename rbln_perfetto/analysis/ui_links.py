@@ -128,6 +128,7 @@ def _idle_targets(tr, table, min_gap_ms):
     if "kind" in table:  # one row per gap
         return [Target(run_start + ns_of_ms(r.start_ms), ns_of_ms(r.dur_ms)) for r in table.itertuples()]
     gaps = idle(tr, min_gap_ms=DEFAULT_MIN_GAP_MS if min_gap_ms is None else min_gap_ms, gaps=True)
+    gaps = gaps[gaps.cause != "untraced"]  # (an untraced stretch is no idle time)
     out = []
     for r in table.itertuples():
         mine = gaps[(gaps["rank"] == r.rank) & (gaps.device == r.device)]
@@ -153,7 +154,7 @@ def _variance_targets(tr, table, _):
             op = ops(tr, names=True, invocations=inv)
             return [_longest(op, {"submodule": r.submodule, "layer": r.layer, "seq": r.sequence_index})
                     for r in table.itertuples()]
-        return [_longest(inv, {"seq": r.sequence_index}) for r in table.itertuples()]
+        return [_longest(inv, {"submodule": r.submodule, "seq": r.sequence_index}) for r in table.itertuples()]
     if "layer" in table:
         op = ops(tr, names=True, invocations=inv)
         return [_longest(op, {"submodule": r.submodule, "layer": r.layer}) for r in table.itertuples()]
@@ -195,7 +196,7 @@ def report_targets(tr, name: str, table, *, min_gap_ms: float | None = None) -> 
     """Per row of report `name`'s `table` (as `rbln-perfetto report` prints it), the `Target` its link
     opens, or None where the row has no place in the trace:
 
-        idle            a gap: its range; a device: its longest gap
+        idle            a gap: its range; a device: its longest idle gap
         critical-path   a segment or gap: its range; an element: its slice (gaps: their range); a
                         layer of ops: its longest op
         variance        a submodule or layer: its longest call; an outlier: that call
