@@ -167,9 +167,13 @@ def test_the_idle_track_holds_the_gaps_the_idle_analysis_finds(traces, kind):
 def test_the_critical_path_track_is_the_paths_segments(traces, kind):
     with open_trace(traces[kind], backend="sqlite") as tr:
         path = segments(find(tr))
-        rows = tr.query(critical_path_sql(path))
+        rows = tr.query(critical_path_sql(path, merged=kind == "merged"))
         span = tr.query(RUN_SPAN_ROW)
     on = path[path.on_path_ms > 0]
+    invocations = rows[rows.kind == "invocation"]
+    assert len(invocations) and all(
+        name == (f"{r.name} (rank {r.rank} device {r.device})" if kind == "merged" else f"{r.name} (device {r.device})")
+        for name, r in zip(invocations.name, on[on.kind == "invocation"].itertuples()))
     assert list(rows.ts) == list(on.ts) and list(rows.kind) == list(on.kind)
     assert list(rows.dur) == [round(ms * 1e6) for ms in on.on_path_ms]
     assert rows.dur.sum() == int(span.ns.iloc[0])  # the segments add up to the run's span

@@ -94,24 +94,24 @@ FROM gaps g
 ORDER BY g.ts, device"""
 
 
-def critical_path_sql(segments) -> str | None:
+def critical_path_sql(segments, merged: bool = False) -> str | None:
     """The critical path's segments (`critical_path.segments`) as slices (ts, dur: its time on the
-    path, name, kind); None for an empty path."""
+    path, name, kind); None for an empty path. `merged`: name each invocation's rank too."""
     rows = segments[segments.on_path_ms > 0]
     if len(rows) > MAX_PATH_ROWS:
         rows = rows.nlargest(MAX_PATH_ROWS, "on_path_ms").sort_values("ts")
     if rows.empty:
         return None
     values = ",\n  ".join(
-        f"({int(r.ts)}, {int(round(r.on_path_ms * 1e6))}, {_sql_text(_segment_name(r))}, {_sql_text(r.kind)})"
+        f"({int(r.ts)}, {int(round(r.on_path_ms * 1e6))}, {_sql_text(_segment_name(r, merged))}, {_sql_text(r.kind)})"
         for r in rows.itertuples())
     return f"WITH path(ts, dur, name, kind) AS (VALUES\n  {values})\nSELECT ts, dur, name, kind FROM path ORDER BY ts"
 
 
-def _segment_name(r) -> str:
-    if r.kind == "invocation" and r.device == r.device and r.device is not None:
-        return f"{r.name} (device {r.device})" if not r.rank else f"{r.name} (rank {r.rank} device {r.device})"
-    return str(r.name)
+def _segment_name(r, merged: bool) -> str:
+    if r.kind != "invocation":
+        return str(r.name)
+    return f"{r.name} (rank {r.rank} device {r.device})" if merged else f"{r.name} (device {r.device})"
 
 
 LAYERS_SQL = REPORTS["top_layers"].sql
@@ -147,12 +147,12 @@ def idle_notes(tr, top: int = NOTES) -> list[Command]:
     return out
 
 
-def critical_path_notes(segments, top: int = NOTES) -> list[Command]:
+def critical_path_notes(segments, merged: bool, top: int = NOTES) -> list[Command]:
     """Notes at the `top` segments with the most time on the critical path."""
     work = segments[~segments.kind.isin(["gap", "untraced"])]  # (an untraced stretch is no work to speed up)
     work = work.nlargest(top, "on_path_ms")
-    return [_note(r.ts, f"critical path: {_segment_name(r)}, {r.on_path_ms:.3f} ms ({r.share_pct:.1f}% of the run)")
-            for r in work.itertuples()]
+    return [_note(r.ts, f"critical path: {_segment_name(r, merged)}, {r.on_path_ms:.3f} ms "
+                        f"({r.share_pct:.1f}% of the run)") for r in work.itertuples()]
 
 
 def layer_notes(tr, top: int = NOTES) -> list[Command]:
@@ -172,16 +172,17 @@ def startup_commands(tr, view: str) -> list[Command]:
         raise UsageError(f"--view {view!r} is not known; valid: {', '.join(VIEWS)}")
     commands = _layout()
     path = segments(find(tr)) if view in ("overview", "critical-path") else None
+    merged = Units(tr).merged
     if view == "overview":
-        commands += idle_notes(tr, 1) + critical_path_notes(path, 1) + layer_notes(tr, 1)
+        commands += idle_notes(tr, 1) + critical_path_notes(path, merged, 1) + layer_notes(tr, 1)
     elif view == "idle":
         commands.append(Command("dev.perfetto.AddDebugSliceTrackWithPivot", (idle_gaps_sql(), "device", "rbln idle")))
         commands += idle_notes(tr)
     elif view == "critical-path":
-        sql = critical_path_sql(path)
+        sql = critical_path_sql(path, merged)
         if sql is not None:
             commands.append(Command("dev.perfetto.AddDebugSliceTrack", (sql, "rbln critical path")))
-        commands += critical_path_notes(path)
+        commands += critical_path_notes(path, merged)
     else:
         commands.append(Command("dev.perfetto.RunQueryAndShowTab", (LAYERS_SQL, "rbln per-layer totals")))
         commands += layer_notes(tr)
