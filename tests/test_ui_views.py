@@ -12,6 +12,7 @@ import os
 import re
 import subprocess
 import sys
+import threading
 import urllib.request
 from pathlib import Path
 from urllib.parse import parse_qsl, urlsplit
@@ -240,6 +241,8 @@ def test_open_view_prints_a_link_with_the_views_commands(traces):
     proc = subprocess.Popen([sys.executable, "-m", "rbln_perfetto.cli", "open", str(traces["merged"]), "--port", "0",
                              "--no-browser", "--view", "idle"], cwd=ROOT, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
+    watchdog = threading.Timer(120, proc.kill)  # a server that never ends fails the test, not the session
+    watchdog.start()
     try:
         for line in proc.stdout:
             m = re.search(r"(https://ui\.perfetto\.dev/#!/\?\S+)", line)
@@ -254,6 +257,7 @@ def test_open_view_prints_a_link_with_the_views_commands(traces):
             assert response.read() == traces["merged"].read_bytes()
         assert proc.wait(timeout=60) == 0
     finally:
+        watchdog.cancel()
         if proc.poll() is None:
             proc.kill()
         proc.communicate()
