@@ -4,6 +4,7 @@ HTTP mode for ui.perfetto.dev) and `open` (the file served once to ui.perfetto.d
 from __future__ import annotations
 
 
+from ..analysis.ui_views import VIEWS
 from ..errors import TraceProcessorError
 from ..exporter.export import UI_LIMIT_BYTES
 from .common import bounded_int, load_trace, trace_args, trace_file
@@ -46,7 +47,14 @@ def cmd_open(args) -> int:
         print(f"{path.name} is {path.stat().st_size / 2**30:.2f} GiB, more than the browser UI loads "
               f"({UI_LIMIT_BYTES / 2**30:g} GiB): `rbln-perfetto serve {path}` loads it in trace_processor instead",
               flush=True)
-    open_in_ui(path, port=args.port, origin=args.origin, browser=args.browser)
+    commands = ()
+    if args.view:
+        from ..analysis.ui_views import startup_commands
+        from ..query import open_trace
+
+        with open_trace(path) as tr:
+            commands = startup_commands(tr, args.view)
+    open_in_ui(path, port=args.port, origin=args.origin, browser=args.browser, commands=commands)
     return 0
 
 
@@ -79,4 +87,6 @@ def add_ui_commands(sub) -> None:
     _ui_args(opn)
     opn.add_argument("--no-browser", dest="browser", action="store_false",
                      help="print the link instead of opening a browser")
+    opn.add_argument("--view", choices=VIEWS, help="open the UI pre-configured: device tracks pinned and expanded, "
+                                                   "and notes and tracks for overview, idle, critical-path or layers")
     opn.set_defaults(func=cmd_open)
