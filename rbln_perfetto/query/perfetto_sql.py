@@ -46,7 +46,7 @@ TYPES = {"LONG": "integer", "TIMESTAMP": "integer", "DURATION": "integer", "BOOL
 
 _NAME = r"[A-Za-z_][A-Za-z0-9_]*"
 _INCLUDE = re.compile(r"INCLUDE\s+PERFETTO\s+MODULE\s+([A-Za-z0-9_.*]+)\s*\Z", re.I | re.S)
-_CREATE = re.compile(rf"CREATE\s+(OR\s+REPLACE\s+)?PERFETTO\s+(TABLE|VIEW)\s+({_NAME})\s*(\((.*?)\))?\s*AS\s+(.*)\Z",
+_CREATE = re.compile(rf"CREATE\s+(OR\s+REPLACE\s+)?PERFETTO\s+(TABLE|VIEW)\s+({_NAME})\s*(\(([^()]*)\))?\s*AS\s+(.*)\Z",
                      re.I | re.S)
 _INDEX = re.compile(rf"CREATE\s+(OR\s+REPLACE\s+)?PERFETTO\s+INDEX\s+({_NAME})\s+ON\s+({_NAME})\s*\(([^)]*)\)\s*\Z",
                     re.I | re.S)
