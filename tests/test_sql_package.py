@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import subprocess
 from collections import Counter
+from pathlib import Path
 
 import pytest
 from trace_kinds import build, truth
@@ -234,3 +235,34 @@ def test_the_served_trace_processor_answers_the_ui_query(traces):
         assert rows.values.tolist() == [[0, 0], [1, 1]]
     finally:
         cli.kill()
+
+
+REFERENCE = sorted((Path(__file__).parent / "data" / "tp_reference").glob("*/trace.pb"))
+
+
+@pytest.mark.parametrize("path", REFERENCE, ids=lambda p: p.parent.name)
+@pytest.mark.filterwarnings("ignore::UserWarning")
+def test_on_traces_of_other_shapes_the_modules_still_answer_as_the_analyses(path):
+    # Perfetto's own test traces (counters, flows, nested and overlapping tracks, clocks): few or no
+    # device tracks; every module still loads, and idle and the critical path agree with the analyses.
+    with open_trace(path, backend="sqlite") as tr:
+        tr.query("INCLUDE PERFETTO MODULE rbln.*")
+        gaps = tr.query("SELECT rank, device, kind, dur, cause FROM rbln_idle_gaps")
+        py = idle(tr, gaps=True)
+        assert _rounded(zip(gaps["rank"], gaps.device, gaps.kind, gaps.dur / 1e6, gaps.cause)) == \
+            _rounded(zip(py["rank"], py.device, py.kind, py.dur_ms, py.cause))
+        path_rows = tr.query("SELECT name, ts, via FROM rbln_critical_path")
+        elements = critical_path(tr, by="element")
+        assert _rows(path_rows) == _rows(elements[elements.kind != "gap"][["name", "ts", "via"]])
+
+
+def test_a_set_of_traces_includes_the_modules_in_each_worker(traces):
+    from rbln_perfetto.query import open_traces
+
+    sql = "INCLUDE PERFETTO MODULE rbln.split_ops; SELECT count(*) AS n, sum(commands) AS commands FROM rbln_split_ops"
+    with open_traces([traces["single"], traces["merged"]], backend="sqlite", workers=2) as ts:
+        both = ts.query(sql)
+    for kind, row in zip(("single", "merged"), both.itertuples()):
+        with open_trace(traces[kind], backend="sqlite") as tr:
+            alone = tr.query(sql)
+        assert (row.n, row.commands) == (alone.n.iloc[0], alone.commands.iloc[0]) and row.n > 0
