@@ -16,9 +16,11 @@ comments); of the PerfettoSQL statements it translates the ones the package uses
     CREATE [OR REPLACE] PERFETTO INDEX i ON t(c, ...)                 CREATE INDEX i ON t(c, ...)
 
 As trace_processor does, a schema must name exactly the columns the SELECT gives (in any order),
-with types from PerfettoSQL's list (`TYPES`); a table's values must be of its declared types
-(trace_processor refuses a table otherwise; checked here too, so both engines fail alike). Any
-other statement runs as SQLite. The rows of a query are those of its last statement.
+with types from PerfettoSQL's list (`TYPES`); a table's values must be of its declared types:
+integers for LONG, TIMESTAMP, DURATION and BOOL, reals for DOUBLE, text for STRING. That is as strict
+as the strictest trace_processor (its runtime tables check each column's type; its newer dataframe
+tables refuse text in a number column and convert between integer and double), so a module the
+embedded backend accepts loads in either. Any other statement runs as SQLite. The rows of a query are those of its last statement.
 `CREATE PERFETTO FUNCTION` and `MACRO` are refused with a one-line error: the package uses neither.
 """
 
