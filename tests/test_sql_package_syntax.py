@@ -117,6 +117,7 @@ def test_create_perfetto_table_view_and_index_become_sqlite_ones():
     ("CREATE PERFETTO TABLE t(x LONG) AS SELECT 'a' AS x", "x declared LONG holds 1 other value(s)"),
     ("CREATE PERFETTO TABLE t(x DOUBLE) AS SELECT 1 AS x", "x declared DOUBLE holds 1 other value(s)"),
     ("CREATE PERFETTO TABLE t AS SELECT 1 AS \"1x\"", "column names must start with a letter"),
+    ("CREATE PERFETTO TABLE t(x BYTES) AS SELECT x'00' AS x", "bytes columns are not supported in a table: x"),
     ("CREATE PERFETTO FUNCTION f() RETURNS LONG AS SELECT 1", "CREATE PERFETTO FUNCTION is not supported"),
     ("INCLUDE PERFETTO MODULE android.startup.startups", "no such module (the embedded backend has the rbln package"),
     ("INCLUDE PERFETTO MODULE rbln.nothing", "valid: rbln.commands, rbln.critical_path"),

@@ -40,6 +40,7 @@ def trace_processor_flags() -> list[str]:
     """The trace_processor_shell flags that load the package (the directory's name is the package's)."""
     return ["--add-sql-package", str(PACKAGE_DIR)]
 
+
 # PerfettoSQL's column and argument types (trace_processor's `sql_argument::ParseType`): the SQLite
 # storage class each one's values must have. INT, UINT, FLOAT and PROTO are deprecated there; BYTES
 # columns are refused in tables. The package uses LONG, TIMESTAMP, DURATION, DOUBLE and STRING.
@@ -221,6 +222,9 @@ class Session:
                              f"does not give, and omits {', '.join(undeclared) or 'no column'} that it gives")
         if kind != "TABLE":
             return  # (trace_processor checks a view's values only with --extra-checks)
+        blobs = [c for c, t in declared.items() if TYPES[t] == "blob"]
+        if blobs:
+            raise QueryError(f"{what}: bytes columns are not supported in a table: {', '.join(blobs)}")
         wrong = ", ".join(f"sum(typeof({c}) NOT IN ('null', '{TYPES[t]}'))" for c, t in declared.items())
         counts = self.db.execute(f"SELECT {wrong} FROM {name}").fetchone()
         bad = [f"{c} declared {t} holds {n} other value(s)" for (c, t), n in zip(declared.items(), counts) if n]
