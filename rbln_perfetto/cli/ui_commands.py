@@ -34,16 +34,13 @@ def cmd_serve(args) -> int:
     print(f"serving {path} with trace_processor on http://{HOST}:{args.port}: bound to {HOST} only (this "
           f"machine); open {trace_processor_url(origin, args.port)} and choose 'Use loaded trace' (Ctrl-C stops)",
           flush=True)
-    # The rbln package is loaded: the UI's query page runs e.g. `INCLUDE PERFETTO MODULE rbln.idle;
-    # SELECT * FROM rbln_idle` on this trace_processor (`rbln-perfetto sql-package` lists the modules).
-    print(f"the rbln SQL package is loaded: in the query page, {SERVE_QUERY}", flush=True)
+    # The rbln package is loaded, so the UI's query page can include its modules (the README shows the
+    # same query; `rbln-perfetto sql-package` lists the modules).
+    print("the rbln SQL package is loaded: in the query page, INCLUDE PERFETTO MODULE rbln.idle; "
+          "SELECT * FROM rbln_idle", flush=True)
     cors = [] if origin == DEFAULT_ORIGIN else ["--http-additional-cors-origins", origin]
     return subprocess.call([binary, "--httpd", "--http-ip-address", HOST, "--http-port", str(args.port), *cors,
                             *trace_processor_flags(), str(path)])
-
-
-# What `serve` suggests running in the UI's query page (the README shows the same).
-SERVE_QUERY = "INCLUDE PERFETTO MODULE rbln.idle; SELECT * FROM rbln_idle"
 
 
 def cmd_open(args) -> int:
