@@ -22,6 +22,7 @@ def cmd_plot(args) -> int:
 def cmd_serve(args) -> int:
     import subprocess
 
+    from ..query.perfetto_sql import trace_processor_flags
     from ..query.tp_backend import find_binary, no_binary_message
 
     path = trace_file(args)
@@ -34,9 +35,13 @@ def cmd_serve(args) -> int:
     print(f"serving {path} with trace_processor on http://{HOST}:{args.port}: bound to {HOST} only (this "
           f"machine); open {trace_processor_url(origin, args.port)} and choose 'Use loaded trace' (Ctrl-C stops)",
           flush=True)
+    # The rbln package is loaded, so the UI's query page can include its modules (the README shows the
+    # same query; `rbln-perfetto sql-package` lists the modules).
+    print("the rbln SQL package is loaded: in the query page, INCLUDE PERFETTO MODULE rbln.idle; "
+          "SELECT * FROM rbln_idle", flush=True)
     cors = [] if origin == DEFAULT_ORIGIN else ["--http-additional-cors-origins", origin]
     return subprocess.call([binary, "--httpd", "--http-ip-address", HOST, "--http-port", str(args.port), *cors,
-                            str(path)])
+                            *trace_processor_flags(), str(path)])
 
 
 def cmd_open(args) -> int:
