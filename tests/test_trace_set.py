@@ -71,6 +71,22 @@ def test_pool_answers_as_open_trace_does_trace_by_trace(runs):
     pd.testing.assert_frame_equal(stacked, want)
 
 
+@pytest.mark.parametrize("sql", [
+    "select id, parent_id from slice where depth <= 1 order by id",  # NULLs among integers: Int64
+    "select name, dur from slice where name like '%transformer%' order by id",  # no rows in most traces
+    "select name from slice where 0",  # no rows anywhere
+])
+def test_pool_rows_join_into_the_frames_open_trace_gives(runs, sql):
+    """The pool sends rows and `query` builds one DataFrame of them: the same as the per-trace frames stacked."""
+    from rbln_perfetto.query.trace_set import combine
+
+    root, _ = runs
+    with open_traces(root, backend="sqlite", workers=2) as ts:
+        stacked = ts.query(sql)
+        want = combine(ts.traces, list(ts.query_dict(sql).values()))
+    pd.testing.assert_frame_equal(stacked, want)
+
+
 def test_any_number_of_workers_gives_the_same_rows(runs):
     root, _ = runs
     answers = []

@@ -159,7 +159,14 @@ class TracePool:
 
     def query(self, sql: str) -> tuple[list, tuple[int, QueryError] | None]:
         """One DataFrame per trace, in set order, and the first failing trace's (index, QueryError), if any."""
-        answered = self._gather(trace_worker.query, [sql] * len(self.shards))
+        return self._answers(trace_worker.query, sql)
+
+    def query_rows(self, sql: str) -> tuple[list, tuple[int, QueryError] | None]:
+        """As `query`, each trace's answer as (columns, rows), to be joined into one DataFrame by the caller."""
+        return self._answers(trace_worker.query_rows, sql)
+
+    def _answers(self, fn, sql: str) -> tuple[list, tuple[int, QueryError] | None]:
+        answered = self._gather(fn, [sql] * len(self.shards))
         frames: list = [None] * len(self.paths)
         failures = []
         for shard, (found, failure) in zip(self.shards, answered):

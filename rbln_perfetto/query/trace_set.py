@@ -48,7 +48,35 @@ def combine(labels: list[str], frames: list):
         f = f.copy(deep=False)
         f.insert(0, TRACE_COLUMN, label)
         parts.append(f)
-    return pd.concat(parts, ignore_index=True) if len(parts) > 1 else parts[0]
+    if len(parts) == 1:
+        return parts[0]
+    out = pd.concat(parts, ignore_index=True)
+    # A column of integers that is all NULL in some trace comes out as objects: the whole column is
+    # integers with NULLs, Int64, as one trace holding these rows gives it (and `combine_rows`).
+    for name in out.columns[1:]:
+        if out[name].dtype == object:
+            types = set(map(type, out[name])) - {type(None), type(pd.NA)}
+            if types == {int}:
+                out[name] = pd.array([None if v is pd.NA else v for v in out[name]], dtype="Int64")
+    return out
+
+
+def combine_rows(labels: list[str], answers: list[tuple[list, list]]):
+    """As `combine`, from each trace's (columns, rows): one DataFrame built once over every trace's rows."""
+    from .result_frame import frame
+
+    columns = answers[0][0]
+    if TRACE_COLUMN in columns:
+        return combine(labels, [frame([], c) for c, _ in answers])  # (its error)
+    rows, trace = [], []
+    for label, (_, found) in zip(labels, answers):
+        rows += found
+        trace += [label] * len(found)
+    if not rows:
+        return combine(labels[:1], [frame([], columns)])
+    out = frame(rows, columns)
+    out.insert(0, TRACE_COLUMN, trace)
+    return out
 
 
 class TraceSet:
@@ -80,6 +108,8 @@ class TraceSet:
 
     def query(self, sql: str):
         """Run `sql` on every trace; one DataFrame, `trace` first. `QueryError` names the first trace that rejects it."""
+        if isinstance(self._impl, TracePool):  # rows from the workers, one DataFrame built here
+            return combine_rows(self.traces, self._answered(self._impl.query_rows, sql))
         return combine(self.traces, self._frames(sql))
 
     def query_dict(self, sql: str) -> dict:
@@ -87,9 +117,12 @@ class TraceSet:
         return dict(zip(self.traces, self._frames(sql)))
 
     def _frames(self, sql: str) -> list:
+        return self._answered(self._impl.query, sql)
+
+    def _answered(self, ask, sql: str) -> list:
         if self._closed:
             raise QueryError("SQL error: this trace set is closed (its traces are unloaded); open_traces opens them again")
-        frames, failure = self._impl.query(sql)
+        frames, failure = ask(sql)
         if failure is not None:
             index, error = failure
             raise QueryError(f"{self.paths[index]}: {error}")

@@ -75,10 +75,30 @@ def query(sql: str):
     return frames, None
 
 
+def query_rows(sql: str):
+    """As `query`, each trace's answer as (columns, rows) rather than a DataFrame: the caller joins every
+    trace's rows into one DataFrame (a thousand small DataFrames cost more to build, send and join
+    than their SQL; see bench/README.md, "trace set")."""
+    import sqlite3
+
+    answers = []
+    for index in sorted(_OPEN):
+        impl = _OPEN[index]._impl
+        try:  # as SqliteBackend.query, without the DataFrame
+            cursor = impl._sql.query(sql)
+            rows = cursor.fetchall()
+        except sqlite3.Error as exc:
+            return answers, (index, QueryError(f"SQL error: {exc}"))
+        except QueryError as exc:
+            return answers, (index, exc)
+        answers.append(([d[0] for d in cursor.description] if cursor.description else [], rows))
+    return answers, None
+
+
 def main() -> None:
     """A worker started as a new interpreter: its end of the pipe is the socket whose descriptor is argv[1]."""
     sock = socket.socket(fileno=int(sys.argv[1]))
     serve(Connection(sock.detach()))
 
 
-__all__ = ["load", "main", "portable", "query", "serve"]
+__all__ = ["load", "main", "portable", "query", "query_rows", "serve"]
