@@ -38,6 +38,7 @@ def _suites(quick: bool):
         ("sqlite load", lambda: sqlite_load.run(1, 200_000 if quick else 1_000_000, 3)),
         ("streaming", lambda: streaming.run(sizes)),
         ("trace set", lambda: trace_set.run(4 if quick else 8, 200_000 if quick else 600_000, 1 if quick else 3)),
+        ("1,000 traces", lambda: trace_set.many_runs(3 if quick else 30, 4 if quick else 28, 1)),
         ("rank split", lambda: ranks.run(("tiny",) if quick else ("tiny", "medium"), repeats)),
         ("analysis reports", lambda: analysis_reports.run(200_000 if quick else 1_000_000, repeats=1 if quick else 3)),
     ]

@@ -41,6 +41,33 @@ print(json.dumps({"seconds": seconds, "slices": slices, "rss": peak_rss_mb(), "s
 """
 
 
+# A small trace's load as a user's first call makes it: nothing imported before, no query after (a
+# query's DataFrame imports pandas, which is the result's cost, not the load's).
+_SMALL = """
+import json, sys
+from rbln_perfetto.query import open_trace
+tr = open_trace(sys.argv[1], backend="sqlite")
+heavy = sorted(m for m in ("pandas", "numpy", "torch", "pyarrow", "google.protobuf", "perfetto", "zlib_ng")
+               if m in sys.modules)
+print(json.dumps({"rss": peak_rss_mb(), "modules": len(sys.modules), "heavy": heavy}))
+"""
+# trace_processor's peak RSS loading a 1-step medium trace, as issue 26 measured it: the yardstick
+# when no trace_processor_shell is configured to measure it beside ours.
+TP_SMALL_RSS_MB = 38.0
+
+
+def small_trace_rows(trace: Path, repeats: int, tp_rss: float | None) -> list[Row]:
+    """Peak RSS of a fresh process that loads `trace` (max of `repeats`), against 1.5x trace_processor's."""
+    runs = [run_child(_SMALL, str(trace)) for _ in range(repeats)]
+    rss = max(r["rss"] for r in runs)
+    yard, where = (tp_rss, "measured here") if tp_rss else (TP_SMALL_RSS_MB, "issue 26's figure")
+    return [Row("sqlite load", "small trace load: peak RSS", rss, "MB", rss / yard,
+                judged(f"<= 1.5x trace_processor's {yard:.0f} MB", rss / yard, 1.5, at_most=True, fmt="{:.2f}", unit="x"),
+                f"open_trace of {trace.name} ({trace.stat().st_size / 1e3:.0f} kB) in a fresh process, nothing imported "
+                f"before, no query after; max of {repeats}; trace_processor {yard:.0f} MB ({where}); "
+                f"{runs[0]['modules']} modules imported, of the heavy ones: {', '.join(runs[0]['heavy']) or 'none'}")]
+
+
 # Run by a fresh, small Python: a child's ru_maxrss starts from its parent's peak (Linux keeps it across
 # fork and exec), so trace_processor is started from this launcher rather than from the benchmark process.
 _TP_LAUNCH = """
@@ -101,6 +128,8 @@ def run(steps: int = 1, commands: int = 1_000_000, repeats: int = 3) -> list[Row
                 ours.append(run_child(_LOAD, str(trace)))
                 if tp_bin:
                     theirs.append(trace_processor_load(tp_bin, trace, query))
+            if label.startswith("medium"):
+                rows += small_trace_rows(trace, repeats, max(m for _, m in theirs) if theirs else None)
             r = min(ours, key=lambda o: o["seconds"])
             seconds, rss = r["seconds"], max(o["rss"] for o in ours)
             path = ("C scanner" if r["scanner"] else "pure-Python reader (C scanner not built or disabled)") + \
