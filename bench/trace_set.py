@@ -9,8 +9,8 @@ another in one process; "pool of N", open_traces' embedded process pool of `work
 "BatchTraceProcessor", open_traces on trace_processor (when $RBLN_PERFETTO_TP_BIN is set). Median
 of `repeats` runs, variants interleaved; ratios against the open_trace loop.
 
-A third set holds about 1,000 traces (`many_runs`): the medium model profiled once for 28 steps (35
-per-invocation traces), its run directory linked `runs` times (30: 1,050 traces; every run holds the
+A third set holds about 1,000 traces (`many_runs`): the medium model profiled once for 28 steps (34
+per-invocation traces), its run directory linked `runs` times (30: 1,020 traces; every run holds the
 same traces, which costs each variant what 30 different runs would). Its rows are judged by issue 26's
 targets: a summary query <= 1 s over the set, as BatchTraceProcessor's documentation promises ("fast
 (<1s) interactive queries on large sets (up to ~1000) of traces", perfetto.dev/docs/analysis/
