@@ -66,8 +66,8 @@ def combine_rows(labels: list[str], answers: list[tuple[list, list]]):
     from .result_frame import frame
 
     columns = answers[0][0]
-    if TRACE_COLUMN in columns:
-        return combine(labels, [frame([], c) for c, _ in answers])  # (its error)
+    if TRACE_COLUMN in columns or any(c != columns for c, _ in answers):  # (its error; columns per trace)
+        return combine(labels, [frame(r, c) for c, r in answers])
     rows, trace = [], []
     for label, (_, found) in zip(labels, answers):
         rows += found
