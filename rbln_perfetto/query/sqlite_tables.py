@@ -76,6 +76,7 @@ SEVERITY = {
     "tokenizer_skipped_packets": "data_loss",
     "interned_data_skipped_incremental_state_invalid": "data_loss",
     "track_event_parser_errors": "info",
+    "track_event_skipped_timestamp_delta_without_valid_state": "info",  # (trace_processor: kNotice)
     UNFINISHED_SLICES: "data_loss",
 }
 # Descriptions of the stats trace_processor does not have.
@@ -176,23 +177,39 @@ def table_columns(t: TraceTables) -> dict[str, tuple[int, str, list]]:
 
 
 def _thread_process_columns(t: TraceTables, tracks: list) -> dict:
-    """The thread and process tables from the tracks' thread and process descriptors (utids and upids in
-    the order the descriptors came), and the used tracks that belong to one (`descriptor_owner`), as
-    thread/process (counter) tracks. (`state` stays empty: TYPE_STATE events on state tracks are refused.)"""
-    processes: dict[int, list] = {}  # pid -> [name, cmdline]
+    """The thread and process tables as trace_processor's ProcessTracker fills them from TrackEvent thread and
+    process descriptors, and the used tracks that belong to one (`descriptor_owner`), as thread/process
+    (counter) tracks. (`state` stays empty: TYPE_STATE events on state tracks are refused.)
+
+    - utid 0 and upid 0 are reserved at startup (the idle "swapper": tid 0 and pid 0, its thread the main
+      thread of upid 0); a descriptor's tid 0 or pid 0 gets rows of its own;
+    - a process (`GetOrCreateProcess(pid)`) is created with its main thread (tid = pid); its name is the
+      first non-empty `process_name` (`SetProcessNameIfUnset`); the descriptor's cmdline is not stored;
+    - a thread (`UpdateThread(tid, pid)`) creates its process first, then the thread (is_main_thread: tid
+      equals pid); its name is the latest non-empty `thread_name` (descriptor priority, a later one wins);
+    - utids and upids in the order the descriptors come (one per (pid, tid) and per pid)."""
+    processes: dict[int, list] = {}  # pid -> [name]
     threads: dict[tuple, list] = {}  # (pid, tid) -> [name]
+
+    def process(pid: int, name: str | None = None) -> None:
+        if pid not in processes:
+            processes[pid] = [None]
+            threads.setdefault((pid, pid), [None])  # its main thread
+        if name and processes[pid][0] is None:
+            processes[pid][0] = name
+
     for tr in t.tracks.values():
         if tr.process is not None:
-            pid, name, cmdline = tr.process
-            row = processes.setdefault(pid, [None, None])
-            row[0], row[1] = row[0] or name, row[1] or cmdline
+            pid, name, _cmdline = tr.process
+            process(pid, name)
         if tr.thread is not None:
             pid, tid, name = tr.thread
-            processes.setdefault(pid, [None, None])
+            process(pid)
             row = threads.setdefault((pid, tid), [None])
-            row[0] = row[0] or name
-    upid = {pid: i for i, pid in enumerate(processes)}
-    utid = {key: i for i, key in enumerate(threads)}
+            if name:
+                row[0] = name
+    upid = {pid: i + 1 for i, pid in enumerate(processes)}  # (+1: upid 0 and utid 0 are the swapper's)
+    utid = {key: i + 1 for i, key in enumerate(threads)}
     owned: dict[str, list] = {"thread_track": [], "process_track": [], "thread_counter_track": [],
                               "process_counter_track": []}
     for tr in tracks:
@@ -206,15 +223,15 @@ def _thread_process_columns(t: TraceTables, tracks: list) -> dict:
             row += [tr.unit or None, tr.description or None]
         row.append(utid[owner.thread[:2]] if by_thread else upid[owner.process[0]])
         owned[f"{'thread' if by_thread else 'process'}{'_counter' if tr.is_counter else ''}_track"].append(row)
+    n_threads, n_processes = len(threads) + 1, len(processes) + 1
     columns = {
-        "thread": (len(threads), "roooozzooz", [
-            None, ["thread"] * len(threads), list(range(len(threads))), [tid for _, tid in threads],
-            [v[0] for v in threads.values()], None, None, [upid[pid] for pid, _ in threads],
-            [int(pid == tid) for pid, tid in threads], None]),
-        "process": (len(processes), "roooozzzzzozz", [
-            None, ["process"] * len(processes), list(range(len(processes))), list(processes),
-            [v[0] for v in processes.values()], None, None, None, None, None, [v[1] for v in processes.values()],
-            None, None]),
+        "thread": (n_threads, "roooozzooz", [
+            None, ["thread"] * n_threads, list(range(n_threads)), [0] + [tid for _, tid in threads],
+            [None] + [v[0] for v in threads.values()], None, None, [0] + [upid[pid] for pid, _ in threads],
+            [1] + [int(pid == tid) for pid, tid in threads], None]),
+        "process": (n_processes, "roooozzzzzzzz", [
+            None, ["process"] * n_processes, list(range(n_processes)), [0] + list(processes),
+            [None] + [v[0] for v in processes.values()], None, None, None, None, None, None, None, None]),
     }
     for table, rows in owned.items():
         if rows:

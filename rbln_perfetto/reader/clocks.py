@@ -25,6 +25,7 @@ import numpy as np
 from perfetto.protos.perfetto.trace import perfetto_trace_pb2 as pt
 
 BOOTTIME = pt.BUILTIN_CLOCK_BOOTTIME
+MONOTONIC = pt.BUILTIN_CLOCK_MONOTONIC
 _MAX_PATH = 4  # (trace_processor's ClockPath::kMaxLen)
 
 LATE_SNAPSHOT = "unsupported_clock_snapshot_after_its_events"
@@ -153,6 +154,18 @@ class ClockConverter:
         ns = wrap_int64(ts * domain.multiplier)
         if domain.incremental:
             ns = domain.last_ns = wrap_int64(domain.last_ns + ns)
+        for edge in path:
+            ns = wrap_int64(ns + self._hop(edge, ns))
+        return ns
+
+    def legacy_to_boottime(self, ns: int) -> int:
+        """A legacy TrackEvent timestamp (`timestamp_absolute_us` times 1000, wrapped) as trace_processor's
+        tokenizer converts it: from MONOTONIC with the snapshots read so far, or kept as it is when none links
+        MONOTONIC to BOOTTIME (counted, as trace_processor's failed conversion is; not deferred)."""
+        path = self._path(MONOTONIC)
+        if path is None:
+            self.stats["clock_sync_failure_unknown_source_clock"] += 1
+            return ns
         for edge in path:
             ns = wrap_int64(ns + self._hop(edge, ns))
         return ns
