@@ -199,9 +199,9 @@ def test_legacy_json_values_become_args(tmp_path, scanner):
 # ---------------------------------------------------------------- thread and process tables
 
 TABLES = {
-    "thread": "id, type, utid, tid, name, start_ts, end_ts, upid, is_main_thread, machine_id",
-    "process": "id, type, upid, pid, name, start_ts, end_ts, parent_upid, uid, android_appid, cmdline, arg_set_id, "
-               "machine_id",
+    "thread": "id, type, utid, tid, name, start_ts, end_ts, upid, is_main_thread, is_idle, machine_id, arg_set_id",
+    "process": "id, type, upid, pid, name, start_ts, end_ts, parent_upid, uid, android_appid, android_user_id, "
+               "cmdline, arg_set_id, machine_id",
     "thread_track": "id, name, type, parent_id, source_arg_set_id, machine_id, utid",
     "process_track": "id, name, type, parent_id, source_arg_set_id, machine_id, upid",
     "thread_counter_track": "id, name, type, parent_id, source_arg_set_id, machine_id, unit, description, utid",
@@ -214,12 +214,37 @@ TABLES = {
 def test_trace_processors_thread_and_process_tables_exist_without_descriptors(tmp_path, table):
     trace = _write(tmp_path / "t.pb", [_first(), _event(100, INSTANT)])
     rows = _rows(trace, f"select {TABLES[table]} from {table}")
-    if table in ("thread", "process"):  # only the swapper rows trace_processor reserves at startup
-        key = "utid" if table == "thread" else "upid"
-        assert _rows(trace, f"select {key}, {'tid' if table == 'thread' else 'pid'}, name, upid = 0 from {table}"
-                     if table == "thread" else f"select {key}, pid, name, 1 from {table}") == [(0, 0, None, 1)]
+    if table == "thread":  # only the swapper rows trace_processor reserves at startup
+        assert _rows(trace, "select utid, tid, name is null, upid, is_main_thread, is_idle from thread") == [
+            (0, 0, 1, 0, 1, 1)]
+    elif table == "process":
+        assert _rows(trace, "select upid, pid, name is null from process") == [(0, 0, 1)]
     else:
         assert rows == []
+
+
+def test_threads_and_processes_are_numbered_in_trace_processors_parse_order(tmp_path):
+    def described(uuid, ts=None, **kind):
+        p = _track(uuid, **kind)
+        if ts is not None:
+            p.timestamp = ts
+        return p
+
+    thread_a, thread_b, proc_1, proc_2 = (pt.TrackDescriptor() for _ in range(4))
+    thread_a.thread.pid, thread_a.thread.tid, thread_a.thread.thread_name = 20, 21, "a"
+    thread_b.thread.pid, thread_b.thread.tid, thread_b.thread.thread_name = 20, 21, "b"
+    proc_1.process.pid, proc_1.process.process_name = 10, "first"
+    proc_2.process.pid, proc_2.process.process_name = 10, "second"
+    packets = [_first(), _event(100, INSTANT),
+               described(2, process=proc_1.process),  # parsed at 100, the latest time read before it
+               described(1, ts=50, thread=thread_a.thread),  # parsed at its own time: first
+               described(3, process=proc_2.process), described(4, ts=600, thread=thread_b.thread)]
+    trace = _write(tmp_path / "t.pb", packets)
+    # a thread's process comes first, with its main thread; a process's first name holds, a thread's latest wins
+    assert _rows(trace, "select utid, tid, upid, coalesce(name, '-') from thread order by utid") == [
+        (0, 0, 0, "-"), (1, 20, 1, "-"), (2, 21, 1, "b"), (3, 10, 2, "-")]
+    assert _rows(trace, "select upid, pid, coalesce(name, '-') from process order by upid") == [
+        (0, 0, "-"), (1, 20, "-"), (2, 10, "first")]
 
 
 def test_thread_and_process_descriptors_fill_the_thread_and_process_tables(tmp_path):
@@ -233,8 +258,8 @@ def test_thread_and_process_descriptors_fill_the_thread_and_process_tables(tmp_p
     trace = _write(tmp_path / "t.pb", packets)
     # utid 0 / upid 0: the rows trace_processor reserves at startup (the idle swapper); the process comes with
     # its main thread (tid = pid, unnamed); the descriptor's cmdline is not stored
-    assert _rows(trace, "select utid, tid, coalesce(name, '-'), upid, is_main_thread from thread order by utid") == [
-        (0, 0, "-", 0, 1), (1, 10, "-", 1, 1), (2, 11, "worker", 1, 0)]
+    threads = "select utid, tid, coalesce(name, '-'), upid, is_main_thread, is_idle from thread order by utid"
+    assert _rows(trace, threads) == [(0, 0, "-", 0, 1, 1), (1, 10, "-", 1, 1, 0), (2, 11, "worker", 1, 0, 0)]
     assert _rows(trace, "select upid, pid, coalesce(name, '-'), coalesce(cmdline, '-') from process order by upid") == [
         (0, 0, "-", "-"), (1, 10, "server", "-")]
     assert _rows(trace, "select t.utid, s.ts from thread_track t join slice s on s.track_id = t.id") == [(2, 100)]

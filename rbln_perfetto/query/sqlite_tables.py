@@ -52,9 +52,10 @@ CREATE VIEW args AS
   FROM __arg a JOIN __arg_value v ON v.id = a.value_id;
 CREATE TABLE stats(name TEXT, idx INT, severity TEXT, source TEXT, value INT, description TEXT);
 CREATE TABLE thread(id INTEGER PRIMARY KEY, type TEXT, utid INT, tid INT, name TEXT, start_ts INT, end_ts INT,
-                    upid INT, is_main_thread INT, machine_id INT);
+                    upid INT, is_main_thread INT, is_idle INT, machine_id INT, arg_set_id INT);
 CREATE TABLE process(id INTEGER PRIMARY KEY, type TEXT, upid INT, pid INT, name TEXT, start_ts INT, end_ts INT,
-                     parent_upid INT, uid INT, android_appid INT, cmdline TEXT, arg_set_id INT, machine_id INT);
+                     parent_upid INT, uid INT, android_appid INT, android_user_id INT, cmdline TEXT, arg_set_id INT,
+                     machine_id INT);
 -- (the track tables' ids are track ids, not row numbers)
 CREATE TABLE thread_track(id INT, name TEXT, type TEXT, parent_id INT, source_arg_set_id INT,
                           machine_id INT, utid INT);
@@ -182,12 +183,13 @@ def _thread_process_columns(t: TraceTables, tracks: list) -> dict:
     (counter) tracks. (`state` stays empty: TYPE_STATE events on state tracks are refused.)
 
     - utid 0 and upid 0 are reserved at startup (the idle "swapper": tid 0 and pid 0, its thread the main
-      thread of upid 0); a descriptor's tid 0 or pid 0 gets rows of its own;
+      thread of upid 0 and the only one with is_idle); a descriptor's tid 0 or pid 0 gets rows of its own;
     - a process (`GetOrCreateProcess(pid)`) is created with its main thread (tid = pid); its name is the
       first non-empty `process_name` (`SetProcessNameIfUnset`); the descriptor's cmdline is not stored;
     - a thread (`UpdateThread(tid, pid)`) creates its process first, then the thread (is_main_thread: tid
       equals pid); its name is the latest non-empty `thread_name` (descriptor priority, a later one wins);
-    - utids and upids in the order the descriptors come (one per (pid, tid) and per pid)."""
+    - utids and upids in the order trace_processor parses the descriptors: sorted by time (a descriptor
+      packet's own timestamp, or the latest one before it), then file order; one per (pid, tid) and per pid."""
     processes: dict[int, list] = {}  # pid -> [name]
     threads: dict[tuple, list] = {}  # (pid, tid) -> [name]
 
@@ -198,12 +200,12 @@ def _thread_process_columns(t: TraceTables, tracks: list) -> dict:
         if name and processes[pid][0] is None:
             processes[pid][0] = name
 
-    for tr in t.tracks.values():
-        if tr.process is not None:
-            pid, name, _cmdline = tr.process
+    for _, _, descriptor in sorted(t.owner_descriptors):
+        if descriptor[0] == "process":
+            _, pid, name = descriptor
             process(pid, name)
-        if tr.thread is not None:
-            pid, tid, name = tr.thread
+        else:
+            _, pid, tid, name = descriptor
             process(pid)
             row = threads.setdefault((pid, tid), [None])
             if name:
@@ -225,13 +227,13 @@ def _thread_process_columns(t: TraceTables, tracks: list) -> dict:
         owned[f"{'thread' if by_thread else 'process'}{'_counter' if tr.is_counter else ''}_track"].append(row)
     n_threads, n_processes = len(threads) + 1, len(processes) + 1
     columns = {
-        "thread": (n_threads, "roooozzooz", [
+        "thread": (n_threads, "roooozzooozz", [
             None, ["thread"] * n_threads, list(range(n_threads)), [0] + [tid for _, tid in threads],
             [None] + [v[0] for v in threads.values()], None, None, [0] + [upid[pid] for pid, _ in threads],
-            [1] + [int(pid == tid) for pid, tid in threads], None]),
-        "process": (n_processes, "roooozzzzzzzz", [
+            [1] + [int(pid == tid) for pid, tid in threads], [1] + [0] * len(threads), None, None]),
+        "process": (n_processes, "roooozzzzzzzzz", [
             None, ["process"] * n_processes, list(range(n_processes)), [0] + list(processes),
-            [None] + [v[0] for v in processes.values()], None, None, None, None, None, None, None, None]),
+            [None] + [v[0] for v in processes.values()], None, None, None, None, None, None, None, None, None]),
     }
     for table, rows in owned.items():
         if rows:

@@ -12,9 +12,11 @@ order: a one-pass reader sees the same ones):
   ns or going backwards) are counted in `invalid_clock_snapshots`;
 - incremental (delta-encoded) clocks keep their running value, advanced only when a conversion path exists.
 
-Arithmetic is trace_processor's: int64 that wraps (the oracle's traces show it: a running sum that
-overflows and wraps back into range is kept). A timestamp that comes out negative is invalid: the caller
-drops its event and counts `track_event_invalid_timestamp`, as trace_processor does."""
+Arithmetic is trace_processor's: int64 that wraps, with no overflow check (its ClockDomain::ToNs multiplies by
+the unit and sums an incremental clock's deltas in plain int64; the oracle's traces 0750 and 0052 show v58.2
+keeping a time whose 2**63 us wrapped to 0, and a running sum that overflows and wraps back into range). A
+timestamp that comes out negative is invalid: the caller drops its event and counts
+`track_event_invalid_timestamp`, as trace_processor does."""
 
 from __future__ import annotations
 

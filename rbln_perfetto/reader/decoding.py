@@ -47,10 +47,17 @@ def _count_unsupported_fields(packet, stats) -> None:
             stats[f"unsupported_packet_field:{name}"] += 1
 
 
-def _reserve_track(tables: TraceTables, d: pt.TrackDescriptor, stats) -> None:
+def _reserve_track(tables: TraceTables, d: pt.TrackDescriptor, stats, parse_ts: int = 0) -> None:
     """A track descriptor, as trace_processor reserves it: the first one sent for a uuid holds; a later one
     for the same uuid with another parent or kind is an error and ignored; a later name replaces none,
-    or any name on a SIBLING_MERGE_BEHAVIOR_NONE track."""
+    or any name on a SIBLING_MERGE_BEHAVIOR_NONE track. A thread or process it names is listed with
+    `parse_ts` (when trace_processor's sorter parses the packet) in `tables.owner_descriptors`."""
+    if d.HasField("thread"):
+        tables.owner_descriptors.append((parse_ts, len(tables.owner_descriptors),
+                                         ("thread", d.thread.pid, d.thread.tid, as_text(d.thread.thread_name) or None)))
+    elif d.HasField("process"):
+        tables.owner_descriptors.append((parse_ts, len(tables.owner_descriptors),
+                                         ("process", d.process.pid, as_text(d.process.process_name) or None)))
     name = as_text(d.name if d.HasField("name") else d.static_name) or None  # ("" is no name there too)
     parent = d.parent_uuid or None
     t = tables.tracks.get(d.uuid)
@@ -91,6 +98,14 @@ class PacketDecoder(ReadState):
         self.path = path
         self.event_cache: dict[bytes, tuple] = {}  # TrackEvent bytes -> its decoded fields
         self.top_level_packets = 0
+
+    def packet_time(self, p, seq, seq_id: int) -> int | None:
+        """The packet's timestamp converted to BOOTTIME (None: no snapshot links its clock); the latest one
+        so far is kept in `latest_ts`, as trace_processor's reader keeps it for packets without one."""
+        ts = self.clocks.to_boottime(p.timestamp_clock_id or seq.clock_id or BOOTTIME, seq_id, p.timestamp)
+        if ts is not None and ts > self.latest_ts:
+            self.latest_ts = ts
+        return ts
 
     def event_time(self, packet_ts: int | None, delta_us: int | None, absolute_us: int) -> int | None:
         """A TrackEvent's time in BOOTTIME ns as trace_processor's tokenizer resolves it, or None (counted)
@@ -186,7 +201,10 @@ class PacketDecoder(ReadState):
         te = p.track_event
         if not te:
             if p.track_descriptor:
-                _reserve_track(tables, pt.TrackDescriptor.FromString(p.track_descriptor), stats)
+                # (parsed at its own time, or at the latest one read before it, as trace_processor's sorter does)
+                own = self.packet_time(p, seq, seq_id) if p.HasField("timestamp") else None
+                _reserve_track(tables, pt.TrackDescriptor.FromString(p.track_descriptor), stats,
+                               self.latest_ts if own is None else own)
             else:  # (sequence flags, defaults or interned data may come with a payload it does not read)
                 _count_unsupported_fields(p, stats)
             return
@@ -195,7 +213,7 @@ class PacketDecoder(ReadState):
             return
         ts = None
         if p.HasField("timestamp"):  # (without one trace_processor converts nothing: the event may have its own)
-            ts = self.clocks.to_boottime(p.timestamp_clock_id or seq.clock_id or BOOTTIME, seq_id, p.timestamp)
+            ts = self.packet_time(p, seq, seq_id)
             if ts is None:
                 stats["clock_sync_failure_undeferrable_packet_loss"] += 1
                 return

@@ -46,6 +46,7 @@ class ReadState:
         # they match (by name and category) and gives it their args and flows, which takes the per-event
         # slice builder (see slices)
         self.matched_ends = 0
+        self.latest_ts = 0  # the latest packet time read (converted), trace_processor's `latest_timestamp_`
 
     def intern(self, s: str) -> int:
         s = as_text(s)  # (a C string in trace_processor: up to its first NUL)

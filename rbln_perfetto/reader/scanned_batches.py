@@ -50,6 +50,8 @@ def decode_simple_batch(decoder: ReadState, data: bytes, r: np.ndarray) -> None:
                 keep[sub] = False
             else:
                 ts[sub] = converted
+                if len(converted):
+                    decoder.latest_ts = max(decoder.latest_ts, int(converted.max()))
                 invalid = sub[converted < 0]  # past int64 (see clocks)
                 _count(stats, "track_event_invalid_timestamp", len(invalid))
                 keep[invalid] = False

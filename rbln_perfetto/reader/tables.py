@@ -63,6 +63,10 @@ class TraceTables:
     counter_value: np.ndarray = None
     flows: list[tuple[int, int]] = field(default_factory=list)
     stats: dict[str, int] = field(default_factory=lambda: defaultdict(int))
+    # Every track descriptor packet that names a thread or a process, as (time trace_processor parses it at,
+    # file position, ("thread", pid, tid, name) or ("process", pid, name)): the thread and process tables
+    # are filled in that order (see query.sqlite_tables)
+    owner_descriptors: list[tuple] = field(default_factory=list)
 
     @property
     def slice_count(self) -> int:
