@@ -230,21 +230,43 @@ def test_threads_and_processes_are_numbered_in_trace_processors_parse_order(tmp_
             p.timestamp = ts
         return p
 
-    thread_a, thread_b, proc_1, proc_2 = (pt.TrackDescriptor() for _ in range(4))
-    thread_a.thread.pid, thread_a.thread.tid, thread_a.thread.thread_name = 20, 21, "a"
-    thread_b.thread.pid, thread_b.thread.tid, thread_b.thread.thread_name = 20, 21, "b"
-    proc_1.process.pid, proc_1.process.process_name = 10, "first"
-    proc_2.process.pid, proc_2.process.process_name = 10, "second"
+    def thread(pid, tid, name=None):
+        d = pt.TrackDescriptor()
+        d.thread.pid, d.thread.tid = pid, tid
+        if name:
+            d.thread.thread_name = name
+        return d.thread
+
+    def process(pid, name):
+        d = pt.TrackDescriptor()
+        d.process.pid, d.process.process_name = pid, name
+        return d.process
+
     packets = [_first(), _event(100, INSTANT),
-               described(2, process=proc_1.process),  # parsed at 100, the latest time read before it
-               described(1, ts=50, thread=thread_a.thread),  # parsed at its own time: first
-               described(3, process=proc_2.process), described(4, ts=600, thread=thread_b.thread)]
+               described(2, process=process(10, "first")),  # parsed at 100, the latest time read before it
+               described(1, ts=50, thread=thread(20, 21, "a")),  # parsed at its own time: first
+               described(2, process=process(10, "second")),  # a process's first name holds
+               described(1, ts=600, thread=thread(20, 21, "b")),  # a thread's latest name wins
+               described(5, ts=700, thread=thread(20, 21))]  # another track for thread 21: its tid was reused
     trace = _write(tmp_path / "t.pb", packets)
-    # a thread's process comes first, with its main thread; a process's first name holds, a thread's latest wins
+    # a thread's process comes first, with its main thread (tid = pid)
     assert _rows(trace, "select utid, tid, upid, coalesce(name, '-') from thread order by utid") == [
-        (0, 0, 0, "-"), (1, 20, 1, "-"), (2, 21, 1, "b"), (3, 10, 2, "-")]
+        (0, 0, 0, "-"), (1, 20, 1, "-"), (2, 21, 1, "b"), (3, 10, 2, "-"), (4, 21, 1, "-")]
     assert _rows(trace, "select upid, pid, coalesce(name, '-') from process order by upid") == [
         (0, 0, "-"), (1, 20, "-"), (2, 10, "first")]
+
+
+def test_a_second_process_track_for_a_pid_starts_a_new_process(tmp_path):
+    first, second = pt.TrackDescriptor(), pt.TrackDescriptor()
+    first.process.pid, first.process.process_name = 10, "old"
+    second.process.pid, second.process.process_name = 10, "new"
+    trace = _write(tmp_path / "t.pb", [_first(), _track(1, process=first.process), _track(2, process=second.process),
+                                       _event(100, INSTANT)])
+    # the pid was reused (trace_processor's StartNewProcess): a new process with a new main thread
+    assert _rows(trace, "select upid, pid, name from process where upid > 0 order by upid") == [
+        (1, 10, "old"), (2, 10, "new")]
+    assert _rows(trace, "select utid, tid, upid, is_main_thread from thread where utid > 0 order by utid") == [
+        (1, 10, 1, 1), (2, 10, 2, 1)]
 
 
 def test_thread_and_process_descriptors_fill_the_thread_and_process_tables(tmp_path):

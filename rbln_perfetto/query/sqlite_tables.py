@@ -25,6 +25,7 @@ import numpy as np
 from ..reader import TraceTables
 from ..reader.clocks import LATE_SNAPSHOT
 from ..reader.slices import FLOW_INTO_EARLIER_SLICE
+from ..reader.threads import thread_process_rows
 from ..reader.track_names import THREAD_PROCESS_TRACKS
 from ..reader.debug_args import Pointer, Uint
 from ..reader.diagnosis import UNFINISHED_SLICES
@@ -178,40 +179,11 @@ def table_columns(t: TraceTables) -> dict[str, tuple[int, str, list]]:
 
 
 def _thread_process_columns(t: TraceTables, tracks: list) -> dict:
-    """The thread and process tables as trace_processor's ProcessTracker fills them from TrackEvent thread and
-    process descriptors, and the used tracks that belong to one (`descriptor_owner`), as thread/process
-    (counter) tracks. (`state` stays empty: TYPE_STATE events on state tracks are refused.)
-
-    - utid 0 and upid 0 are reserved at startup (the idle "swapper": tid 0 and pid 0, its thread the main
-      thread of upid 0 and the only one with is_idle); a descriptor's tid 0 or pid 0 gets rows of its own;
-    - a process (`GetOrCreateProcess(pid)`) is created with its main thread (tid = pid); its name is the
-      first non-empty `process_name` (`SetProcessNameIfUnset`); the descriptor's cmdline is not stored;
-    - a thread (`UpdateThread(tid, pid)`) creates its process first, then the thread (is_main_thread: tid
-      equals pid); its name is the latest non-empty `thread_name` (descriptor priority, a later one wins);
-    - utids and upids in the order trace_processor parses the descriptors: sorted by time (a descriptor
-      packet's own timestamp, or the latest one before it), then file order; one per (pid, tid) and per pid."""
-    processes: dict[int, list] = {}  # pid -> [name]
-    threads: dict[tuple, list] = {}  # (pid, tid) -> [name]
-
-    def process(pid: int, name: str | None = None) -> None:
-        if pid not in processes:
-            processes[pid] = [None]
-            threads.setdefault((pid, pid), [None])  # its main thread
-        if name and processes[pid][0] is None:
-            processes[pid][0] = name
-
-    for _, _, descriptor in sorted(t.owner_descriptors):
-        if descriptor[0] == "process":
-            _, pid, name = descriptor
-            process(pid, name)
-        else:
-            _, pid, tid, name = descriptor
-            process(pid)
-            row = threads.setdefault((pid, tid), [None])
-            if name:
-                row[0] = name
-    upid = {pid: i + 1 for i, pid in enumerate(processes)}  # (+1: upid 0 and utid 0 are the swapper's)
-    utid = {key: i + 1 for i, key in enumerate(threads)}
+    """The thread and process tables as trace_processor fills them from TrackEvent thread and process
+    descriptors (`reader.threads`), and the used tracks that belong to one (`descriptor_owner`), as
+    thread/process (counter) tracks. (`state` stays empty: TYPE_STATE events on state tracks are refused.)"""
+    rows = thread_process_rows(t)
+    threads, processes = rows.threads, rows.processes
     owned: dict[str, list] = {"thread_track": [], "process_track": [], "thread_counter_track": [],
                               "process_counter_track": []}
     for tr in tracks:
@@ -223,22 +195,21 @@ def _thread_process_columns(t: TraceTables, tracks: list) -> dict:
         row = [tr.id, tr.name, tr.type, parent, None, None]
         if tr.is_counter:
             row += [tr.unit or None, tr.description or None]
-        row.append(utid[owner.thread[:2]] if by_thread else upid[owner.process[0]])
+        row.append(rows.utid_of.get(owner.uuid) if by_thread else rows.upid_of.get(owner.uuid))
         owned[f"{'thread' if by_thread else 'process'}{'_counter' if tr.is_counter else ''}_track"].append(row)
-    n_threads, n_processes = len(threads) + 1, len(processes) + 1
+    n_threads, n_processes = len(threads), len(processes)
     columns = {
         "thread": (n_threads, "roooozzooozz", [
-            None, ["thread"] * n_threads, list(range(n_threads)), [0] + [tid for _, tid in threads],
-            [None] + [v[0] for v in threads.values()], None, None, [0] + [upid[pid] for pid, _ in threads],
-            [1] + [int(pid == tid) for pid, tid in threads], [1] + [0] * len(threads), None, None]),
+            None, ["thread"] * n_threads, list(range(n_threads)), [r[0] for r in threads], [r[2] for r in threads],
+            None, None, [r[1] for r in threads], [r[3] for r in threads], [1] + [0] * (n_threads - 1), None, None]),
         "process": (n_processes, "roooozzzzzzzzz", [
-            None, ["process"] * n_processes, list(range(n_processes)), [0] + list(processes),
-            [None] + [v[0] for v in processes.values()], None, None, None, None, None, None, None, None, None]),
+            None, ["process"] * n_processes, list(range(n_processes)), [r[0] for r in processes],
+            [r[1] for r in processes], None, None, None, None, None, None, None, None, None]),
     }
-    for table, rows in owned.items():
-        if rows:
-            width = len(rows[0])
-            columns[table] = (len(rows), "o" * width, [[r[j] for r in rows] for j in range(width)])
+    for table, owned_rows in owned.items():
+        if owned_rows:
+            width = len(owned_rows[0])
+            columns[table] = (len(owned_rows), "o" * width, [[r[j] for r in owned_rows] for j in range(width)])
     return columns
 
 

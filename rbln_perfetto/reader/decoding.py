@@ -53,10 +53,10 @@ def _reserve_track(tables: TraceTables, d: pt.TrackDescriptor, stats, parse_ts: 
     or any name on a SIBLING_MERGE_BEHAVIOR_NONE track. A thread or process it names is listed with
     `parse_ts` (when trace_processor's sorter parses the packet) in `tables.owner_descriptors`."""
     if d.HasField("thread"):
-        tables.owner_descriptors.append((parse_ts, len(tables.owner_descriptors),
+        tables.owner_descriptors.append((parse_ts, len(tables.owner_descriptors), d.uuid,
                                          ("thread", d.thread.pid, d.thread.tid, as_text(d.thread.thread_name) or None)))
     elif d.HasField("process"):
-        tables.owner_descriptors.append((parse_ts, len(tables.owner_descriptors),
+        tables.owner_descriptors.append((parse_ts, len(tables.owner_descriptors), d.uuid,
                                          ("process", d.process.pid, as_text(d.process.process_name) or None)))
     name = as_text(d.name if d.HasField("name") else d.static_name) or None  # ("" is no name there too)
     parent = d.parent_uuid or None

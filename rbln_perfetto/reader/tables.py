@@ -64,8 +64,8 @@ class TraceTables:
     flows: list[tuple[int, int]] = field(default_factory=list)
     stats: dict[str, int] = field(default_factory=lambda: defaultdict(int))
     # Every track descriptor packet that names a thread or a process, as (time trace_processor parses it at,
-    # file position, ("thread", pid, tid, name) or ("process", pid, name)): the thread and process tables
-    # are filled in that order (see query.sqlite_tables)
+    # file position, track uuid, ("thread", pid, tid, name) or ("process", pid, name)): the thread and process
+    # tables are filled in that order (see reader.threads)
     owner_descriptors: list[tuple] = field(default_factory=list)
 
     @property
