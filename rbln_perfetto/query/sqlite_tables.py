@@ -163,7 +163,7 @@ def table_columns(t: TraceTables) -> dict[str, tuple[int, str, list]]:
         "__string": (len(t.strings), "ro", [None, list(t.strings)]),
         "track": (len(tracks), "roooooo", [
             None, [tr.name for tr in tracks], [tr.type for tr in tracks],
-            [None if tr.parent_uuid is None else t.tracks[tr.parent_uuid].id for tr in tracks],
+            [None if tr.shown_parent is None else t.tracks[tr.shown_parent].id for tr in tracks],
             ["counter" if tr.is_counter else "slice" for tr in tracks], [tr.unit or None for tr in tracks],
             [tr.description or None for tr in tracks]]),
         "counter": (len(t.counter_ts), "riifz", [
@@ -191,7 +191,7 @@ def _thread_process_columns(t: TraceTables, tracks: list) -> dict:
         if owner is None:
             continue
         by_thread = owner.thread is not None
-        parent = None if tr.parent_uuid is None else t.tracks[tr.parent_uuid].id
+        parent = None if tr.shown_parent is None else t.tracks[tr.shown_parent].id
         row = [tr.id, tr.name, tr.type, parent, None, None]
         if tr.is_counter:
             row += [tr.unit or None, tr.description or None]

@@ -22,6 +22,7 @@ string and argument set is decoded once; slices are built with numpy (`slices`).
 
 Modules: `tables` (what a read trace holds), `decoding` (packets -> event columns, one at a time),
 `scanned_batches` (batches of scanned packets -> event columns), `read_state` (what a pass accumulates),
+`merged_tracks` (sibling tracks trace_processor merges), `threads` (the thread and process tables),
 `sequence_state`, `columns`, `debug_args`, `clocks`, `memory`, `scanner`, `packet_view`, `slices`, `track_names`, `diagnosis` (what is wrong
 with a file as a trace: the messages both query backends give).
 """
@@ -39,6 +40,7 @@ from ..errors import TraceReadError
 from .decoding import PacketDecoder
 from .diagnosis import EMPTY, UNFINISHED_SLICES, describe_non_trace
 from .memory import keep_big_arrays_mmapped
+from .merged_tracks import merge_sibling_tracks
 from .scanner import SCANNER, scanner_available
 from .slices import build_slices
 from .tables import TraceTables, Track
@@ -74,9 +76,11 @@ def read_tables(path: str | os.PathLike, *, scanner="auto") -> TraceTables:
     declared = set(tables.tracks)  # (tracks with a descriptor; build_slices adds the others)
     flow_events, counters, match_ends = decoder.flow_events, columns.counters(), decoder.matched_ends > 0
     del decoder  # (its caches; the event columns are taken out of `columns` one at a time)
-    events = {k: columns.column(k) for k in ("ts", "track", "name_prefix", "name_id")}
+    events = {k: columns.column(k) for k in ("ts", "track", "name_prefix", "name_id", "type")}
+    events["track"] = merge_sibling_tracks(tables, events["ts"], events["track"], events["type"],
+                                           events["name_prefix"], events["name_id"])
     first_names = first_event_names(tables, events["ts"], events["track"], events["name_prefix"], events["name_id"])
-    events.update((k, columns.column(k)) for k in ("type", "cat_id", "argset"))
+    events.update((k, columns.column(k)) for k in ("cat_id", "argset"))
     del columns
     build_slices(tables, events, counters, flow_events, match_ends)
     name_tracks(tables, declared, first_names)

@@ -27,11 +27,11 @@ def _assign_track_id(tables: TraceTables, uuid: int) -> None:
             break
         if uuid in seen:
             tables.stats["track_descriptor_parent_cycle"] += 1
-            chain[-1].parent_uuid = None
+            chain[-1].parent_uuid = chain[-1].parent_track = None
             break
         seen.add(uuid)
         chain.append(t)
-        uuid = t.parent_uuid
+        uuid = t.shown_parent
     for t in reversed(chain):
         t.first_used_as_parent = t is not chain[0]  # (trace_processor then names it without an event name)
         t.id = len(tables.used_tracks)
