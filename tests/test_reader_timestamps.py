@@ -140,3 +140,50 @@ def test_an_explicit_zero_timestamp_is_a_timestamp(tmp_path, scanner):
     t = read_tables(trace, scanner=scanner)
     assert t.slice_ts.tolist() == [0] * RUN
     assert "track_event_missing_timestamp" not in t.stats
+
+
+# ---------------------------------------------------------------- clock snapshots after their events
+
+
+def _on_clock(name: str, ts: int, clock: int, **fields) -> pt.TracePacket:
+    p = _event(name, ts=ts)
+    p.timestamp_clock_id = clock
+    for key, value in fields.items():
+        setattr(p.track_event, key, value)
+    return p
+
+
+@pytest.mark.parametrize("scanner", SCANNERS)
+def test_events_before_their_clocks_snapshot_are_converted_at_the_end_of_the_file(tmp_path, scanner):
+    # trace_processor defers them (eof_deferred_packets_) and converts them through every snapshot
+    packets = [_first()] + [_on_clock(f"e{i}", 1000 + 10 * i, MONOTONIC) for i in range(RUN)]
+    packets += [_event("boot", ts=50), _snapshot(1300, 1000), _snapshot(5100, 1050)]  # 300 ahead, then 4050
+    t = read_tables(_write(tmp_path / "t.pb", packets), scanner=scanner)
+    want = sorted([50] + [1000 + 10 * i + (4050 if 1000 + 10 * i >= 1050 else 300) for i in range(RUN)])
+    assert t.slice_ts.tolist() == want
+    assert not dict(t.stats)
+
+
+@pytest.mark.parametrize("scanner", SCANNERS)
+def test_a_deferred_event_reads_its_sequences_state_at_the_end_of_the_file(tmp_path, scanner):
+    # its interned name is looked up in the sequence's state when it is tokenized: at the end of the file
+    early = _on_clock("x", 1000, MONOTONIC)
+    early.track_event.ClearField("name")
+    early.track_event.name_iid = 1
+    first, again = _first(), _first()
+    first.interned_data.event_names.add(iid=1, name="old")
+    again.interned_data.event_names.add(iid=1, name="new")
+    snapshot = _snapshot(1300, 1000)
+    snapshot.trusted_packet_sequence_id = 2  # (not clearing sequence 1 again)
+    trace = _write(tmp_path / "t.pb", [first, early, again, snapshot])
+    t = read_tables(trace, scanner=scanner)
+    assert t.slice_ts.tolist() == [1300]
+    assert t.slice_name == ["new"]
+
+
+@pytest.mark.parametrize("scanner", SCANNERS)
+def test_events_whose_clock_no_snapshot_ever_links_are_dropped_and_counted(tmp_path, scanner):
+    packets = [_first()] + [_on_clock(f"e{i}", 1000 + i, MONOTONIC) for i in range(RUN)] + [_event("b", ts=5)]
+    t = read_tables(_write(tmp_path / "t.pb", packets), scanner=scanner)
+    assert t.slice_ts.tolist() == [5]
+    assert t.stats["clock_sync_failure_unknown_source_clock"] == RUN  # (once each, at the end of the file)

@@ -23,7 +23,6 @@ import warnings
 import numpy as np
 
 from ..reader import TraceTables
-from ..reader.clocks import LATE_SNAPSHOT
 from ..reader.slices import FLOW_INTO_EARLIER_SLICE
 from ..reader.threads import thread_process_rows
 from ..reader.track_names import THREAD_PROCESS_TRACKS
@@ -86,9 +85,6 @@ _DESCRIPTION = {
     UNFINISHED_SLICES: "Slices that begin and never end (dur = -1): the trace was cut short, or its producer stopped "
                        "mid-slice. Added by rbln-perfetto's embedded backend; trace_processor v58.2 shows them only as "
                        "dur = -1.",
-    LATE_SNAPSHOT: "Events dropped because the clock snapshot linking their clock to BOOTTIME comes only later in "
-                   "the file; trace_processor converts them through it. Read this trace with the trace_processor "
-                   "backend.",
     FLOW_INTO_EARLIER_SLICE: "Flows an END event carries into the slice it ends where that slice began before the "
                              "flow's previous one; trace_processor v58.2 gives those the other way round. Read this "
                              "trace with the trace_processor backend.",

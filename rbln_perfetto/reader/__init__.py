@@ -4,7 +4,9 @@ Follows trace_processor's semantics for what rbln-perfetto writes and what its r
 exercise: sequence-scoped interning (event names, categories, annotation names, annotation string
 values), incremental-state clearing, `TracePacketDefaults` (timestamp clock, default track), clock
 snapshots with builtin and sequence-scoped (incremental) clocks converted to BOOTTIME through the
-snapshot at or before each timestamp, zlib `compressed_packets`, events sorted by timestamp (stable)
+snapshot at or before each timestamp (events before their clock's first snapshot deferred to the end of
+the file), legacy microsecond timestamps, sibling tracks merged by name as trace_processor places them,
+zlib `compressed_packets`, events sorted by timestamp (stable)
 before slices are built, begin/end stacks per track (END events matched by name and category, instants
 kept on the stack as trace_processor's SliceTracker does), v1 and v2 flow ids, counter tracks, debug
 annotations (and legacy JSON values) as `debug.<name>` args with identical argument sets shared, thread
@@ -67,7 +69,7 @@ def read_tables(path: str | os.PathLike, *, scanner="auto") -> TraceTables:
     if not decoder.top_level_packets:
         raise TraceReadError(f"{path}: {describe_non_trace(data)}")  # (framing that holds no packet)
     del data
-    decoder.clocks.count_refusals()
+    decoder.read_deferred()
     columns = decoder.columns
     if columns.count == 0 and not tables.tracks and any(k.startswith("unsupported_packet_field:") for k in tables.stats):
         found = ", ".join(f"{k.split(':', 1)[1]} x{v}" for k, v in tables.stats.items() if k.startswith("unsupported"))

@@ -99,6 +99,15 @@ class PacketDecoder(ReadState):
         self.event_cache: dict[bytes, tuple] = {}  # TrackEvent bytes -> its decoded fields
         self.top_level_packets = 0
 
+    def read_deferred(self) -> None:
+        """The end of the file: the TrackEvent packets whose clock no snapshot linked to BOOTTIME when they came
+        are converted now, through every snapshot, and tokenized with their sequences' state as it is now;
+        those still unlinked are dropped and counted (trace_processor's eof_deferred_packets_)."""
+        self.at_eof = True
+        deferred, self.deferred = self.deferred, []
+        for p, seq_id in deferred:
+            self.tokenize_event(p, seq_id)
+
     def packet_time(self, p, seq, seq_id: int) -> int | None:
         """The packet's timestamp converted to BOOTTIME (None: no snapshot links its clock); the latest one
         so far is kept in `latest_ts`, as trace_processor's reader keeps it for packets without one."""
@@ -202,7 +211,10 @@ class PacketDecoder(ReadState):
         if not te:
             if p.track_descriptor:
                 # (parsed at its own time, or at the latest one read before it, as trace_processor's sorter does)
-                own = self.packet_time(p, seq, seq_id) if p.HasField("timestamp") else None
+                own = None
+                if p.HasField("timestamp") and self.clocks.has_path(p.timestamp_clock_id or seq.clock_id or BOOTTIME,
+                                                                     seq_id):
+                    own = self.packet_time(p, seq, seq_id)
                 _reserve_track(tables, pt.TrackDescriptor.FromString(p.track_descriptor), stats,
                                self.latest_ts if own is None else own)
             else:  # (sequence flags, defaults or interned data may come with a payload it does not read)
@@ -211,8 +223,18 @@ class PacketDecoder(ReadState):
         if flags & SEQ_NEEDS_STATE and not seq.valid:
             stats["tokenizer_skipped_packets"] += 1
             return
+        self.tokenize_event(p, seq_id)
+
+    def tokenize_event(self, p, seq_id: int) -> None:
+        """A TrackEvent packet's time and event, with its sequence's state as it is now (at the end of the file
+        for a deferred one, as trace_processor's TimestampTokenizeAndPushToSorter)."""
+        stats, te, seq = self.stats, p.track_event, self.sequences[seq_id]
         ts = None
         if p.HasField("timestamp"):  # (without one trace_processor converts nothing: the event may have its own)
+            clock = p.timestamp_clock_id or seq.clock_id or BOOTTIME
+            if not self.at_eof and not self.clocks.has_path(clock, seq_id):
+                self.deferred.append((p, seq_id))  # (converted at the end of the file: see read_deferred)
+                return
             ts = self.packet_time(p, seq, seq_id)
             if ts is None:
                 stats["clock_sync_failure_undeferrable_packet_loss"] += 1

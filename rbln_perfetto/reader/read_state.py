@@ -47,6 +47,8 @@ class ReadState:
         # slice builder (see slices)
         self.matched_ends = 0
         self.latest_ts = 0  # the latest packet time read (converted), trace_processor's `latest_timestamp_`
+        self.deferred: list[tuple] = []  # (packet, sequence id) of TrackEvents whose clock had no path yet
+        self.at_eof = False  # (then a clock without a path drops its event: see decoding.read_deferred)
 
     def intern(self, s: str) -> int:
         s = as_text(s)  # (a C string in trace_processor: up to its first NUL)
