@@ -1,7 +1,8 @@
 """Sibling tracks trace_processor merges (same parent, same name, the default SIBLING_MERGE_BEHAVIOR_BY_TRACK_NAME),
 placed as its TrackCompressor places them (each track uuid a "cookie": the set's track it holds, else the
-first with no slice open, else a new one; a child's parent_id is its merged parent's first track), each case
-built from real protobuf packets and read through the embedded backend on both of the reader's paths."""
+first with no slice open, else a new one; a child's parent_id is its merged parent's first track), and flows
+between slices ordered as its FlowTracker orders them; each case built from real protobuf packets and read
+through the embedded backend on both of the reader's paths."""
 
 from __future__ import annotations
 
@@ -119,3 +120,18 @@ def test_a_child_of_a_merged_parent_hangs_under_the_sets_first_track(tmp_path, s
                                              (1, "c", "global_merged_track_event", 0),
                                              (2, "G", "global_merged_track_event", -1)]
     assert _rows(trace, SLICES, scanner) == [(10, 30, 0, "g1"), (20, 10, 1, "c1"), (25, 0, 2, "g2")]
+
+
+@pytest.mark.parametrize("scanner", SCANNERS)
+def test_a_flow_an_end_carries_into_an_earlier_slice_goes_from_that_slice(tmp_path, scanner):
+    # FlowTracker::End links the flow's last slice (b, at 20) and the slice the END ends (a, at 10): the one
+    # that began first is slice_out
+    begin_b = _event(20, BEGIN, 2, "b")
+    begin_b.track_event.flow_ids.append(7)
+    end_a = _event(30, END, 1)
+    end_a.track_event.terminating_flow_ids.append(7)
+    packets = [_track(1, "A"), _track(2, "B"), _event(10, BEGIN, 1, "a"), begin_b, end_a, _event(40, END, 2)]
+    trace = _write(tmp_path / "t.pb", packets)
+    flows = ("select s.name as out_name, t.name as in_name from flow f join slice s on s.id = f.slice_out "
+             "join slice t on t.id = f.slice_in")
+    assert _rows(trace, flows, scanner) == [("a", "b")]

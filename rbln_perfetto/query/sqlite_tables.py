@@ -23,7 +23,6 @@ import warnings
 import numpy as np
 
 from ..reader import TraceTables
-from ..reader.slices import FLOW_INTO_EARLIER_SLICE
 from ..reader.threads import thread_process_rows
 from ..reader.track_names import THREAD_PROCESS_TRACKS
 from ..reader.debug_args import Pointer, Uint
@@ -85,9 +84,6 @@ _DESCRIPTION = {
     UNFINISHED_SLICES: "Slices that begin and never end (dur = -1): the trace was cut short, or its producer stopped "
                        "mid-slice. Added by rbln-perfetto's embedded backend; trace_processor v58.2 shows them only as "
                        "dur = -1.",
-    FLOW_INTO_EARLIER_SLICE: "Flows an END event carries into the slice it ends where that slice began before the "
-                             "flow's previous one; trace_processor v58.2 gives those the other way round. Read this "
-                             "trace with the trace_processor backend.",
     THREAD_PROCESS_TRACKS: "Tracks whose descriptor (or an ancestor's) names a thread or a process: trace_processor "
                            "makes them thread or process tracks, typed and named its own way. Read this trace with "
                            "the trace_processor backend.",
