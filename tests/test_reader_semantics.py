@@ -291,3 +291,25 @@ def test_thread_and_process_descriptors_fill_the_thread_and_process_tables(tmp_p
     stats = dict(_rows(trace, "select name, value from stats"))
     assert stats["unsupported_thread_or_process_tracks"] == 2
     json.dumps(stats)  # (plain values)
+
+
+@pytest.mark.parametrize("scanner", SCANNERS)
+def test_events_without_a_type_or_of_an_unknown_type_are_parser_errors_off_thread_tracks(tmp_path, scanner):
+    # TrackEventEventImporter: "TrackEvent without type or phase", and an unknown type is a "raw legacy
+    # event without thread association" on a global track: both dropped, counted in track_event_parser_errors
+    thread = pt.TrackDescriptor()
+    thread.thread.pid, thread.thread.tid = 10, 11
+    packets = [_first(), _track(7, "plain"), _track(8, thread=thread.thread)]
+    packets += [_event(100 + i, TE.TYPE_UNSPECIFIED, track=7) for i in range(RUN)]
+
+    def unknown_type(ts, track):  # (type 9: protobuf's Python classes refuse to set an unknown enum value)
+        p = pt.TracePacket(trusted_packet_sequence_id=1, timestamp=ts)
+        p.track_event.MergeFromString(pt.TrackEvent(track_uuid=track, name="u").SerializeToString() + b"\x48\x09")
+        return p
+
+    packets += [unknown_type(200 + i, 7) for i in range(RUN)]
+    packets += [unknown_type(300, 8), _event(400, INSTANT, track=7)]  # (on a thread's track: its raw table)
+    t = read_tables(_write(tmp_path / "t.pb", packets), scanner=scanner)
+    assert t.stats["track_event_parser_errors"] == 2 * RUN
+    assert not [k for k in t.stats if k.startswith("unsupported")]
+    assert t.slice_ts.tolist() == [400]
