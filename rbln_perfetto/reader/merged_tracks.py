@@ -20,6 +20,7 @@ process descriptor are refused anyway (`track_names.THREAD_PROCESS_TRACKS`)."""
 
 from __future__ import annotations
 
+import heapq
 from collections import defaultdict
 
 import numpy as np
@@ -59,11 +60,14 @@ def _intern_positions(tables: TraceTables, first_pos: dict) -> tuple[dict, dict]
 
 class _SetTracks:
     """The tracks of the merged sets, as trace_processor's TrackCompressor keeps them: per set, a list of
-    [holder uuid or None, nest count, the track's new uuid]."""
+    [holder uuid or None, nest count, the track's new uuid, its index], with the holders' tracks by uuid and
+    a heap of the indexes of tracks with no slice open (checked when popped)."""
 
     def __init__(self, tables: TraceTables, sets: dict):
         self.tables, self.set_of = tables, {u: key for key, members in sets.items() for u in members}
         self.states: dict[tuple, list] = {key: [] for key in sets}
+        self.held: dict[tuple, dict] = {key: {} for key in sets}  # set -> {holder uuid: its track}
+        self.free: dict[tuple, list] = {key: [] for key in sets}  # set -> heap of indexes with nest 0
         self.free_uuids = (u for u in range(2**64 - 1, 0, -1) if u not in tables.tracks)
 
     def new(self, key: tuple, cookie) -> list:
@@ -71,27 +75,43 @@ class _SetTracks:
         uuid = next(self.free_uuids)
         shown = self.first(self.set_of[parent]) if parent in self.set_of else parent
         self.tables.tracks[uuid] = Track(uuid, key[1], parent, merged=True, parent_track=shown)
-        state = [cookie, 0, uuid]
+        state = [cookie, 0, uuid, len(self.states[key])]
         self.states[key].append(state)
+        self.held[key][cookie] = state
+        heapq.heappush(self.free[key], state[3])
         return state
 
     def first(self, key: tuple) -> int:
         """TrackCompressor::DefaultTrack: the set's first track (a new one, held by none, if it has none)."""
         return (self.states[key][0] if self.states[key] else self.new(key, None))[2]
 
+    def _first_free(self, key: tuple) -> list | None:
+        free, states = self.free[key], self.states[key]
+        while free:
+            state = states[free[0]]
+            if state[1] == 0:
+                return state
+            heapq.heappop(free)  # (no longer free: pushed again when it is)
+        return None
+
     def place(self, key: tuple, cookie: int, kind: int) -> int:
         """The new uuid of the track an event of `kind` of track `cookie` goes to (GetOrCreateTrackForCookie)."""
-        state = next((s for s in self.states[key] if s[0] == cookie), None)
+        held = self.held[key]
+        state = held.get(cookie)
         if state is None:
-            state = next((s for s in self.states[key] if s[1] == 0), None)
+            state = self._first_free(key)
             if state is not None:
+                held.pop(state[0], None)
                 state[0] = cookie
+                held[cookie] = state
             else:
                 state = self.new(key, cookie)
         if kind == SLICE_BEGIN:
             state[1] += 1
         elif kind == SLICE_END and state[1] > 0:
             state[1] -= 1
+            if state[1] == 0:
+                heapq.heappush(self.free[key], state[3])
         return state[2]
 
 
@@ -151,13 +171,19 @@ def merge_sibling_tracks(tables: TraceTables, ts, tracks, kinds, name_prefix, na
     members = np.flatnonzero(np.isin(in_order, np.asarray(list(placed.set_of), dtype=in_order.dtype)))
     out = tracks.copy()
     kinds_in_order = kinds[order]
-    for pos in sorted(set(asks) | set(members.tolist())):
-        for parent in sorted(asks.get(pos, ()), key=lambda u: _depth(tables, u)):
-            placed.first(placed.set_of[parent])
-        key = placed.set_of.get(int(in_order[pos]))
-        kind = int(kinds_in_order[pos])
+    positions = sorted(set(asks) | set(members.tolist()))
+    uuid_at, kind_at = in_order[positions].tolist(), kinds_in_order[positions].tolist()
+    placements = []
+    for pos, uuid, kind in zip(positions, uuid_at, kind_at):
+        if pos in asks:
+            for parent in sorted(asks[pos], key=lambda u: _depth(tables, u)):
+                placed.first(placed.set_of[parent])
+        key = placed.set_of.get(uuid)
         if key is not None and kind in (SLICE_BEGIN, SLICE_END, INSTANT):
-            out[order[pos]] = placed.place(key, int(in_order[pos]), kind)
+            placements.append((pos, placed.place(key, uuid, kind)))
+    if placements:
+        where, new_uuids = zip(*placements)
+        out[order[np.asarray(where)]] = np.asarray(new_uuids, dtype=np.uint64)
     # Tracks under a merged parent show its set's first track as their parent.
     for parent, kids in children.items():
         if parent in placed.set_of:
