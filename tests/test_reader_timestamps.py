@@ -187,3 +187,16 @@ def test_events_whose_clock_no_snapshot_ever_links_are_dropped_and_counted(tmp_p
     t = read_tables(_write(tmp_path / "t.pb", packets), scanner=scanner)
     assert t.slice_ts.tolist() == [5]
     assert t.stats["clock_sync_failure_unknown_source_clock"] == RUN  # (once each, at the end of the file)
+
+
+@pytest.mark.parametrize("scanner", SCANNERS)
+def test_streaming_profile_packets_are_refused_with_a_warning(tmp_path, scanner):
+    # their delta-encoded timestamps (and the legacy sequence time they advance) are not read: refused, even on
+    # a packet that also carries sequence flags
+    p = _first()
+    p.streaming_profile_packet.callstack_iid.append(1)
+    p.streaming_profile_packet.timestamp_delta_us.append(2**62)
+    trace = _write(tmp_path / "t.pb", [p, _event("plain", ts=10)])
+    rows, warned = _query(trace, "select name, value from stats where name like 'unsupported%'")
+    assert rows == [("unsupported_packet_field:streaming_profile_packet", 1)]
+    assert any("streaming_profile_packet" in w and "\n" not in w for w in warned)
