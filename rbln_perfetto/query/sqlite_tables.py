@@ -23,8 +23,7 @@ import warnings
 import numpy as np
 
 from ..reader import TraceTables
-from ..reader.clocks import LATE_SNAPSHOT
-from ..reader.slices import FLOW_INTO_EARLIER_SLICE
+from ..reader.threads import thread_process_rows
 from ..reader.track_names import THREAD_PROCESS_TRACKS
 from ..reader.debug_args import Pointer, Uint
 from ..reader.diagnosis import UNFINISHED_SLICES
@@ -52,9 +51,10 @@ CREATE VIEW args AS
   FROM __arg a JOIN __arg_value v ON v.id = a.value_id;
 CREATE TABLE stats(name TEXT, idx INT, severity TEXT, source TEXT, value INT, description TEXT);
 CREATE TABLE thread(id INTEGER PRIMARY KEY, type TEXT, utid INT, tid INT, name TEXT, start_ts INT, end_ts INT,
-                    upid INT, is_main_thread INT, machine_id INT);
+                    upid INT, is_main_thread INT, is_idle INT, machine_id INT, arg_set_id INT);
 CREATE TABLE process(id INTEGER PRIMARY KEY, type TEXT, upid INT, pid INT, name TEXT, start_ts INT, end_ts INT,
-                     parent_upid INT, uid INT, android_appid INT, cmdline TEXT, arg_set_id INT, machine_id INT);
+                     parent_upid INT, uid INT, android_appid INT, android_user_id INT, cmdline TEXT, arg_set_id INT,
+                     machine_id INT);
 -- (the track tables' ids are track ids, not row numbers)
 CREATE TABLE thread_track(id INT, name TEXT, type TEXT, parent_id INT, source_arg_set_id INT,
                           machine_id INT, utid INT);
@@ -76,6 +76,7 @@ SEVERITY = {
     "tokenizer_skipped_packets": "data_loss",
     "interned_data_skipped_incremental_state_invalid": "data_loss",
     "track_event_parser_errors": "info",
+    "track_event_skipped_timestamp_delta_without_valid_state": "info",  # (trace_processor: kNotice)
     UNFINISHED_SLICES: "data_loss",
 }
 # Descriptions of the stats trace_processor does not have.
@@ -83,12 +84,6 @@ _DESCRIPTION = {
     UNFINISHED_SLICES: "Slices that begin and never end (dur = -1): the trace was cut short, or its producer stopped "
                        "mid-slice. Added by rbln-perfetto's embedded backend; trace_processor v58.2 shows them only as "
                        "dur = -1.",
-    LATE_SNAPSHOT: "Events dropped because the clock snapshot linking their clock to BOOTTIME comes only later in "
-                   "the file; trace_processor converts them through it. Read this trace with the trace_processor "
-                   "backend.",
-    FLOW_INTO_EARLIER_SLICE: "Flows an END event carries into the slice it ends where that slice began before the "
-                             "flow's previous one; trace_processor v58.2 gives those the other way round. Read this "
-                             "trace with the trace_processor backend.",
     THREAD_PROCESS_TRACKS: "Tracks whose descriptor (or an ancestor's) names a thread or a process: trace_processor "
                            "makes them thread or process tracks, typed and named its own way. Read this trace with "
                            "the trace_processor backend.",
@@ -160,7 +155,7 @@ def table_columns(t: TraceTables) -> dict[str, tuple[int, str, list]]:
         "__string": (len(t.strings), "ro", [None, list(t.strings)]),
         "track": (len(tracks), "roooooo", [
             None, [tr.name for tr in tracks], [tr.type for tr in tracks],
-            [None if tr.parent_uuid is None else t.tracks[tr.parent_uuid].id for tr in tracks],
+            [None if tr.shown_parent is None else t.tracks[tr.shown_parent].id for tr in tracks],
             ["counter" if tr.is_counter else "slice" for tr in tracks], [tr.unit or None for tr in tracks],
             [tr.description or None for tr in tracks]]),
         "counter": (len(t.counter_ts), "riifz", [
@@ -176,23 +171,11 @@ def table_columns(t: TraceTables) -> dict[str, tuple[int, str, list]]:
 
 
 def _thread_process_columns(t: TraceTables, tracks: list) -> dict:
-    """The thread and process tables from the tracks' thread and process descriptors (utids and upids in
-    the order the descriptors came), and the used tracks that belong to one (`descriptor_owner`), as
+    """The thread and process tables as trace_processor fills them from TrackEvent thread and process
+    descriptors (`reader.threads`), and the used tracks that belong to one (`descriptor_owner`), as
     thread/process (counter) tracks. (`state` stays empty: TYPE_STATE events on state tracks are refused.)"""
-    processes: dict[int, list] = {}  # pid -> [name, cmdline]
-    threads: dict[tuple, list] = {}  # (pid, tid) -> [name]
-    for tr in t.tracks.values():
-        if tr.process is not None:
-            pid, name, cmdline = tr.process
-            row = processes.setdefault(pid, [None, None])
-            row[0], row[1] = row[0] or name, row[1] or cmdline
-        if tr.thread is not None:
-            pid, tid, name = tr.thread
-            processes.setdefault(pid, [None, None])
-            row = threads.setdefault((pid, tid), [None])
-            row[0] = row[0] or name
-    upid = {pid: i for i, pid in enumerate(processes)}
-    utid = {key: i for i, key in enumerate(threads)}
+    rows = thread_process_rows(t)
+    threads, processes = rows.threads, rows.processes
     owned: dict[str, list] = {"thread_track": [], "process_track": [], "thread_counter_track": [],
                               "process_counter_track": []}
     for tr in tracks:
@@ -200,26 +183,25 @@ def _thread_process_columns(t: TraceTables, tracks: list) -> dict:
         if owner is None:
             continue
         by_thread = owner.thread is not None
-        parent = None if tr.parent_uuid is None else t.tracks[tr.parent_uuid].id
+        parent = None if tr.shown_parent is None else t.tracks[tr.shown_parent].id
         row = [tr.id, tr.name, tr.type, parent, None, None]
         if tr.is_counter:
             row += [tr.unit or None, tr.description or None]
-        row.append(utid[owner.thread[:2]] if by_thread else upid[owner.process[0]])
+        row.append(rows.utid_of.get(owner.uuid) if by_thread else rows.upid_of.get(owner.uuid))
         owned[f"{'thread' if by_thread else 'process'}{'_counter' if tr.is_counter else ''}_track"].append(row)
+    n_threads, n_processes = len(threads), len(processes)
     columns = {
-        "thread": (len(threads), "roooozzooz", [
-            None, ["thread"] * len(threads), list(range(len(threads))), [tid for _, tid in threads],
-            [v[0] for v in threads.values()], None, None, [upid[pid] for pid, _ in threads],
-            [int(pid == tid) for pid, tid in threads], None]),
-        "process": (len(processes), "roooozzzzzozz", [
-            None, ["process"] * len(processes), list(range(len(processes))), list(processes),
-            [v[0] for v in processes.values()], None, None, None, None, None, [v[1] for v in processes.values()],
-            None, None]),
+        "thread": (n_threads, "roooozzooozz", [
+            None, ["thread"] * n_threads, list(range(n_threads)), [r[0] for r in threads], [r[2] for r in threads],
+            None, None, [r[1] for r in threads], [r[3] for r in threads], [1] + [0] * (n_threads - 1), None, None]),
+        "process": (n_processes, "roooozzzzzzzzz", [
+            None, ["process"] * n_processes, list(range(n_processes)), [r[0] for r in processes],
+            [r[1] for r in processes], None, None, None, None, None, None, None, None, None]),
     }
-    for table, rows in owned.items():
-        if rows:
-            width = len(rows[0])
-            columns[table] = (len(rows), "o" * width, [[r[j] for r in rows] for j in range(width)])
+    for table, owned_rows in owned.items():
+        if owned_rows:
+            width = len(owned_rows[0])
+            columns[table] = (len(owned_rows), "o" * width, [[r[j] for r in owned_rows] for j in range(width)])
     return columns
 
 
