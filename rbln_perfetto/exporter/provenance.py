@@ -12,7 +12,8 @@ capture, so exporting one capture twice gives the same bytes. In every trace fil
 - a `trace_uuid` packet (`metadata.trace_uuid`), derived from the run's identity and the file's
   name: the same for every export of the file, different for every file;
 - the `Run` track's one slice, `run <run id>`, spanning the file's events, with everything else
-  as its args (`debug.clock`, `debug.timing`, `debug.torch_version`, `debug.cpu_model`, ...).
+  as its args (`debug.clock`, `debug.timing`, `debug.torch_version`, `debug.cpu_model`, ...), each
+  logical device's profile among them (`debug.device_{d}_source`, `debug.device_{d}_peak_flops_per_s`, ...).
 
 A capture written before provenance existed exports without it (its fields are absent).
 """
@@ -48,6 +49,21 @@ def _timing(info) -> str:
     return "; ".join(f"device {d} ({torch_device}): {t}" for d, (torch_device, t) in sorted(timings.items()))
 
 
+# A device's profile (`pipeline.device_profiles`), as Run slice args `device_{d}_{name}`: the roofs that
+# `report roofline` reads back (`analysis.roofline.PROFILE_ARGS` names the same).
+PROFILE_FIELDS = ("source", "peak_flops_per_s", "mem_bandwidth_bytes_per_s", "capacity_bytes", "dtype", "label")
+
+
+def _profile_args(info) -> list[tuple[str, str | int | float]]:
+    """Each logical device's profile, the first pipeline's that gives one (as `_timing` takes devices)."""
+    profiles: dict[int, object] = {}
+    for pipe in info.pipelines:
+        for d in pipe.devices:
+            if d.HasField("profile"):
+                profiles.setdefault(d.logical, d.profile)
+    return [(f"device_{d}_{name}", getattr(p, name)) for d, p in sorted(profiles.items()) for name in PROFILE_FIELDS]
+
+
 def run_args(info) -> list[tuple[str, str | int | float]]:
     """The Run slice's args, in order, from a capture's `CaptureInfo`; what the capture lacks is left out."""
     h = info.header
@@ -64,6 +80,7 @@ def run_args(info) -> list[tuple[str, str | int | float]]:
                  ("cpu_count", host.cpu_count), ("usable_cpus", host.usable_cpus)]
         args += [(f"load_average_{m}m", round(v, 2)) for m, v in zip((1, 5, 15), host.load_average)]
         args.append(("python_version", host.python_version))
+    args += _profile_args(info)
     for k, pipe in enumerate(info.pipelines):
         suffix = f"_{k}" if k else ""  # a capture of several pipelines numbers the later ones' args
         args.append((f"model_dir{suffix}", pipe.model))
