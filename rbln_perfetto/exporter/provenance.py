@@ -26,7 +26,7 @@ import struct
 
 from perfetto.protos.perfetto.trace import perfetto_trace_pb2 as pt
 
-from ..naming import TRACING_SERVICE
+from ..naming import DEVICE_PROFILE_FIELDS, TRACING_SERVICE, device_profile_arg
 from ..proto_bytes import FieldNumber, f_bytes
 from .slice_packets import annotation, boottime_slice_packets
 from .tracks import RUN_TRACK
@@ -49,11 +49,6 @@ def _timing(info) -> str:
     return "; ".join(f"device {d} ({torch_device}): {t}" for d, (torch_device, t) in sorted(timings.items()))
 
 
-# A device's profile (`pipeline.device_profiles`), as Run slice args `device_{d}_{name}`: the roofs that
-# `report roofline` reads back (`analysis.roofline.PROFILE_ARGS` names the same).
-PROFILE_FIELDS = ("source", "peak_flops_per_s", "mem_bandwidth_bytes_per_s", "capacity_bytes", "dtype", "label")
-
-
 def _profile_args(info) -> list[tuple[str, str | int | float]]:
     """Each logical device's profile, the first pipeline's that gives one (as `_timing` takes devices)."""
     profiles: dict[int, object] = {}
@@ -61,7 +56,8 @@ def _profile_args(info) -> list[tuple[str, str | int | float]]:
         for d in pipe.devices:
             if d.HasField("profile"):
                 profiles.setdefault(d.logical, d.profile)
-    return [(f"device_{d}_{name}", getattr(p, name)) for d, p in sorted(profiles.items()) for name in PROFILE_FIELDS]
+    return [(device_profile_arg(d, name), getattr(p, name)) for d, p in sorted(profiles.items())
+            for name in DEVICE_PROFILE_FIELDS]
 
 
 def run_args(info) -> list[tuple[str, str | int | float]]:
