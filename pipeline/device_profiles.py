@@ -250,8 +250,9 @@ def measure(torch_device: str, dtype: str) -> DeviceProfile:
         copy_s = _best_seconds(lambda: dst.copy_(src), dev)
         bandwidth = 2 * size / copy_s
         del src, dst
+    load = f", load average {os.getloadavg()[0]:.1f}" if hasattr(os, "getloadavg") else ""
     label = (f"measured on {dev.type} ({_device_name(dev)}), {torch.get_num_threads()} threads, torch "
-             f"{torch.__version__}: {n}x{n} {dtype} matmul, {size // 2**20} MiB copy")
+             f"{torch.__version__}: {n}x{n} {dtype} matmul, {size // 2**20} MiB copy{load}")
     return DeviceProfile(peak, bandwidth, _capacity(dev), dtype, MEASURED, label)
 
 
