@@ -217,3 +217,30 @@ def test_roofline_plot_has_a_point_per_layer_and_a_roof_per_device(roofline_trac
         mine = table[table.submodule == sub]
         order = np.argsort(mine.time_ms.to_numpy(), kind="stable")
         assert list(np.diff(c.get_sizes()[order]) >= 0) == [True] * (len(order) - 1)
+
+
+def test_report_roofline_and_plot_from_the_command_line(roofline_traces, tmp_path, capsys):
+    import io
+
+    import pandas as pd
+
+    from rbln_perfetto.cli import main
+
+    path = roofline_traces["A", "merged"]
+    assert main(["report", "roofline", str(path), "--by", "submodule", "--csv"]) == 0
+    printed = pd.read_csv(io.StringIO(capsys.readouterr().out))
+    table = roofline(path, by="submodule")
+    assert list(printed.columns) == list(table.columns)
+    assert list(printed.submodule) == list(table.submodule)
+    assert printed.above_roof_ms.tolist() == pytest.approx(table.above_roof_ms.tolist())
+    assert main(["report", "roofline", str(path), "--top", "2"]) == 0
+    text = capsys.readouterr().out
+    assert len([line for line in text.splitlines() if line.startswith("rank ")]) == 2 + len(PROFILES_A)
+    assert "rank 1 device 1: measured profile" in text and "rank 0 device 0: given profile" in text
+    assert "bound: overhead when the roofline time is under 10% of the time" in text
+    assert main(["report", "roofline", str(path), "--by", "op"]) == 2
+    assert capsys.readouterr().err.strip().splitlines() == [
+        "rbln-perfetto report: error: by='op' is not valid; valid: layer, command, submodule"]
+    out = tmp_path / "roofline.png"
+    assert main(["plot", str(path), "--roofline", "-o", str(out)]) == 0
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

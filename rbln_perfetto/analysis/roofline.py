@@ -71,7 +71,7 @@ costed AS (
   SELECT c.unit, {layer_sql('c.name', 'c.command_index')} AS layer, c.command_index,
          extract_arg(c.arg_set_id, 'debug.submodule') AS submodule, extract_arg(c.arg_set_id, 'debug.op') AS op,
          c.dur, c.flops, c.bytes,
-         1e9 * max(c.flops / p.peak_flops_per_s, c.bytes / p.mem_bandwidth_bytes_per_s) AS roof_ns
+         1e9 * max(1.0 * c.flops / p.peak_flops_per_s, 1.0 * c.bytes / p.mem_bandwidth_bytes_per_s) AS roof_ns
   FROM cmd c LEFT JOIN profiles p ON p.unit = c.unit)
 SELECT unit, submodule, layer, op, command_index, count(*) AS calls, sum(dur) AS dur_ns,
        sum(flops) AS flops, sum(bytes) AS bytes, sum(roof_ns) AS roofline_ns,
