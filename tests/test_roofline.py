@@ -244,3 +244,16 @@ def test_report_roofline_and_plot_from_the_command_line(roofline_traces, tmp_pat
     out = tmp_path / "roofline.png"
     assert main(["plot", str(path), "--roofline", "-o", str(out)]) == 0
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_commands_without_flops_and_bytes_args_are_timed_but_not_costed(tmp_path):
+    from analysis_cases import fork_join_trace
+
+    from rbln_perfetto.errors import PlotError
+
+    path = fork_join_trace(tmp_path / "fork_join.pb")  # another writer's trace: commands carry no flops or bytes
+    table = roofline(path, by="submodule")
+    assert dict(zip(table.submodule, table.time_ms)) == pytest.approx({"text_encoder": 0.088, "text_encoder_3": 0.073})
+    assert table.flops.isna().all() and table.roofline_ms.isna().all() and set(table.bound) == {"unknown"}
+    with pytest.raises(PlotError, match="has no command with flops and bytes to plot"):
+        draw_roofline(path)

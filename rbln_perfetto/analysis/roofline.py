@@ -34,7 +34,6 @@ from .sources import opened
 
 BY = ("layer", "command", "submodule")
 OVERHEAD_EFFICIENCY = 0.10
-BOUNDS = ("compute", "memory", "overhead", "unknown")
 _ROOF_COLORS = ("black", "#d62728", "#7f7f7f", "#8c564b")  # one per device profile drawn
 # The Run slice args a device's profile is written as: debug.device_{d}_{field} (`naming.device_profile_arg`).
 _PREFIX = "debug." + device_profile_arg(0, "").removesuffix("0_")
@@ -148,11 +147,13 @@ def roofline(trace, *, by: str = "layer", top: int | None = None, backend: str =
     rows["unit"] = rows.unit.astype("int64")
     if by == "command":
         rows["command_index"] = rows.command_index.astype("int64")
-    # A sum over rows without a profile stays NaN (pandas would make it 0).
+    # A sum over rows without a profile (or without flops and bytes args) stays NaN (pandas would make it 0).
+    def whole(s):
+        return s.sum(min_count=len(s))
+
     sums = rows.groupby(keys, sort=False, dropna=False).agg(
-        commands=("calls", "sum"), dur_ns=("dur_ns", "sum"), flops=("flops", "sum"), bytes=("bytes", "sum"),
-        roofline_ns=("roofline_ns", lambda s: s.sum(min_count=len(s))),
-        above_ns=("above_ns", lambda s: s.sum(min_count=len(s)))).reset_index()
+        commands=("calls", "sum"), dur_ns=("dur_ns", "sum"), flops=("flops", whole), bytes=("bytes", whole),
+        roofline_ns=("roofline_ns", whole), above_ns=("above_ns", whole)).reset_index()
     prof = profiles[["unit", "peak_flops_per_s", "mem_bandwidth_bytes_per_s", "source"]].copy() if len(profiles) else \
         pd.DataFrame({"unit": pd.Series([], dtype="int64"), "peak_flops_per_s": pd.Series([], dtype=float),
                       "mem_bandwidth_bytes_per_s": pd.Series([], dtype=float), "source": pd.Series([], dtype=object)})
@@ -178,8 +179,8 @@ def roofline(trace, *, by: str = "layer", top: int | None = None, backend: str =
     out["bound"] = bound_of(out.flops, out.bytes, out.dur_ns, out.roofline_ns, out.peak_flops_per_s,
                             out.mem_bandwidth_bytes_per_s)
     out["device"] = [unit_label(u, merged) for u in out.unit]
-    out["flops"] = out.flops.astype("int64")
-    out["bytes"] = out.bytes.astype("int64")
+    out["flops"] = out.flops.round().astype("Int64")
+    out["bytes"] = out.bytes.round().astype("Int64")
     out = out.sort_values(["above_ns", "dur_ns", *keys], ascending=[False, False, *[True] * len(keys)],
                           na_position="last", kind="stable")
     columns = ["device", *keys[1:], "commands", *COLUMNS]
