@@ -64,7 +64,7 @@ def _rate(value: Any, key: str) -> float:
 
 
 def _bandwidth(value: Any, key: str) -> float:
-    """Bytes/s from a number or a size per second ('256GB/s', '1.5 TiB/s' is not a unit here: GB, GiB...)."""
+    """Bytes/s from a number or a size per second such as '256GB/s' (the units of `config.parse_size`)."""
     if isinstance(value, str):
         try:
             return float(parse_size(value.strip().removesuffix("/s"), key))
@@ -154,6 +154,7 @@ def from_config(cfg, device: int, torch_device: str) -> Callable[[], DeviceProfi
 
 
 def _cpu_model() -> str:
+    """As `rbln_perfetto.recorder.host_info` reads it for the capture (the pipeline imports no rbln_perfetto)."""
     try:
         with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
             for line in f:
