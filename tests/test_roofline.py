@@ -98,7 +98,8 @@ def test_roofline_per_layer_and_submodule_matches_the_slices(roofline_traces, pr
     with open_trace(path, backend=backend) as tr:
         for by, keys in (("layer", ("rank", "device", "submodule", "layer", "op")),
                          ("submodule", ("rank", "device", "submodule")),
-                         ("command", ("rank", "device", "submodule", "layer", "op", "command_index"))):
+                         ("command", ("rank", "device", "submodule", "layer", "op", "command_index")),
+                         ("device", ("rank", "device"))):
             table = roofline(tr, by=by)
             want = expected(path, profiles, keys)
             assert len(table) == len(want) > 0
@@ -192,7 +193,7 @@ def test_bound_rule():
 
 
 def test_bad_by_names_the_choices(roofline_traces):
-    with pytest.raises(UsageError, match=r"by='op' is not valid; valid: layer, command, submodule"):
+    with pytest.raises(UsageError, match=r"by='op' is not valid; valid: layer, command, submodule, device$"):
         roofline(roofline_traces["A", "single"], by="op")
 
 
@@ -240,7 +241,7 @@ def test_report_roofline_and_plot_from_the_command_line(roofline_traces, tmp_pat
     assert "bound: overhead when the roofline time is under 10% of the time" in text
     assert main(["report", "roofline", str(path), "--by", "op"]) == 2
     assert capsys.readouterr().err.strip().splitlines() == [
-        "rbln-perfetto report: error: by='op' is not valid; valid: layer, command, submodule"]
+        "rbln-perfetto report: error: by='op' is not valid; valid: layer, command, submodule, device"]
     out = tmp_path / "roofline.png"
     assert main(["plot", str(path), "--roofline", "-o", str(out)]) == 0
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

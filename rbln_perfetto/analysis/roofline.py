@@ -32,7 +32,7 @@ from ..naming import DEVICE_PROFILE_FIELDS, device_profile_arg, layer_sql
 from ..query.trace_model import DEVICE_TRACKS, RANK_STRIDE, in_category, is_command, own_name, unit_label, with_ctes
 from .sources import opened
 
-BY = ("layer", "command", "submodule")
+BY = ("layer", "command", "submodule", "device")
 OVERHEAD_EFFICIENCY = 0.10
 _ROOF_COLORS = ("black", "#d62728", "#7f7f7f", "#8c564b")  # one per device profile drawn
 # The Run slice args a device's profile is written as: debug.device_{d}_{field} (`naming.device_profile_arg`).
@@ -122,12 +122,13 @@ def bound_of(flops, nbytes, time_ns, roofline_ns, peak_flops_per_s, mem_bandwidt
 def _keys(by: str) -> list[str]:
     return {"command": ["unit", "submodule", "layer", "op", "command_index"],
             "layer": ["unit", "submodule", "layer", "op"],
-            "submodule": ["unit", "submodule"]}[by]
+            "submodule": ["unit", "submodule"],
+            "device": ["unit"]}[by]
 
 
 def roofline(trace, *, by: str = "layer", top: int | None = None, backend: str = "auto",
              tp_bin: str | None = None) -> pd.DataFrame:
-    """The roofline per `by` (layer, command or submodule) of a trace, ranked by time above the roof
+    """The roofline per `by` (layer, command, submodule or device) of a trace, ranked by time above the roof
     (first row: where the most time is lost); ties and rows without a profile by time.
 
     Columns: device (`device 0`, or `rank 1 device 1` in a merged trace), the keys of `by`

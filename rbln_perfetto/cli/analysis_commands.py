@@ -28,7 +28,7 @@ ANALYSES = {
     "idle": "idle time per device, each gap attributed to what the run did instead (" + ", ".join(CAUSES) + ")",
     "critical-path": "the chain of host work, invocations, commands and DMAs that sets the run's span",
     "variance": "per submodule / layer across repeated calls: mean, std, min, max, first vs rest, outliers",
-    "roofline": "per layer / command / submodule against its device's roofs: time above the roof (ranked), "
+    "roofline": "per layer / command / submodule / device against its device's roofs: time above the roof (ranked), "
                 "bound (compute, memory, overhead), MFU, MBU, achieved rates, arithmetic intensity",
 }
 
@@ -133,7 +133,7 @@ def add_analysis_commands(sub) -> None:
     r.add_argument("name", metavar="REPORT", help=f"one of: {', '.join([*ANALYSES, *REPORTS])}")
     r.add_argument("trace", help="a trace file or a run directory")
     r.add_argument("--by", help="critical-path: segment (default), element or layer; variance: submodule "
-                                "(default) or layer; roofline: layer (default), command or submodule")
+                                "(default) or layer; roofline: layer (default), command, submodule or device")
     r.add_argument("--top", type=bounded_int("a number of rows", 1, 10**9),
                    help="only the first N rows (critical-path: the N with the most time on the path)")
     r.add_argument("--min-gap", type=float, default=DEFAULT_MIN_GAP_MS, metavar="MS",
