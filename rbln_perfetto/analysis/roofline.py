@@ -55,29 +55,54 @@ GROUP BY rank, device
 ORDER BY rank, device
 """
 
-# One row per (unit, submodule, layer, op, command index): its calls' sums, each command's roofline
-# time its own (`max` of two values is SQLite's scalar max on both backends; NULL without a profile).
-_COMMANDS = with_ctes(DEVICE_TRACKS) + f""",
+
+def _commands_sql(per_command: bool) -> str:
+    """One row per (unit, submodule, layer, op[, command index]): its commands' sums, each command's
+    roofline time its own (`max` of two values is SQLite's scalar max on both backends; NULL without a
+    profile). As the canned reports do, a split op's commands are summed per op (and command index) first,
+    an integer key, so that only the ops, and the commands of no split op, are named (`naming.layer_sql`)."""
+    index = "c.command_index" if per_command else "NULL"
+    by_index = ", c.command_index" if per_command else ""
+    return with_ctes(DEVICE_TRACKS) + f""",
 profiles AS ({PROFILE_ROWS}),
-cmd AS (
-  SELECT d.unit, {own_name()} AS name, s.dur, s.arg_set_id,
-         extract_arg(s.arg_set_id, 'debug.command_index') AS command_index,
-         extract_arg(s.arg_set_id, 'debug.flops') AS flops,
-         extract_arg(s.arg_set_id, 'debug.bytes') AS bytes
-  FROM slice s JOIN device_tracks d ON d.track_id = s.track_id
-  WHERE {in_category('Compute')} AND {is_command()} AND s.dur >= 0),
 costed AS (
-  SELECT c.unit, {layer_sql('c.name', 'c.command_index')} AS layer, c.command_index,
-         extract_arg(c.arg_set_id, 'debug.submodule') AS submodule, extract_arg(c.arg_set_id, 'debug.op') AS op,
-         c.dur, c.flops, c.bytes,
-         1e9 * max(1.0 * c.flops / p.peak_flops_per_s, 1.0 * c.bytes / p.mem_bandwidth_bytes_per_s) AS roof_ns
-  FROM cmd c LEFT JOIN profiles p ON p.unit = c.unit)
-SELECT unit, submodule, layer, op, command_index, count(*) AS calls, sum(dur) AS dur_ns,
-       sum(flops) AS flops, sum(bytes) AS bytes, sum(roof_ns) AS roofline_ns,
-       sum(max(0, dur - roof_ns)) AS above_ns
-FROM costed
+  SELECT s.id, s.parent_id, s.depth, s.dur, s.arg_set_id, d.unit, d.prefix,
+         extract_arg(s.arg_set_id, 'debug.command_index') AS command_index,
+         extract_arg(s.arg_set_id, 'debug.flops') AS flops, extract_arg(s.arg_set_id, 'debug.bytes') AS bytes,
+         1e9 * max(1.0 * extract_arg(s.arg_set_id, 'debug.flops') / p.peak_flops_per_s,
+                   1.0 * extract_arg(s.arg_set_id, 'debug.bytes') / p.mem_bandwidth_bytes_per_s) AS roof_ns
+  FROM slice s JOIN device_tracks d ON d.track_id = s.track_id LEFT JOIN profiles p ON p.unit = d.unit
+  WHERE {in_category('Compute')} AND {is_command()} AND s.dur >= 0),
+split AS MATERIALIZED (
+  SELECT c.parent_id, c.unit, {index} AS command_index, min(c.arg_set_id) AS any_args, count(*) AS calls,
+         sum(c.dur) AS dur_ns, sum(c.flops) AS flops, sum(c.bytes) AS bytes, sum(c.roof_ns) AS roofline_ns,
+         sum(max(0, c.dur - c.roof_ns)) AS above_ns
+  FROM costed c WHERE c.depth > 0
+  GROUP BY c.parent_id{by_index}),
+ops AS (
+  SELECT o.parent_id, extract_arg(min(o.any_args), 'debug.submodule') AS submodule
+  FROM split o GROUP BY o.parent_id),
+op_names AS MATERIALIZED (
+  SELECT o.parent_id, o.submodule, {own_name('p')} AS layer, extract_arg(p.arg_set_id, 'debug.op') AS op
+  FROM ops o JOIN slice p ON p.id = o.parent_id JOIN device_tracks d ON d.track_id = p.track_id),
+named AS (
+  SELECT o.unit, n.submodule, n.layer, n.op, o.command_index, o.calls, o.dur_ns, o.flops, o.bytes,
+         o.roofline_ns, o.above_ns
+  FROM split o JOIN op_names n ON n.parent_id = o.parent_id
+  UNION ALL
+  SELECT c.unit, extract_arg(c.arg_set_id, 'debug.submodule'),
+         {layer_sql("substr(n.name, length(c.prefix) + 1)", "c.command_index")},
+         extract_arg(c.arg_set_id, 'debug.op'), {index}, 1, c.dur, c.flops, c.bytes, c.roof_ns,
+         max(0, c.dur - c.roof_ns)
+  FROM costed c JOIN slice n ON n.id = c.id WHERE c.depth = 0)
+SELECT unit, submodule, layer, op, command_index, sum(calls) AS calls, sum(dur_ns) AS dur_ns, sum(flops) AS flops,
+       sum(bytes) AS bytes, sum(roofline_ns) AS roofline_ns, sum(above_ns) AS above_ns
+FROM named
 GROUP BY unit, submodule, layer, op, command_index
 """
+
+
+_COMMANDS = {per_command: _commands_sql(per_command) for per_command in (False, True)}
 _MERGED = with_ctes(DEVICE_TRACKS) + "\nSELECT count(*) AS n FROM device_tracks WHERE prefix != ''"
 
 COLUMNS = ["time_ms", "roofline_ms", "above_roof_ms", "above_roof_pct", "bound", "roof_pct", "mfu_pct", "mbu_pct",
@@ -139,7 +164,7 @@ def roofline(trace, *, by: str = "layer", top: int | None = None, backend: str =
     if by not in BY:
         raise UsageError(f"by={by!r} is not valid; valid: {', '.join(BY)}")
     with opened(trace, backend, tp_bin) as tr:
-        rows = tr.query(_COMMANDS)
+        rows = tr.query(_COMMANDS[by == "command"])
         profiles = tr.query(PROFILE_ROWS)
         merged = int(tr.query(_MERGED).n.iloc[0]) > 0
     keys = _keys(by)
@@ -149,12 +174,9 @@ def roofline(trace, *, by: str = "layer", top: int | None = None, backend: str =
     if by == "command":
         rows["command_index"] = rows.command_index.astype("int64")
     # A sum over rows without a profile (or without flops and bytes args) stays NaN (pandas would make it 0).
-    def whole(s):
-        return s.sum(min_count=len(s))
-
-    sums = rows.groupby(keys, sort=False, dropna=False).agg(
-        commands=("calls", "sum"), dur_ns=("dur_ns", "sum"), flops=("flops", whole), bytes=("bytes", whole),
-        roofline_ns=("roofline_ns", whole), above_ns=("above_ns", whole)).reset_index()
+    sums = (rows.rename(columns={"calls": "commands"})
+            .groupby(keys, sort=False, dropna=False)[["commands", "dur_ns", "flops", "bytes", "roofline_ns", "above_ns"]]
+            .sum(min_count=1).reset_index())
     prof = profiles[["unit", "peak_flops_per_s", "mem_bandwidth_bytes_per_s", "source"]].copy() if len(profiles) else \
         pd.DataFrame({"unit": pd.Series([], dtype="int64"), "peak_flops_per_s": pd.Series([], dtype=float),
                       "mem_bandwidth_bytes_per_s": pd.Series([], dtype=float), "source": pd.Series([], dtype=object)})
