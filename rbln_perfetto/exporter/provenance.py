@@ -20,13 +20,11 @@ A capture written before provenance existed exports without it (its fields are a
 
 from __future__ import annotations
 
-import hashlib
 import json
-import struct
 
 from perfetto.protos.perfetto.trace import perfetto_trace_pb2 as pt
 
-from ..naming import DEVICE_PROFILE_FIELDS, TRACING_SERVICE, device_profile_arg
+from ..naming import DEVICE_PROFILE_FIELDS, TRACING_SERVICE, device_profile_arg, trace_uuid
 from ..proto_bytes import FieldNumber, f_bytes
 from .slice_packets import annotation, boottime_slice_packets
 from .tracks import RUN_TRACK
@@ -84,6 +82,8 @@ def run_args(info) -> list[tuple[str, str | int | float]]:
             r = pipe.runtime
             args += [(f"torch_version{suffix}", r.torch_version), (f"intra_op_threads{suffix}", r.intra_op_threads),
                      (f"weights_digest{suffix}", r.weights_digest)]
+            if r.slowdown:  # the test-only knob (pipeline.slowdown): this run is not a real one
+                args.append((f"slowdown{suffix}", r.slowdown))
         config = json.loads(pipe.rbln_config_json or "{}")
         args += [(f"{key}{suffix}", config[key]) for key in COMPILED_KEYS if config.get(key) is not None]
         args.append((f"rbln_config{suffix}", pipe.rbln_config_json or "{}"))
@@ -92,14 +92,6 @@ def run_args(info) -> list[tuple[str, str | int | float]]:
 
 def _framed(packet: pt.TracePacket) -> bytes:
     return f_bytes(FieldNumber.TRACE_PACKET, packet.SerializeToString())
-
-
-def trace_uuid(identity: str, file_name: str) -> tuple[int, int]:
-    """(msb, lsb) of a name-based UUID (version 8) of one file of one run."""
-    raw = bytearray(hashlib.sha256(f"{identity}\0{file_name}".encode()).digest()[:16])
-    raw[6] = (raw[6] & 0x0F) | 0x80
-    raw[8] = (raw[8] & 0x3F) | 0x80
-    return struct.unpack(">qq", bytes(raw))
 
 
 class TraceProvenance:
