@@ -258,3 +258,41 @@ def test_commands_without_flops_and_bytes_args_are_timed_but_not_costed(tmp_path
     assert table.flops.isna().all() and table.roofline_ms.isna().all() and set(table.bound) == {"unknown"}
     with pytest.raises(PlotError, match="has no command with flops and bytes to plot"):
         draw_roofline(path)
+
+
+@pytest.mark.parametrize("profile_set,kind,backend", CASES, ids=[f"{s}-{k}-{b}" for s, k, b in CASES])
+def test_the_sql_package_module_gives_each_command_the_same_roofline(roofline_traces, profile_set, kind, backend):
+    """`rbln.roofline` (the PerfettoSQL package): per command, the roofline time, the time above the roof
+    and the bound of the module's rule, as computed here from the slices; summed, the report's rows."""
+    path = roofline_traces[profile_set, kind]
+    profiles = SETS[profile_set]
+    with open_trace(path, backend=backend) as tr:
+        rows = tr.query("INCLUDE PERFETTO MODULE rbln.roofline; SELECT * FROM rbln_command_roofline")
+        roofs = tr.query("INCLUDE PERFETTO MODULE rbln.roofline; SELECT * FROM rbln_device_roofs")
+        table = roofline(tr, by="command")
+    assert {(r.device, r.source, r.peak_flops_per_s, r.mem_bandwidth_bytes_per_s) for r in roofs.itertuples()} == {
+        (d, p.source, p.peak_flops_per_s, p.mem_bandwidth_bytes_per_s) for d, p in profiles.items()
+        if (roofs.device == d).any()}
+    assert len(rows) == table.commands.sum()
+    for r in rows.itertuples():
+        p = profiles[r.device]
+        roof = 1e9 * max(r.flops / p.peak_flops_per_s, r.bytes / p.mem_bandwidth_bytes_per_s)
+        assert r.roofline_dur == pytest.approx(roof)
+        assert r.above_roof_dur == pytest.approx(max(0.0, r.dur - roof), abs=1e-9)
+        assert r.bound == bound_of(r.flops, r.bytes, r.dur, roof, p.peak_flops_per_s, p.mem_bandwidth_bytes_per_s)
+    merged = kind.startswith("merged")
+    sums = rows.groupby(["rank", "device", "submodule", "layer", "op", "command_index"]).agg(
+        roofline=("roofline_dur", "sum"), above=("above_roof_dur", "sum")).reset_index()
+    got = {(r.device, r.submodule, r.layer, r.op, r.command_index): r for r in table.itertuples()}
+    for r in sums.itertuples():
+        row = got[_label(r.rank, r.device, merged), r.submodule, r.layer, r.op, r.command_index]
+        assert row.roofline_ms == pytest.approx(r.roofline / 1e6)
+        assert row.above_roof_ms == pytest.approx(r.above / 1e6, abs=1e-12)
+
+
+def test_the_sql_package_module_without_profiles(roofline_traces):
+    with open_trace(roofline_traces[None, "merged"], backend="sqlite") as tr:
+        roofs = tr.query("INCLUDE PERFETTO MODULE rbln.roofline; SELECT * FROM rbln_device_roofs")
+        rows = tr.query("INCLUDE PERFETTO MODULE rbln.roofline; SELECT * FROM rbln_command_roofline")
+    assert sorted(zip(roofs["rank"], roofs.device)) == [(0, 0), (1, 1)] and roofs.source.isna().all()
+    assert set(rows.bound) == {"unknown"} and rows.roofline_dur.isna().all() and len(rows) > 0

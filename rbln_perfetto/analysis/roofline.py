@@ -33,7 +33,7 @@ from ..query.trace_model import DEVICE_TRACKS, RANK_STRIDE, in_category, is_comm
 from .sources import opened
 
 BY = ("layer", "command", "submodule", "device")
-OVERHEAD_EFFICIENCY = 0.10
+OVERHEAD_EFFICIENCY = 0.10  # (the `rbln.roofline` SQL module states the same rule; a test checks they agree)
 _ROOF_COLORS = ("black", "#d62728", "#7f7f7f", "#8c564b")  # one per device profile drawn
 # The Run slice args a device's profile is written as: debug.device_{d}_{field} (`naming.device_profile_arg`).
 _PREFIX = "debug." + device_profile_arg(0, "").removesuffix("0_")
