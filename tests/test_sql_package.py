@@ -56,7 +56,7 @@ def _tables():
 def test_the_package_has_the_modules_the_issue_names():
     assert PACKAGE_DIR.name == "rbln"
     assert set(module_names()) == {"rbln.tracks", "rbln.commands", "rbln.invocations", "rbln.split_ops", "rbln.idle",
-                                   "rbln.critical_path"}
+                                   "rbln.critical_path", "rbln.roofline"}
 
 
 @pytest.mark.parametrize(("module", "table"), _tables())
