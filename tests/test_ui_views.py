@@ -347,6 +347,21 @@ def test_report_links_select_a_slice_of_each_row(traces, report, capsys):
             for row in rows:
                 mine = inv[inv.submodule == row["submodule"]]
                 assert int(decode(row["link"])["dur"]) == mine.dur.max()
+        if report == "dma":  # a transfer of the row's tensor, between the row's ends (a send is no recv)
+            dma = tr.query("SELECT ts, dur, extract_arg(arg_set_id, 'debug.submodule') AS submodule, "
+                           "coalesce(extract_arg(arg_set_id, 'debug.tensor'), extract_arg(arg_set_id, 'debug.tensors')) "
+                           "AS tensor, extract_arg(arg_set_id, 'debug.transfer') AS transfer FROM slice "
+                           "WHERE track_id IN (SELECT id FROM track WHERE name = 'DMA')")
+            sides = 0
+            for row in rows:
+                args = decode(row["link"])
+                hit = dma[(dma.ts == int(args["ts"])) & (dma.dur == int(args["dur"])) &
+                          (dma.submodule == row["submodule"]) & (dma.tensor == row["tensor"])]
+                want = "recv" if row["source"].startswith("rank ") and "/" not in row["source"] else \
+                    "send" if row["destination"].startswith("rank ") and "/" not in row["destination"] else None
+                sides += want is not None
+                assert len(hit) and (want is None or (hit.transfer == want).any()), row
+            assert sides  # (the merged trace's transfers between ranks are among the rows)
 
 
 def test_report_links_in_a_text_table_are_printed_whole(traces, capsys):
