@@ -29,6 +29,34 @@ class Report:
     sql: str
 
 
+# One row per DMA slice: its submodule, tensor, source and destination as the `dma` report names them
+# (a transfer to or from another rank goes from or to `rank N`; its other end is the device of its
+# track), bytes (`size`), ts and dur. Needs device_tracks. The report groups these rows; a row's link
+# (`analysis.ui_links`) picks one of them.
+DMA_ROWS = f"""dma_here AS (
+  SELECT track_id, CASE WHEN prefix = '' THEN 'device ' || device ELSE 'rank ' || rank || ' / device ' || device END
+           AS device
+  FROM device_tracks WHERE category = 'DMA'),
+dma_rows AS (
+  SELECT t.ts, t.dur, t.submodule, t.tensor,
+         CASE WHEN t.transfer = 'recv' THEN 'rank ' || t.peer_rank WHEN t.transfer = 'send' THEN here.device
+              WHEN t.src < 0 THEN 'host' ELSE 'device ' || t.src END AS source,
+         CASE WHEN t.transfer = 'send' THEN 'rank ' || t.peer_rank WHEN t.transfer = 'recv' THEN here.device
+              WHEN t.dst < 0 THEN 'host' ELSE 'device ' || t.dst END AS destination,
+         t.size
+  FROM (
+    SELECT extract_arg(s.arg_set_id, 'debug.submodule') AS submodule,
+           coalesce(extract_arg(s.arg_set_id, 'debug.tensor'), extract_arg(s.arg_set_id, 'debug.tensors')) AS tensor,
+           extract_arg(s.arg_set_id, 'debug.src') AS src,
+           extract_arg(s.arg_set_id, 'debug.dst') AS dst,
+           extract_arg(s.arg_set_id, 'debug.bytes') AS size,
+           extract_arg(s.arg_set_id, 'debug.transfer') AS transfer,
+           extract_arg(s.arg_set_id, 'debug.peer_rank') AS peer_rank,
+           s.track_id, s.ts, s.dur
+    FROM slice s WHERE {in_category('DMA')}) t
+  LEFT JOIN dma_here here USING (track_id))"""
+
+
 REPORTS = {
     "invocations": Report("per-submodule invocation times", with_ctes(DEVICE_TRACKS) + f"""
 SELECT extract_arg(s.arg_set_id, 'debug.submodule') AS submodule,
@@ -115,32 +143,14 @@ GROUP BY layer, submodule, op, command_count
 ORDER BY total_ms DESC, layer
 """),
     # A transfer to or from another rank (a run split across processes) goes from or to `rank N`; its
-    # other end is the device of its track.
-    "dma": Report("DMA transfers", with_ctes(DEVICE_TRACKS) + f""",
-t AS (
-  SELECT extract_arg(s.arg_set_id, 'debug.submodule') AS submodule,
-         coalesce(extract_arg(s.arg_set_id, 'debug.tensor'), extract_arg(s.arg_set_id, 'debug.tensors')) AS tensor,
-         extract_arg(s.arg_set_id, 'debug.src') AS src,
-         extract_arg(s.arg_set_id, 'debug.dst') AS dst,
-         extract_arg(s.arg_set_id, 'debug.bytes') AS size,
-         extract_arg(s.arg_set_id, 'debug.transfer') AS transfer,
-         extract_arg(s.arg_set_id, 'debug.peer_rank') AS peer_rank,
-         s.track_id, s.dur
-  FROM slice s WHERE {in_category('DMA')}),
-here AS (
-  SELECT track_id, CASE WHEN prefix = '' THEN 'device ' || device ELSE 'rank ' || rank || ' / device ' || device END
-           AS device
-  FROM device_tracks WHERE category = 'DMA')
-SELECT submodule, tensor,
-       CASE WHEN transfer = 'recv' THEN 'rank ' || peer_rank WHEN transfer = 'send' THEN here.device
-            WHEN src < 0 THEN 'host' ELSE 'device ' || src END AS source,
-       CASE WHEN transfer = 'send' THEN 'rank ' || peer_rank WHEN transfer = 'recv' THEN here.device
-            WHEN dst < 0 THEN 'host' ELSE 'device ' || dst END AS destination,
+    # other end is the device of its track (`DMA_ROWS`).
+    "dma": Report("DMA transfers", with_ctes(DEVICE_TRACKS, DMA_ROWS) + """
+SELECT submodule, tensor, source, destination,
        count(*) AS transfers,
        sum(size) AS bytes,
        sum(dur) / 1e6 AS total_ms,
        CAST(sum(size) AS REAL) / max(sum(dur), 1) AS gb_per_s
-FROM t LEFT JOIN here USING (track_id)
+FROM dma_rows
 GROUP BY submodule, tensor, source, destination
 ORDER BY bytes DESC, submodule, tensor, source
 """),
