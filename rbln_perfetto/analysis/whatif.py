@@ -1,0 +1,434 @@
+"""What a change would buy: a profiled run replayed with some submodules' commands faster or slower
+and some submodules on other logical devices, from its trace alone.
+
+    rbln_perfetto.whatif("run/", speedup={"transformer": 1.25}, moves={"vae": 1})
+
+The model, every number of it read from the trace:
+
+- the elements are the critical path's (host work, DMAs, ops, untraced stretches) with the
+  dependencies the trace records (`critical_path.dependencies`: program order per device, host
+  order per rank, flows from a DMA or a send to what consumed it);
+- each element starts when the last of its predecessors has ended, plus the lag the run showed
+  after the one it waited for (the host's own time between two items: Python, the scheduler);
+- a sped-up submodule's commands take their measured time divided by its factor (a factor below 1
+  slows it down: `slowdown` f is a speedup of 1/f); everything else keeps its measured time;
+- a moved submodule's invocations run on the other logical device: their elements follow that
+  device's program order, and their copies take the time their bytes take at the bandwidth the
+  run measured on the target's torch device kind (the same as measured where both devices are of
+  one kind, as every logical device of a CPU run is). A move to a device of another rank (a merged
+  trace) would add or remove transfers that the trace cannot time, so it is refused.
+
+The per-device memory of a placement is the pipeline's memory plan (`rbln-perfetto whatif` computes
+it from the model the trace names); this module predicts times.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from pipeline.contract import SUBMODULES
+
+from ..errors import ExportError, UsageError
+from ..query.trace_model import DEVICE_TRACKS, RANK_STRIDE, RUN_SPAN_ROW, in_category, unit_device, unit_rank, with_ctes
+from .critical_path import KINDS, Dependencies, dependencies, program_order
+from .sources import opened
+
+HOST, DMA, OP, UNTRACED = (KINDS.index(k) for k in ("host", "dma", "op", "untraced"))
+
+_RUN_ARGS = """
+SELECT extract_arg(s.arg_set_id, 'debug.rbln_config') AS rbln_config,
+       extract_arg(s.arg_set_id, 'debug.slowdown') AS slowdown,
+       extract_arg(s.arg_set_id, 'debug.model_dir') AS model_dir
+FROM slice s JOIN track t ON s.track_id = t.id
+WHERE (t.name = 'Run' OR t.name GLOB 'Rank [0-9]* / Run') AND s.depth = 0 ORDER BY t.name"""
+_DMA_BYTES = with_ctes(DEVICE_TRACKS) + f"""
+SELECT s.id, extract_arg(s.arg_set_id, 'debug.bytes') AS bytes FROM slice s
+WHERE {in_category('DMA')} AND s.depth = 0"""
+_OP_ARGS = with_ctes(DEVICE_TRACKS) + f"""
+SELECT s.id, extract_arg(s.arg_set_id, 'debug.op') AS op, extract_arg(s.arg_set_id, 'debug.command_index') AS ci,
+       extract_arg(s.arg_set_id, 'debug.command_count') AS cc
+FROM slice s WHERE {in_category('Compute')} AND s.depth = 0"""
+_TORCH_DEVICES = with_ctes(DEVICE_TRACKS) + f"""
+SELECT DISTINCT d.unit, extract_arg(s.arg_set_id, 'debug.torch_device') AS torch_device
+FROM slice s JOIN device_tracks d ON s.track_id = d.track_id
+WHERE {in_category('Workload')} AND s.depth = 0"""
+
+
+def parse_factors(items, what: str = "--speedup") -> dict[str, float]:
+    """`["transformer=1.25", "vae=2"]` -> {submodule: factor}; each factor a positive number."""
+    out: dict[str, float] = {}
+    for item in items or ():
+        name, sep, value = str(item).partition("=")
+        name = name.strip()
+        if name not in SUBMODULES:
+            raise UsageError(f"{what} {item!r}: {name!r} is not a submodule; valid: {', '.join(SUBMODULES)}")
+        try:
+            factor = float(value)
+        except ValueError:
+            factor = float("nan")
+        if not sep or not np.isfinite(factor) or factor <= 0:
+            raise UsageError(f"{what} {item!r}: give SUBMODULE=FACTOR with a positive number, e.g. {name}=1.25")
+        out[name] = out.get(name, 1.0) * factor
+    return out
+
+
+def parse_moves(items) -> dict[str, int]:
+    """`["vae=1"]` -> {submodule: logical device} (whether the device is valid is the trace's to say)."""
+    out: dict[str, int] = {}
+    for item in items or ():
+        name, sep, value = str(item).partition("=")
+        name = name.strip()
+        if name not in SUBMODULES:
+            raise UsageError(f"--move {item!r}: {name!r} is not a submodule; valid: {', '.join(SUBMODULES)}")
+        if not sep or not value.strip().isdigit():
+            raise UsageError(f"--move {item!r}: give SUBMODULE=DEVICE with a logical device number, e.g. {name}=1")
+        out[name] = int(value)
+    return out
+
+
+@dataclass
+class RunFacts:
+    """What the trace says about the run beyond its slices: the rbln_config it was compiled with (rank
+    0's), the slowdown it ran under (test-only; '' for none) and the model directory."""
+
+    rbln_config: dict
+    slowdown: str
+    model_dir: str
+
+    @property
+    def placement(self) -> dict[str, int]:
+        return {name: int(self.rbln_config.get(name, {}).get("device", 0)) for name in SUBMODULES}
+
+    @property
+    def ranks(self) -> list[int] | None:
+        ranks = self.rbln_config.get("ranks")
+        if ranks is None:
+            return None
+        if isinstance(ranks, dict):
+            return [int(ranks[k]) for k in sorted(ranks, key=int)]
+        return [int(r) for r in ranks]
+
+    @property
+    def num_devices(self) -> int:
+        devices = self.rbln_config.get("devices")
+        return len(devices) if devices else 1 + max(self.placement.values())
+
+
+def run_facts(tr) -> RunFacts:
+    rows = tr.query(_RUN_ARGS)
+    if not len(rows) or rows.rbln_config.isna().all():
+        raise UsageError(f"{tr.path} has no Run slice with an rbln_config: what-if needs a trace that rbln-perfetto "
+                         "wrote (export, run or merge)")
+    config = json.loads(next(c for c in rows.rbln_config if isinstance(c, str)))
+    slowdown = next((s for s in rows.slowdown if isinstance(s, str) and s), "")
+    model_dir = next((m for m in rows.model_dir if isinstance(m, str) and m), "")
+    return RunFacts(config, slowdown, model_dir)
+
+
+@dataclass
+class Prediction:
+    """A run as measured and as predicted. Per element (the trace's, in time order): measured and
+    predicted start and end, and the unit it runs on after the change."""
+
+    trace: str
+    speedup: dict[str, float]
+    moves: dict[str, int]
+    facts: RunFacts
+    deps: Dependencies
+    unit: np.ndarray  # per element, after the moves (-1: host work, untraced stretches)
+    ts: np.ndarray  # predicted
+    end: np.ndarray
+    measured_span_ns: int
+    predicted_span_ns: int
+    merged: bool
+    placement: dict[str, int] = field(default_factory=dict)  # after the moves
+    op_args: dict = field(default_factory=dict)  # op id -> (op, command_index, command_count), None where absent
+    dma_bytes: np.ndarray | None = None  # per element: a DMA's bytes, else 0
+
+    @property
+    def change_pct(self) -> float:
+        return 100.0 * (self.predicted_span_ns - self.measured_span_ns) / self.measured_span_ns \
+            if self.measured_span_ns else 0.0
+
+    def describe(self) -> str:
+        parts = [f"{name} {f:g}x faster" if f >= 1 else f"{name} {1 / f:g}x slower" for name, f in self.speedup.items()]
+        parts += [f"{name} on device {d}" for name, d in self.moves.items()]
+        return "; ".join(parts) or "no change"
+
+    def invocations(self):
+        """Per invocation: submodule, its unit as measured and as predicted, measured and predicted start
+        (ns from the run's start) and duration."""
+        import pandas as pd
+
+        d = self.deps
+        inv = d.invocations
+        rows = []
+        start = int(d.ts.min()) if len(d.ts) else 0
+        new_start = int(self.ts.min()) if len(self.ts) else 0
+        for k in range(len(inv)):
+            mine = np.flatnonzero(d.item == k)
+            if not len(mine):
+                continue
+            rows.append((inv.name.iloc[k], inv.submodule.iloc[k], int(inv.unit.iloc[k]), int(self.unit[mine[0]]),
+                         int(inv.ts.iloc[k]) - start, int(inv.dur.iloc[k]),
+                         int(self.ts[mine].min()) - new_start, int(self.end[mine].max() - self.ts[mine].min())))
+        return pd.DataFrame(rows, columns=["name", "submodule", "unit", "predicted_unit", "start_ns", "dur_ns",
+                                           "predicted_start_ns", "predicted_dur_ns"])
+
+    def submodules(self):
+        """Per submodule: calls, measured and predicted time in its invocations (ms), and where it runs."""
+        inv = self.invocations()
+        out = inv.groupby("submodule", sort=False).agg(calls=("dur_ns", "size"), measured_ms=("dur_ns", "sum"),
+                                                       predicted_ms=("predicted_dur_ns", "sum")).reset_index()
+        out["measured_ms"] /= 1e6
+        out["predicted_ms"] /= 1e6
+        out["device"] = [self.facts.placement[s] for s in out.submodule]
+        out["predicted_device"] = [self.placement[s] for s in out.submodule]
+        order = {s: i for i, s in enumerate(SUBMODULES)}
+        return out.sort_values("submodule", key=lambda c: c.map(order)).reset_index(drop=True)
+
+    def devices(self):
+        """Per unit: busy time (its DMAs and ops) as measured and as predicted, in ms."""
+        import pandas as pd
+
+        d = self.deps
+        busy = (d.kind == DMA) | (d.kind == OP)
+        units = sorted({int(u) for u in d.device[busy]} | {int(u) for u in self.unit[busy]})
+        rows = []
+        for u in units:
+            was, now = busy & (d.device == u), busy & (self.unit == u)
+            rows.append((unit_rank(u), unit_device(u), float((d.end[was] - d.ts[was]).sum()) / 1e6,
+                         float((self.end[now] - self.ts[now]).sum()) / 1e6))
+        return pd.DataFrame(rows, columns=["rank", "device", "measured_busy_ms", "predicted_busy_ms"])
+
+
+def _bandwidths(tr, deps: Dependencies, torch_of: dict[int, str]):
+    """(bytes per DMA element, {torch device kind: bytes per ns}) over the copies inside invocations."""
+    rows = tr.query(_DMA_BYTES)
+    by_id = dict(zip(rows.id.astype(np.int64), rows.bytes))
+    nbytes = np.array([float(by_id.get(int(i), 0) or 0) if k == DMA else 0.0 for i, k in zip(deps.ids, deps.kind)])
+    totals: dict[str, list[float]] = {}
+    copies = np.flatnonzero((deps.kind == DMA) & (deps.item >= 0))
+    for i in copies:
+        kind = torch_of.get(int(deps.device[i]), "cpu").split(":")[0]
+        t = totals.setdefault(kind, [0.0, 0.0])
+        t[0] += nbytes[i]
+        t[1] += float(deps.end[i] - deps.ts[i])
+    return nbytes, {k: b / ns for k, (b, ns) in totals.items() if b > 0 and ns > 0}
+
+
+def _check_moves(moves: dict[str, int], facts: RunFacts, deps: Dependencies, merged: bool) -> None:
+    n = facts.num_devices
+    ranks = facts.ranks
+    for name, device in moves.items():
+        here = facts.placement[name]
+        if merged and ranks is not None:
+            rank = ranks[here] if here < len(ranks) else 0
+            valid = [d for d, r in enumerate(ranks) if r == rank]
+            if device not in valid:
+                raise UsageError(f"--move {name}={device}: {name} runs on rank {rank} (device {here}) and moving it "
+                                 f"to another rank would add transfers the trace cannot time; valid devices for "
+                                 f"{name}: {', '.join(map(str, valid))}")
+        elif device > n:
+            raise UsageError(f"--move {name}={device}: this run has logical devices 0..{n - 1}; valid: 0..{n} "
+                             f"({n}: a new logical device)")
+
+
+def predict(trace, speedup: dict[str, float] | None = None, moves: dict[str, int] | None = None, *,
+            backend: str = "auto", tp_bin: str | None = None) -> Prediction:
+    """The run of `trace` (a trace file, a run directory or an open `Trace`) predicted with `speedup`
+    ({submodule: factor}: its commands take measured time / factor) and `moves` ({submodule: logical
+    device})."""
+    speedup = dict(speedup or {})
+    moves = dict(moves or {})
+    for name in [*speedup, *moves]:
+        if name not in SUBMODULES:
+            raise UsageError(f"{name!r} is not a submodule; valid: {', '.join(SUBMODULES)}")
+    for name, f in speedup.items():
+        if not (isinstance(f, (int, float)) and np.isfinite(f) and f > 0):
+            raise UsageError(f"speedup {name}={f!r} is not valid; valid: a positive number")
+    with opened(trace, backend, tp_bin) as tr:
+        facts = run_facts(tr)
+        deps = dependencies(tr, names=True)
+        torch_of = {int(u): str(t) for u, t in tr.query(_TORCH_DEVICES).itertuples(index=False) if isinstance(t, str)}
+        merged = bool(tr.query("SELECT count(*) AS n FROM track WHERE name GLOB 'Rank [0-9]* / Device [0-9]*'").n[0])
+        nbytes, bandwidth = _bandwidths(tr, deps, torch_of)
+        span = tr.query(RUN_SPAN_ROW)
+        measured_span = int(span.ns[0]) if len(span) and span.ns[0] == span.ns[0] else 0
+        path = str(getattr(tr, "path", trace))
+        op_args = {int(i): (op if isinstance(op, str) else None, _int_or_none(ci), _int_or_none(cc))
+                   for i, op, ci, cc in tr.query(_OP_ARGS).itertuples(index=False)}
+    profiled = set(deps.invocations.submodule)
+    for name in speedup:
+        if name not in profiled:
+            raise UsageError(f"--speedup {name}: the trace has no invocation of {name} (not profiled); valid: "
+                             f"{', '.join(s for s in SUBMODULES if s in profiled)}")
+    _check_moves(moves, facts, deps, merged)
+    moves = {name: d for name, d in moves.items() if d != facts.placement[name]}
+
+    n = len(deps.ts)
+    sub_of = np.asarray(list(deps.invocations.submodule) + [None], dtype=object)[deps.item]
+    dur = (deps.end - deps.ts).astype(np.float64)
+    unit = deps.device.copy()
+    for name, factor in speedup.items():
+        dur = np.where((deps.kind == OP) & (sub_of == name), dur / factor, dur)
+    for name, device in moves.items():
+        mine = (sub_of == name) & (unit >= 0)
+        old = unit[mine]
+        unit[mine] = (old // RANK_STRIDE) * RANK_STRIDE + device
+        target = {int(u): torch_of.get(int(u), torch_of.get(int(u) - unit_device(u), "cpu")) for u in set(unit[mine])}
+        for i in np.flatnonzero(mine & (deps.kind == DMA)):
+            was = torch_of.get(int(deps.device[i]), "cpu").split(":")[0]
+            now = target[int(unit[i])].split(":")[0]
+            if now != was and now in bandwidth and nbytes[i] > 0:
+                dur[i] = nbytes[i] / bandwidth[now]
+    dev_prev = program_order(unit) if moves else deps.dev_prev
+
+    # Each element waits for its latest-ending predecessor, as measured, after the lag it showed; the
+    # others only bound its start (they may end later once changed).
+    preds = np.stack([dev_prev, deps.flow_prev, deps.host_prev])
+    valid = (preds >= 0) & (preds < np.arange(n))
+    ends = np.where(valid, deps.end[np.maximum(preds, 0)], np.iinfo(np.int64).min)
+    binding = np.where(valid.any(axis=0), preds[np.argmax(ends, axis=0), np.arange(n)], -1)
+    lag = np.where(binding >= 0, deps.ts - deps.end[np.maximum(binding, 0)], 0).tolist()
+    new_ts = [0.0] * n
+    new_end = [0.0] * n
+    ts_list, dur_list, bind_list = deps.ts.tolist(), dur.tolist(), binding.tolist()
+    # (an element may start before a predecessor ends, as a recv does while its send is still sending:
+    # that overlap, as measured, is kept)
+    overlap = np.minimum(deps.ts - ends, 0)
+    pred_lists = [[(int(p), float(o)) for p, o in zip(preds[:, i], overlap[:, i]) if 0 <= p < i] for i in range(n)]
+    for i in range(n):
+        b = bind_list[i]
+        start = ts_list[i] if b < 0 else new_end[b] + lag[i]
+        for p, o in pred_lists[i]:
+            if new_end[p] + o > start:
+                start = new_end[p] + o
+        new_ts[i] = start
+        new_end[i] = start + dur_list[i]
+    ts_new = np.rint(np.asarray(new_ts)).astype(np.int64)
+    end_new = np.rint(np.asarray(new_end)).astype(np.int64)
+    # The run span may hold more than the elements (an invocation's bounds): that margin is kept.
+    if n:
+        predicted = measured_span + int(end_new.max() - ts_new.min()) - int(deps.end.max() - deps.ts.min())
+    else:
+        predicted = measured_span
+    return Prediction(path, speedup, moves, facts, deps, unit, ts_new, end_new, measured_span, predicted, merged,
+                      facts.placement | moves, op_args, nbytes)
+
+
+def _int_or_none(value):
+    import pandas as pd
+
+    return None if pd.isna(value) else int(value)
+
+
+def whatif(trace, speedup: dict[str, float] | None = None, moves: dict[str, int] | None = None, *,
+           backend: str = "auto", tp_bin: str | None = None):
+    """The predicted run's totals beside the measured ones as a table: the span, then each submodule's
+    time in its invocations (rows `span`, and one per submodule)."""
+    import pandas as pd
+
+    p = predict(trace, speedup, moves, backend=backend, tp_bin=tp_bin)
+    subs = p.submodules()
+    rows = [("span", None, None, p.measured_span_ns / 1e6, p.predicted_span_ns / 1e6)]
+    rows += [(s.submodule, int(s.device), int(s.predicted_device), s.measured_ms, s.predicted_ms)
+             for s in subs.itertuples(index=False)]
+    table = pd.DataFrame(rows, columns=["what", "device", "predicted_device", "measured_ms", "predicted_ms"])
+    table["device"] = table.device.astype("Int64")
+    table["predicted_device"] = table.predicted_device.astype("Int64")
+    table["change_pct"] = 100.0 * (table.predicted_ms - table.measured_ms) / table.measured_ms
+    return table
+
+
+WHATIF_SEQUENCE_ID = 0x5749_4600  # a sequence of its own ("WIF")
+_TRACK_BASE = 0x5749_0000
+
+
+def prediction_packets(p: Prediction) -> bytes:
+    """The predicted run as a trace: one track group per unit with its Workload, Host, Compute and DMA
+    tracks (named as the exporter names them, so that `diff` and the reports read it), and a Run slice
+    that says it is a prediction."""
+    from perfetto.protos.perfetto.trace import perfetto_trace_pb2 as pt
+
+    from ..exporter.slice_packets import annotation, boottime_slice_packets
+    from ..proto_bytes import SEQ_CLEARED, SEQ_NEEDS_STATE
+
+    d = p.deps
+    host_unit = np.where(d.device >= 0, p.unit, d.rank * RANK_STRIDE)  # host work: its rank's device 0
+    units = sorted({int(u) for u in host_unit})
+    descriptors = []
+    uuid: dict[tuple[int, str], int] = {}
+    for k, u in enumerate(units):
+        group = _TRACK_BASE + 16 * k
+        name = f"Rank {unit_rank(u)} / Device {unit_device(u)}" if p.merged else f"Device {unit_device(u)}"
+        descriptors.append(pt.TrackDescriptor(uuid=group, name=name, description="predicted by rbln-perfetto whatif"))
+        for j, category in enumerate(("Workload", "Host", "Compute", "DMA")):
+            uuid[(u, category)] = group + 1 + j
+            descriptors.append(pt.TrackDescriptor(uuid=group + 1 + j, name=category, parent_uuid=group))
+    run_uuid = _TRACK_BASE + 16 * len(units)
+    descriptors.append(pt.TrackDescriptor(uuid=run_uuid, name="Run"))
+    out = b"".join(pt.Trace(packet=[pt.TracePacket(trusted_packet_sequence_id=WHATIF_SEQUENCE_ID,
+                                                   sequence_flags=SEQ_CLEARED if i == 0 else SEQ_NEEDS_STATE,
+                                                   track_descriptor=t)]).SerializeToString()
+                   for i, t in enumerate(descriptors))
+
+    def slice_(track, name, start, end, args):
+        return boottime_slice_packets(track, name, int(start), int(end), args, sequence_id=WHATIF_SEQUENCE_ID,
+                                      sequence_flags=SEQ_NEEDS_STATE)
+
+    def prefix(u):
+        return f"i{unit_rank(u)}_" if p.merged else ""
+
+    config = json.loads(json.dumps(p.facts.rbln_config))
+    for name, device in p.moves.items():
+        config.setdefault(name, {})["device"] = device
+    run_args = [annotation("prediction", f"rbln-perfetto whatif of {p.trace}: {p.describe()}"),
+                annotation("rbln_config", json.dumps(config, sort_keys=True))]
+    chunks = [out, slice_(run_uuid, "run (predicted)", p.ts.min() if len(p.ts) else 0,
+                          (p.ts.min() if len(p.ts) else 0) + p.predicted_span_ns, run_args)]
+    inv = d.invocations
+    for k in range(len(inv)):
+        mine = np.flatnonzero(d.item == k)
+        if not len(mine):
+            continue
+        u = int(p.unit[mine[0]])
+        args = [annotation("submodule", inv.submodule.iloc[k]), annotation("device", unit_device(u)),
+                annotation("sequence_index", int(inv.seq.iloc[k])), annotation("call_index", int(inv.call_index.iloc[k]))]
+        chunks.append(slice_(uuid[(u, "Workload")], prefix(u) + inv.name.iloc[k], p.ts[mine].min(), p.end[mine].max(),
+                             args))
+    op_info = {i: [annotation(k, v) for k, v in zip(("op", "command_index", "command_count"), args) if v is not None]
+               for i, args in p.op_args.items()}
+    for i in range(len(d.ts)):
+        u = int(host_unit[i])
+        kind = int(d.kind[i])
+        name = prefix(u) + d.names[i]
+        if kind == HOST:
+            chunks.append(slice_(uuid[(u, "Host")], name, p.ts[i], p.end[i], []))
+        elif kind == UNTRACED:
+            chunks.append(slice_(uuid[(u, "Workload")], name, p.ts[i], p.end[i], [annotation("untraced", d.names[i])]))
+        elif kind == DMA:
+            chunks.append(slice_(uuid[(u, "DMA")], name, p.ts[i], p.end[i], [annotation("bytes", int(p.dma_bytes[i]))]))
+        else:
+            chunks.append(slice_(uuid[(u, "Compute")], name, p.ts[i], p.end[i], op_info.get(int(d.ids[i]), [])))
+    return b"".join(chunks)
+
+
+def write_prediction(p: Prediction, out: str | os.PathLike) -> Path:
+    """Write the predicted run as a trace file, atomically; `rbln-perfetto diff TRACE OUT` compares it."""
+    out = Path(out)
+    if Path(p.trace).exists() and out.exists() and out.resolve() == Path(p.trace).resolve():
+        raise UsageError(f"--out {out} is the measured trace itself; give another path")
+    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
+    try:
+        tmp.write_bytes(prediction_packets(p))
+        os.replace(tmp, out)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        raise ExportError(f"{out}: cannot write the prediction ({exc.strerror or exc})") from None
+    return out
