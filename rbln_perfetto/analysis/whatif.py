@@ -34,7 +34,7 @@ import numpy as np
 from pipeline.contract import SUBMODULES
 
 from ..errors import ExportError, UsageError
-from ..query.trace_model import DEVICE_TRACKS, RANK_STRIDE, RUN_SPAN_ROW, in_category, unit_device, unit_rank, with_ctes
+from ..query.trace_model import DEVICE_TRACKS, INVOCATIONS, RANK_STRIDE, RUN_SPAN_ROW, in_category, unit_device, unit_rank, with_ctes
 from .critical_path import KINDS, Dependencies, dependencies, program_order
 from .sources import opened
 
@@ -94,15 +94,19 @@ def parse_moves(items) -> dict[str, int]:
 @dataclass
 class RunFacts:
     """What the trace says about the run beyond its slices: the rbln_config it was compiled with (rank
-    0's), the slowdown it ran under (test-only; '' for none) and the model directory."""
+    0's), the slowdown it ran under (test-only; '' for none), the model directory, and where each
+    profiled submodule ran (its invocations' device; the rbln_config says it for the others)."""
 
     rbln_config: dict
     slowdown: str
     model_dir: str
+    ran_on: dict = field(default_factory=dict)
+    device_ranks: dict = field(default_factory=dict)  # logical device -> the rank whose units show it
 
     @property
     def placement(self) -> dict[str, int]:
-        return {name: int(self.rbln_config.get(name, {}).get("device", 0)) for name in SUBMODULES}
+        configured = {name: int((self.rbln_config.get(name) or {}).get("device", 0)) for name in SUBMODULES}
+        return configured | self.ran_on
 
     @property
     def ranks(self) -> list[int] | None:
@@ -116,18 +120,27 @@ class RunFacts:
     @property
     def num_devices(self) -> int:
         devices = self.rbln_config.get("devices")
-        return len(devices) if devices else 1 + max(self.placement.values())
+        return max(len(devices) if devices else 0, 1 + max(self.placement.values()))
+
+    def rank_of(self, device: int) -> int:
+        ranks = self.ranks
+        if ranks is not None and device < len(ranks):
+            return ranks[device]
+        return self.device_ranks.get(device, 0)
 
 
 def run_facts(tr) -> RunFacts:
     rows = tr.query(_RUN_ARGS)
-    if not len(rows) or rows.rbln_config.isna().all():
+    configs = [c for c in rows.rbln_config if isinstance(c, str)] if len(rows) else []
+    if not configs:
         raise UsageError(f"{tr.path} has no Run slice with an rbln_config: what-if needs a trace that rbln-perfetto "
                          "wrote (export, run or merge)")
-    config = json.loads(next(c for c in rows.rbln_config if isinstance(c, str)))
     slowdown = next((s for s in rows.slowdown if isinstance(s, str) and s), "")
     model_dir = next((m for m in rows.model_dir if isinstance(m, str) and m), "")
-    return RunFacts(config, slowdown, model_dir)
+    ran = tr.query(with_ctes(DEVICE_TRACKS, INVOCATIONS) + "\nSELECT DISTINCT submodule, rank, device FROM invocations")
+    ran_on = {str(s): int(d) for s, d in zip(ran.submodule, ran.device) if s in SUBMODULES}
+    device_ranks = {int(d): int(r) for r, d in zip(ran["rank"], ran.device)}
+    return RunFacts(json.loads(configs[0]), slowdown, model_dir, ran_on, device_ranks)
 
 
 @dataclass
@@ -222,36 +235,40 @@ def _bandwidths(tr, deps: Dependencies, torch_of: dict[int, str]):
     return nbytes, {k: b / ns for k, (b, ns) in totals.items() if b > 0 and ns > 0}
 
 
-def _check_moves(moves: dict[str, int], facts: RunFacts, deps: Dependencies, merged: bool) -> None:
+def _check_moves(moves: dict[str, int], facts: RunFacts, merged: bool, max_device: int | None) -> None:
     n = facts.num_devices
-    ranks = facts.ranks
+    top = n if max_device is None else max(max_device, n - 1)
     for name, device in moves.items():
         here = facts.placement[name]
-        if merged and ranks is not None:
-            rank = ranks[here] if here < len(ranks) else 0
-            valid = [d for d, r in enumerate(ranks) if r == rank]
+        if merged:
+            rank = facts.rank_of(here)
+            valid = [d for d in range(n) if facts.rank_of(d) == rank]
             if device not in valid:
                 raise UsageError(f"--move {name}={device}: {name} runs on rank {rank} (device {here}) and moving it "
                                  f"to another rank would add transfers the trace cannot time; valid devices for "
                                  f"{name}: {', '.join(map(str, valid))}")
-        elif device > n:
-            raise UsageError(f"--move {name}={device}: this run has logical devices 0..{n - 1}; valid: 0..{n} "
-                             f"({n}: a new logical device)")
+        elif device > top:
+            raise UsageError(f"--move {name}={device}: this run has logical devices 0..{n - 1}; valid: 0..{top}"
+                             + (f" ({n}: a new logical device)" if top == n else ""))
 
 
-def predict(trace, speedup: dict[str, float] | None = None, moves: dict[str, int] | None = None, *,
-            backend: str = "auto", tp_bin: str | None = None) -> Prediction:
-    """The run of `trace` (a trace file, a run directory or an open `Trace`) predicted with `speedup`
-    ({submodule: factor}: its commands take measured time / factor) and `moves` ({submodule: logical
-    device})."""
-    speedup = dict(speedup or {})
-    moves = dict(moves or {})
-    for name in [*speedup, *moves]:
-        if name not in SUBMODULES:
-            raise UsageError(f"{name!r} is not a submodule; valid: {', '.join(SUBMODULES)}")
-    for name, f in speedup.items():
-        if not (isinstance(f, (int, float)) and np.isfinite(f) and f > 0):
-            raise UsageError(f"speedup {name}={f!r} is not valid; valid: a positive number")
+@dataclass
+class Measured:
+    """What a prediction reads from a trace, read once (a placement search replays it many times)."""
+
+    path: str
+    facts: RunFacts
+    deps: Dependencies
+    torch_of: dict  # unit -> torch device
+    merged: bool
+    nbytes: np.ndarray  # per element: a DMA's bytes, else 0
+    bandwidth: dict  # torch device kind -> bytes per ns of the copies inside invocations
+    span_ns: int
+    op_args: dict
+
+
+def measure(trace, *, backend: str = "auto", tp_bin: str | None = None) -> Measured:
+    """Read what `predict` needs from `trace` (a trace file, a run directory or an open `Trace`)."""
     with opened(trace, backend, tp_bin) as tr:
         facts = run_facts(tr)
         deps = dependencies(tr, names=True)
@@ -260,15 +277,34 @@ def predict(trace, speedup: dict[str, float] | None = None, moves: dict[str, int
         nbytes, bandwidth = _bandwidths(tr, deps, torch_of)
         span = tr.query(RUN_SPAN_ROW)
         measured_span = int(span.ns[0]) if len(span) and span.ns[0] == span.ns[0] else 0
-        path = str(getattr(tr, "path", trace))
         op_args = {int(i): (op if isinstance(op, str) else None, _int_or_none(ci), _int_or_none(cc))
                    for i, op, ci, cc in tr.query(_OP_ARGS).itertuples(index=False)}
+        return Measured(str(getattr(tr, "path", trace)), facts, deps, torch_of, merged, nbytes, bandwidth,
+                        measured_span, op_args)
+
+
+def predict(trace, speedup: dict[str, float] | None = None, moves: dict[str, int] | None = None, *,
+            max_device: int | None = None, backend: str = "auto", tp_bin: str | None = None) -> Prediction:
+    """The run of `trace` (a trace file, a run directory, an open `Trace` or what `measure` read from
+    one) predicted with `speedup` ({submodule: factor}: its commands take measured time / factor) and
+    `moves` ({submodule: logical device}; up to `max_device`, by default one new device beyond the
+    run's)."""
+    speedup = dict(speedup or {})
+    moves = dict(moves or {})
+    for name in [*speedup, *moves]:
+        if name not in SUBMODULES:
+            raise UsageError(f"{name!r} is not a submodule; valid: {', '.join(SUBMODULES)}")
+    for name, f in speedup.items():
+        if isinstance(f, bool) or not (isinstance(f, (int, float)) and np.isfinite(f) and f > 0):
+            raise UsageError(f"speedup {name}={f!r} is not valid; valid: a positive number")
+    m = trace if isinstance(trace, Measured) else measure(trace, backend=backend, tp_bin=tp_bin)
+    facts, deps, torch_of, merged, nbytes, bandwidth = m.facts, m.deps, m.torch_of, m.merged, m.nbytes, m.bandwidth
     profiled = set(deps.invocations.submodule)
     for name in speedup:
         if name not in profiled:
             raise UsageError(f"--speedup {name}: the trace has no invocation of {name} (not profiled); valid: "
                              f"{', '.join(s for s in SUBMODULES if s in profiled)}")
-    _check_moves(moves, facts, deps, merged)
+    _check_moves(moves, facts, merged, max_device)
     moves = {name: d for name, d in moves.items() if d != facts.placement[name]}
 
     n = len(deps.ts)
@@ -314,12 +350,11 @@ def predict(trace, speedup: dict[str, float] | None = None, moves: dict[str, int
     ts_new = np.rint(np.asarray(new_ts)).astype(np.int64)
     end_new = np.rint(np.asarray(new_end)).astype(np.int64)
     # The run span may hold more than the elements (an invocation's bounds): that margin is kept.
+    predicted = m.span_ns
     if n:
-        predicted = measured_span + int(end_new.max() - ts_new.min()) - int(deps.end.max() - deps.ts.min())
-    else:
-        predicted = measured_span
-    return Prediction(path, speedup, moves, facts, deps, unit, ts_new, end_new, measured_span, predicted, merged,
-                      facts.placement | moves, op_args, nbytes)
+        predicted += int(end_new.max() - ts_new.min()) - int(deps.end.max() - deps.ts.min())
+    return Prediction(m.path, speedup, moves, facts, deps, unit, ts_new, end_new, m.span_ns, predicted, merged,
+                      facts.placement | moves, m.op_args, nbytes)
 
 
 def _int_or_none(value):
@@ -328,13 +363,11 @@ def _int_or_none(value):
     return None if pd.isna(value) else int(value)
 
 
-def whatif(trace, speedup: dict[str, float] | None = None, moves: dict[str, int] | None = None, *,
-           backend: str = "auto", tp_bin: str | None = None):
-    """The predicted run's totals beside the measured ones as a table: the span, then each submodule's
-    time in its invocations (rows `span`, and one per submodule)."""
+def totals(p: Prediction):
+    """The predicted run's totals beside the measured ones: the span, then each submodule's time in its
+    invocations and its device, as measured and as predicted."""
     import pandas as pd
 
-    p = predict(trace, speedup, moves, backend=backend, tp_bin=tp_bin)
     subs = p.submodules()
     rows = [("span", None, None, p.measured_span_ns / 1e6, p.predicted_span_ns / 1e6)]
     rows += [(s.submodule, int(s.device), int(s.predicted_device), s.measured_ms, s.predicted_ms)
@@ -344,6 +377,12 @@ def whatif(trace, speedup: dict[str, float] | None = None, moves: dict[str, int]
     table["predicted_device"] = table.predicted_device.astype("Int64")
     table["change_pct"] = 100.0 * (table.predicted_ms - table.measured_ms) / table.measured_ms
     return table
+
+
+def whatif(trace, speedup: dict[str, float] | None = None, moves: dict[str, int] | None = None, *,
+           backend: str = "auto", tp_bin: str | None = None):
+    """`totals` of the run of `trace` predicted with `speedup` and `moves` (see `predict`)."""
+    return totals(predict(trace, speedup, moves, backend=backend, tp_bin=tp_bin))
 
 
 WHATIF_SEQUENCE_ID = 0x5749_4600  # a sequence of its own ("WIF")
