@@ -67,7 +67,7 @@ def measure_scale(scale: str, repeats: int, steps: int) -> dict[str, tuple[float
                 os.environ["RBLN_PIPELINE_SLOWDOWN"] = slow
                 out = Path(tmp) / f"{r}-{len(traces)}"
                 with rbln_perfetto.profile(out):
-                    pipes[name](PROMPT, num_inference_steps=steps, guidance_scale=7.0, output_type="latent",
+                    pipes[name](PROMPT, num_inference_steps=steps, guidance_scale=7.0, output_type="np",
                                 generator=torch.Generator().manual_seed(0))
                 traces[name] = measure(out)
             os.environ.pop("RBLN_PIPELINE_SLOWDOWN", None)

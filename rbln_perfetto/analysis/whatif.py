@@ -451,10 +451,16 @@ def prediction_packets(p: Prediction) -> bytes:
             chunks.append(slice_(uuid[(u, "Host")], name, p.ts[i], p.end[i], []))
         elif kind == UNTRACED:
             chunks.append(slice_(uuid[(u, "Workload")], name, p.ts[i], p.end[i], [annotation("untraced", d.names[i])]))
-        elif kind == DMA:
-            chunks.append(slice_(uuid[(u, "DMA")], name, p.ts[i], p.end[i], [annotation("bytes", int(p.dma_bytes[i]))]))
         else:
-            chunks.append(slice_(uuid[(u, "Compute")], name, p.ts[i], p.end[i], op_info.get(int(d.ids[i]), [])))
+            where = [annotation("device", unit_device(u))]
+            if d.item[i] >= 0:
+                where.append(annotation("submodule", str(inv.submodule.iloc[int(d.item[i])])))
+            if kind == DMA:
+                chunks.append(slice_(uuid[(u, "DMA")], name, p.ts[i], p.end[i],
+                                     [annotation("bytes", int(p.dma_bytes[i])), *where]))
+            else:
+                chunks.append(slice_(uuid[(u, "Compute")], name, p.ts[i], p.end[i],
+                                     [*op_info.get(int(d.ids[i]), []), *where]))
     return b"".join(chunks)
 
 
