@@ -11,9 +11,11 @@ weights), which gives its weight and peak activation bytes as the pipeline itsel
 
 from __future__ import annotations
 
+import functools
 import json
-import sys
 from pathlib import Path
+
+from pipeline.contract import SUBMODULES
 
 from ..analysis.advise import Candidate, candidates, overflow, placed_config, span_from_trace
 from ..analysis.whatif import parse_factors, parse_moves, predict, run_facts, totals, write_prediction
@@ -21,6 +23,7 @@ from ..errors import UsageError
 from .common import backend_args, bounded_int, load_trace, print_table, trace_file
 
 EMBEDDED_SCALES = ("tiny", "medium")
+PER_DEVICE_KEYS = ("devices", "device_memory", "ranks", "device_profile")
 DTYPES = ("float32", "float16", "bfloat16")
 
 
@@ -41,15 +44,24 @@ def model_dir(model: str) -> str:
 
 
 def compiled_on_meta(model: str, rbln_config: dict) -> dict:
-    """submodule -> its compiled program (commands, weight and peak activation bytes), from configs alone."""
-    from pipeline.compiler import compile_on_meta
+    """submodule -> its compiled program (commands, weight and peak activation bytes), from configs alone
+    (kept per model and shapes for the process: placement changes none of it)."""
     from pipeline.config import ConfigError, RBLNConfig
 
     try:
         cfg = RBLNConfig.from_dict(rbln_config)
-        return compile_on_meta(model_dir(model), cfg)
+        shapes = {k: v for k, v in cfg.to_dict().items() if k not in SUBMODULES and k not in PER_DEVICE_KEYS}
+        return _compiled(str(model_dir(model)), json.dumps(shapes, sort_keys=True))
     except (ConfigError, ValueError, OSError) as exc:
         raise UsageError(" ".join(str(exc).split())) from None
+
+
+@functools.lru_cache(maxsize=4)
+def _compiled(model: str, shapes: str) -> dict:
+    from pipeline.compiler import compile_on_meta
+    from pipeline.config import RBLNConfig
+
+    return compile_on_meta(model, RBLNConfig.from_dict(json.loads(shapes)))
 
 
 def usage_of(compiled: dict) -> dict:
@@ -67,7 +79,7 @@ def plan(rbln_config: dict, usage: dict):
 def _plan_config(rbln_config: dict) -> dict:
     """The keys of a trace's rbln_config that the memory plan reads (the rest, such as a device profile,
     is the run's business)."""
-    from pipeline.config import PIPELINE_KEYS, SUBMODULES
+    from pipeline.config import PIPELINE_KEYS
 
     return {k: v for k, v in rbln_config.items() if k in PIPELINE_KEYS or k in SUBMODULES}
 
