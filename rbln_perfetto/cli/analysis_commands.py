@@ -1,7 +1,7 @@
 """The analysis commands of `rbln-perfetto`: `diff`, `report`, `check` (registered by main.py).
 
     rbln-perfetto diff BASE CAND [--by layer|submodule|op|device] [--top N] [--plot out.png]
-    rbln-perfetto report idle|critical-path|variance|<canned report> TRACE [--csv | --json]
+    rbln-perfetto report idle|critical-path|variance|roofline|<canned report> TRACE [--csv | --json]
     rbln-perfetto check CAND [--baseline BASE] [--max-regression 5%] [--max "transformer.mean_ms<=120"]
 
 BASE, CAND and TRACE are trace files or run directories (their aggregate.pb).
@@ -16,6 +16,7 @@ from ..analysis import check, critical_path, diff, idle, plot_diff, variance, wr
 from ..analysis.check import DEFAULT_REGRESSION_METRICS, metrics_table
 from ..analysis.diff import BY as DIFF_BY
 from ..analysis.idle import CAUSES, DEFAULT_MIN_GAP_MS
+from ..analysis.roofline import device_profiles, roofline, roofs_text
 from ..analysis.sources import trace_path
 from ..analysis.variance import RULE
 from ..errors import UsageError
@@ -27,6 +28,8 @@ ANALYSES = {
     "idle": "idle time per device, each gap attributed to what the run did instead (" + ", ".join(CAUSES) + ")",
     "critical-path": "the chain of host work, invocations, commands and DMAs that sets the run's span",
     "variance": "per submodule / layer across repeated calls: mean, std, min, max, first vs rest, outliers",
+    "roofline": "per layer / command / submodule against its device's roofs: time above the roof (ranked), "
+                "bound (compute, memory, overhead), MFU, MBU, achieved rates, arithmetic intensity",
 }
 
 
@@ -64,6 +67,9 @@ def cmd_report(args) -> int:
         elif name == "idle":
             table = idle(tr, min_gap_ms=args.min_gap, gaps=args.gaps)
             table = table if top is None else table.head(top)
+        elif name == "roofline":
+            table = roofline(tr, by=args.by or "layer", top=top)
+            profiles = device_profiles(tr)
         elif name == "variance":
             table = variance(tr, by=args.by or "submodule", outliers=args.outliers)
             table = table if top is None else table.head(top)
@@ -75,6 +81,8 @@ def cmd_report(args) -> int:
     print_table(table, args)
     if name == "variance" and args.outliers and not (args.csv or args.json):
         print(f"\noutlier: {RULE}")
+    if name == "roofline" and not (args.csv or args.json):
+        print("\n" + roofs_text(profiles))
     if args.overlay:
         print(f"trace with a 'Critical path' track written to {args.overlay}",
               file=sys.stderr if (args.csv or args.json) else sys.stdout)
@@ -125,7 +133,7 @@ def add_analysis_commands(sub) -> None:
     r.add_argument("name", metavar="REPORT", help=f"one of: {', '.join([*ANALYSES, *REPORTS])}")
     r.add_argument("trace", help="a trace file or a run directory")
     r.add_argument("--by", help="critical-path: segment (default), element or layer; variance: submodule "
-                                "(default) or layer")
+                                "(default) or layer; roofline: layer (default), command or submodule")
     r.add_argument("--top", type=bounded_int("a number of rows", 1, 10**9),
                    help="only the first N rows (critical-path: the N with the most time on the path)")
     r.add_argument("--min-gap", type=float, default=DEFAULT_MIN_GAP_MS, metavar="MS",
