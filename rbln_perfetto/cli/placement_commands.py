@@ -197,7 +197,7 @@ def cmd_advise(args) -> int:
             f"what-if replay of {args.trace}"
     else:
         span_of, source = _roofline_span(compiled, base, args.steps), \
-            f"roofline model ({args.steps} steps; device profile given or measured here)"
+            f"the roofline model over {args.steps} steps, on device profiles given or measured here"
     fitting, over = candidates(args.devices, lambda placement: plan(placed_config(base, placement), usage), span_of)
     dtype = plan(base, usage).dtype
     capacity = _size(plan(base, usage).capacities[0])
@@ -218,6 +218,8 @@ def cmd_advise(args) -> int:
         for line in _placement_text(c):
             print(line)
         config = {name: {"device": c.placement[name]} for name in c.placement if c.placement[name]}
+        if args.dtype:
+            config["dtype"] = args.dtype
         print(f"    rbln_config: {json.dumps(config)}")
     return 0
 
