@@ -41,7 +41,7 @@ EXCEPTIONS: dict[tuple[str, str], str] = {
         "the exporter writes into a run directory and keeps runs apart as the recorder does",
     ("rbln_perfetto.analysis.overlay", "rbln_perfetto.exporter.slice_packets"):
         "the critical-path overlay is a trace file, framed as the exporter frames slices",
-    ("rbln_perfetto.analysis.whatif", "rbln_perfetto.exporter.slice_packets"):
+    ("rbln_perfetto.analysis.whatif_trace", "rbln_perfetto.exporter.slice_packets"):
         "a what-if's predicted run is a trace file, framed as the exporter frames slices",
 }
 # The pipeline modules the profiler may import (torch-free); cli/pipeline_run.py alone drives the whole pipeline.

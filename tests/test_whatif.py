@@ -9,7 +9,8 @@ import pytest
 from trace_kinds import build, truth
 
 from rbln_perfetto.analysis import diff
-from rbln_perfetto.analysis.whatif import predict, whatif, write_prediction
+from rbln_perfetto.analysis.whatif import predict, whatif
+from rbln_perfetto.analysis.whatif_trace import write_prediction
 from rbln_perfetto.cli.main import main
 from rbln_perfetto.errors import UsageError
 

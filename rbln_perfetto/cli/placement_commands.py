@@ -18,7 +18,8 @@ from pathlib import Path
 from pipeline.contract import SUBMODULES
 
 from ..analysis.advise import Candidate, candidates, overflow, placed_config, span_from_trace
-from ..analysis.whatif import parse_factors, parse_moves, predict, run_facts, totals, write_prediction
+from ..analysis.whatif import parse_factors, parse_moves, predict, run_facts, totals
+from ..analysis.whatif_trace import write_prediction
 from ..errors import UsageError
 from .common import backend_args, bounded_int, load_trace, print_table, trace_file
 
