@@ -325,30 +325,7 @@ def predict(trace, speedup: dict[str, float] | None = None, moves: dict[str, int
                 dur[i] = nbytes[i] / bandwidth[now]
     dev_prev = program_order(unit) if moves else deps.dev_prev
 
-    # Each element waits for its latest-ending predecessor, as measured, after the lag it showed; the
-    # others only bound its start (they may end later once changed).
-    preds = np.stack([dev_prev, deps.flow_prev, deps.host_prev])
-    valid = (preds >= 0) & (preds < np.arange(n))
-    ends = np.where(valid, deps.end[np.maximum(preds, 0)], np.iinfo(np.int64).min)
-    binding = np.where(valid.any(axis=0), preds[np.argmax(ends, axis=0), np.arange(n)], -1)
-    lag = np.where(binding >= 0, deps.ts - deps.end[np.maximum(binding, 0)], 0).tolist()
-    new_ts = [0.0] * n
-    new_end = [0.0] * n
-    ts_list, dur_list, bind_list = deps.ts.tolist(), dur.tolist(), binding.tolist()
-    # (an element may start before a predecessor ends, as a recv does while its send is still sending:
-    # that overlap, as measured, is kept)
-    overlap = np.minimum(deps.ts - ends, 0)
-    pred_lists = [[(int(p), float(o)) for p, o in zip(preds[:, i], overlap[:, i]) if 0 <= p < i] for i in range(n)]
-    for i in range(n):
-        b = bind_list[i]
-        start = ts_list[i] if b < 0 else new_end[b] + lag[i]
-        for p, o in pred_lists[i]:
-            if new_end[p] + o > start:
-                start = new_end[p] + o
-        new_ts[i] = start
-        new_end[i] = start + dur_list[i]
-    ts_new = np.rint(np.asarray(new_ts)).astype(np.int64)
-    end_new = np.rint(np.asarray(new_end)).astype(np.int64)
+    ts_new, end_new = replay(deps.ts, deps.end, dur, np.stack([dev_prev, deps.flow_prev, deps.host_prev]))
     # The run span may hold more than the elements (an invocation's bounds): that margin is kept.
     predicted = m.span_ns
     if n:
@@ -361,6 +338,33 @@ def _int_or_none(value):
     import pandas as pd
 
     return None if pd.isna(value) else int(value)
+
+
+def replay(ts: np.ndarray, end: np.ndarray, dur: np.ndarray, preds: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """New (start, end) per element (in time order) that now takes `dur`, as measured from `ts` to `end`
+    before; `preds`: rows of predecessor indices (-1: none). Each element waits for its latest-ending
+    predecessor, as measured, after the lag it showed then; the others only bound its start (they may
+    end later once changed). An element that started before a predecessor ended (a recv while its send
+    is still sending) keeps that overlap."""
+    n = len(ts)
+    valid = (preds >= 0) & (preds < np.arange(n))
+    ends = np.where(valid, end[np.maximum(preds, 0)], np.iinfo(np.int64).min)
+    binding = np.where(valid.any(axis=0), preds[np.argmax(ends, axis=0), np.arange(n)], -1)
+    lag = np.where(binding >= 0, ts - end[np.maximum(binding, 0)], 0).tolist()
+    overlap = np.minimum(ts - ends, 0)
+    pred_lists = [[(int(p), float(o)) for p, o in zip(preds[:, i], overlap[:, i]) if 0 <= p < i] for i in range(n)]
+    new_ts = [0.0] * n
+    new_end = [0.0] * n
+    ts_list, dur_list, bind_list = ts.tolist(), dur.tolist(), binding.tolist()
+    for i in range(n):
+        b = bind_list[i]
+        start = ts_list[i] if b < 0 else new_end[b] + lag[i]
+        for p, o in pred_lists[i]:
+            if new_end[p] + o > start:
+                start = new_end[p] + o
+        new_ts[i] = start
+        new_end[i] = start + dur_list[i]
+    return np.rint(np.asarray(new_ts)).astype(np.int64), np.rint(np.asarray(new_end)).astype(np.int64)
 
 
 def totals(p: Prediction):

@@ -150,16 +150,19 @@ def _roofline_span(compiled: dict, base: dict, steps: int):
             profiles[device] = from_config(placed, device, str(torch_devices(placed)[device]))()
         return profiles[device]
 
-    def span_of(placement: dict) -> float:
-        total = 0.0
-        for name, c in compiled.items():
-            prof = profile(placement[name], placement)
-            part = c.partition
+    per_call: dict[tuple[str, int], float] = {}
+
+    def call_ns(name: str, device: int, placement: dict) -> float:
+        if (name, device) not in per_call:
+            prof = profile(device, placement)
+            part = compiled[name].partition
             copies = sum(t.bytes for t in part.input_transfers) + sum(t.bytes for t in part.output_transfers)
-            per_call = sum(prof.roofline_ns(cmd.flops, cmd.bytes) for cmd in part.commands)
-            per_call += 1e9 * copies / prof.mem_bandwidth_bytes_per_s
-            total += calls[name] * per_call
-        return total
+            per_call[(name, device)] = (sum(prof.roofline_ns(cmd.flops, cmd.bytes) for cmd in part.commands)
+                                        + 1e9 * copies / prof.mem_bandwidth_bytes_per_s)
+        return per_call[(name, device)]
+
+    def span_of(placement: dict) -> float:
+        return sum(calls[name] * call_ns(name, placement[name], placement) for name in compiled)
 
     return span_of
 
@@ -214,7 +217,10 @@ def cmd_advise(args) -> int:
     print(f"{head}: {len(fitting)} of {len(fitting) + len(over)} placements fit; ranked by predicted span "
           f"({source}), then fewest devices, then most headroom")
     for k, c in enumerate(fitting[:args.top], 1):
-        span = f"{c.span_ns / 1e6:.3f} ms" if c.span_ns is not None else f"not predicted ({c.note})"
+        if c.span_ns is None:
+            span = f"not predicted ({c.note})"
+        else:
+            span = f"{c.span_ns / 1e9:.1f} s" if c.span_ns >= 1e10 else f"{c.span_ns / 1e6:.3f} ms"
         print(f"#{k}  span {span}  devices {c.devices}")
         for line in _placement_text(c):
             print(line)
