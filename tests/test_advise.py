@@ -86,6 +86,19 @@ def test_ranked_by_a_trace_the_spans_are_the_whatif_replays(shared_run, tiny_usa
     assert max(spans) == min(spans)
 
 
+def test_on_a_merged_trace_only_placements_within_each_rank_are_timed(tmp_path, tiny_usage):
+    """A merged 2-rank trace (text_encoder_3 on rank 1): a placement that moves a submodule across ranks
+    cannot be timed from it and is listed after the timed ones, with why."""
+    from trace_kinds import build, truth
+
+    trace = build(tmp_path, "merged")
+    fitting, _ = candidates(2, lambda p: plan(placed_config({}, p), tiny_usage), span_from_trace(trace))
+    timed = [c for c in fitting if c.span_ns is not None]
+    assert [c.placement for c in timed] == [{**dict.fromkeys(SUBMODULES, 0), "text_encoder_3": 1}]
+    assert timed[0].span_ns == truth(trace).span and fitting[0] is timed[0]
+    assert all("another rank" in c.note for c in fitting[1:])
+
+
 def test_advise_cli_on_the_tiny_model(shared_run, capsys):
     trace = shared_run(BASE, steps=2).aggregate_file
     assert main(["advise", "tiny", "--devices", "2", "--capacity", "3MiB", "--trace", str(trace), "--top", "2"]) == 0

@@ -218,7 +218,7 @@ def cmd_advise(args) -> int:
           f"({source}), then fewest devices, then most headroom")
     for k, c in enumerate(fitting[:args.top], 1):
         if c.span_ns is None:
-            span = f"not predicted ({c.note})"
+            span = f"not predicted ({c.note.split('; valid')[0]})"
         else:
             span = f"{c.span_ns / 1e9:.1f} s" if c.span_ns >= 1e10 else f"{c.span_ns / 1e6:.3f} ms"
         print(f"#{k}  span {span}  devices {c.devices}")
