@@ -379,7 +379,8 @@ def totals(p: Prediction):
     table = pd.DataFrame(rows, columns=["what", "device", "predicted_device", "measured_ms", "predicted_ms"])
     table["device"] = table.device.astype("Int64")
     table["predicted_device"] = table.predicted_device.astype("Int64")
-    table["change_pct"] = 100.0 * (table.predicted_ms - table.measured_ms) / table.measured_ms
+    # (rounded so that a change of a few ns of float error shows as none, not as -0.000)
+    table["change_pct"] = (100.0 * (table.predicted_ms - table.measured_ms) / table.measured_ms).round(6) + 0.0
     return table
 
 
