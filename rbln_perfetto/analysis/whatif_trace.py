@@ -21,18 +21,14 @@ WHATIF_SEQUENCE_ID = 0x5749_4600  # a sequence of its own ("WIF")
 _TRACK_BASE = 0x5749_0000
 
 
-def prediction_packets(p: Prediction) -> bytes:
-    """The predicted run as a trace: one track group per unit with its Workload, Host, Compute and DMA
-    tracks (named as the exporter names them, so that `diff` and the reports read it), and a Run slice
-    that says it is a prediction."""
-    d = p.deps
-    host_unit = np.where(d.device >= 0, p.unit, d.rank * RANK_STRIDE)  # host work: its rank's device 0
-    units = sorted({int(u) for u in host_unit})
+def _tracks(units: list[int], merged: bool) -> tuple[bytes, dict, int]:
+    """(the packets of the track descriptors, {(unit, category): track uuid}, the Run track's uuid): one
+    group per unit, named as the exporter names it, with its Workload, Host, Compute and DMA tracks."""
     descriptors = []
     uuid: dict[tuple[int, str], int] = {}
     for k, u in enumerate(units):
         group = _TRACK_BASE + 16 * k
-        name = f"Rank {unit_rank(u)} / Device {unit_device(u)}" if p.merged else f"Device {unit_device(u)}"
+        name = f"Rank {unit_rank(u)} / Device {unit_device(u)}" if merged else f"Device {unit_device(u)}"
         descriptors.append(pt.TrackDescriptor(uuid=group, name=name, description="predicted by rbln-perfetto whatif"))
         for j, category in enumerate(("Workload", "Host", "Compute", "DMA")):
             uuid[(u, category)] = group + 1 + j
@@ -43,6 +39,16 @@ def prediction_packets(p: Prediction) -> bytes:
                                                    sequence_flags=SEQ_CLEARED if i == 0 else SEQ_NEEDS_STATE,
                                                    track_descriptor=t)]).SerializeToString()
                    for i, t in enumerate(descriptors))
+    return out, uuid, run_uuid
+
+
+def prediction_packets(p: Prediction) -> bytes:
+    """The predicted run as a trace: one track group per unit with its Workload, Host, Compute and DMA
+    tracks (named as the exporter names them, so that `diff` and the reports read it), and a Run slice
+    that says it is a prediction."""
+    d = p.deps
+    host_unit = np.where(d.device >= 0, p.unit, d.rank * RANK_STRIDE)  # host work: its rank's device 0
+    out, uuid, run_uuid = _tracks(sorted({int(u) for u in host_unit}), p.merged)
 
     def slice_(track, name, start, end, args):
         return boottime_slice_packets(track, name, int(start), int(end), args, sequence_id=WHATIF_SEQUENCE_ID,
