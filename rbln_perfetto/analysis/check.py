@@ -16,12 +16,15 @@ that `trace_summary_spec` ships as a trace-summary spec for trace_processor's ow
 from __future__ import annotations
 
 import fnmatch
+import math
 import os
 import operator
 import re
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from ..errors import UsageError
+from ..naming import AGGREGATE_FILE_NAME
 from ..query.trace_model import MODEL, in_category, not_untraced, with_ctes
 from .sources import opened, trace_path
 
@@ -35,6 +38,8 @@ class Metric:
     dimension_type: str  # STRING or INT64, as TraceMetricV2Spec types dimensions
     value: str
     sql: str
+    unit: str = "TIME_MILLIS"  # TraceMetricV2Spec.MetricUnit
+    polarity: str = "LOWER_IS_BETTER"  # TraceMetricV2Spec.MetricPolarity: which way is a regression
 
     def name(self, key) -> str:
         """The name a rule uses for this metric's value at dimension value `key`."""
@@ -61,13 +66,29 @@ SELECT d.device AS device,
 FROM per_track t JOIN device_tracks d ON d.track_id = t.track_id JOIN run_span
 GROUP BY d.device"""
 
+# Units and polarities as TraceMetricV2Spec names them: times in ms, lower is better; a call count
+# is neither better nor worse (a change is a different run, not a slower one) but grows as a regression
+# would; idle_pct is a share of the span (0-100), lower is better.
+_UNITS = {"calls": ("COUNT", "NOT_APPLICABLE"), "idle_pct": ("BOUNDED_PERCENTAGE", "LOWER_IS_BETTER")}
 METRICS = (
     Metric("rbln_run_span_ms", None, "", "span_ms", _SPAN),
-    *(Metric(f"rbln_submodule_{v}", "submodule", "STRING", v, _SUBMODULES)
+    *(Metric(f"rbln_submodule_{v}", "submodule", "STRING", v, _SUBMODULES, *_UNITS.get(v, ()))
       for v in ("calls", "total_ms", "mean_ms", "max_ms")),
-    *(Metric(f"rbln_device_{v}", "device", "INT64", v, _DEVICES) for v in ("busy_ms", "compute_ms", "idle_pct")),
+    *(Metric(f"rbln_device_{v}", "device", "INT64", v, _DEVICES, *_UNITS.get(v, ()))
+      for v in ("busy_ms", "compute_ms", "idle_pct")),
 )
+
+
+def metric_of(name: str) -> Metric:
+    """The `Metric` that `check`'s metric `name` ("transformer.mean_ms", "device0.idle_pct") is a row of."""
+    value = name.rsplit(".", 1)[-1]
+    if name.startswith("run."):
+        return METRICS[0]
+    device = re.fullmatch(r"device-?[0-9]+", name.rsplit(".", 1)[0]) is not None
+    return next(m for m in METRICS if m.value == value and (m.dimension == "device") == device
+                and m.dimension is not None)
 DEFAULT_REGRESSION_METRICS = ("run.span_ms", "*.mean_ms")
+DEFAULT_ALPHA = 0.05
 _RULE = re.compile(r"^\s*([^<>=!\s]+)\s*(<=|>=|<|>|==)\s*([-+]?[0-9]*\.?[0-9]+(?:[eE][-+]?[0-9]+)?)\s*$")
 _OPS = {"<=": operator.le, ">=": operator.ge, "<": operator.lt, ">": operator.gt, "==": operator.eq}
 
@@ -113,32 +134,145 @@ def _table(cand_values: dict[str, float], base_values: dict[str, float]):
 
 def metrics_table(cand, baseline=None, *, backend: str = "auto", tp_bin: str | None = None):
     """Every metric of `cand` as a DataFrame (metric, value), with `baseline`'s and the change (baseline,
-    change_pct) where one is given: what `check --metrics` lists, with or without rules."""
-    base_values = metrics(baseline, backend=backend, tp_bin=tp_bin) if baseline is not None else {}
-    return _table(metrics(cand, backend=backend, tp_bin=tp_bin), base_values)
+    change_pct) where one is given: what `check --metrics` lists, with or without rules. Several runs a
+    side (`sample_sources`): medians, and each side's number of runs (runs, baseline_runs)."""
+    cand_runs, base_runs = sample_sources(cand), sample_sources(baseline)
+    if len(cand_runs) > 1 or len(base_runs) > 1:
+        return _samples_table(metric_samples(cand_runs, backend=backend, tp_bin=tp_bin),
+                              metric_samples(base_runs, backend=backend, tp_bin=tp_bin) if base_runs else {})
+    base_values = metrics(base_runs[0], backend=backend, tp_bin=tp_bin) if base_runs else {}
+    return _table(metrics(cand_runs[0], backend=backend, tp_bin=tp_bin), base_values)
 
 
 @dataclass
 class CheckResult:
-    """What `check` found: every metric (with the baseline's, where given) and the broken rules."""
+    """What `check` found: every metric (with the baseline's, where given) and the broken rules.
+
+    With samples (several runs a side) `metrics` holds medians, and `comparisons` one row per metric
+    that `max_regression` checked: the effect, its interval, the p-value and the verdict
+    (`significance`); `notes` says what the gate could not judge (one run a side: no noise)."""
 
     metrics: object  # DataFrame: metric, value (and baseline, change_pct, given a baseline)
     violations: list[str] = field(default_factory=list)
     rules: int = 0
+    comparisons: list[dict] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    n_cand: int = 1
+    n_base: int = 0
+    judges_noise: bool = False  # whether the regressions were tested against the runs' noise
+    alpha: float = DEFAULT_ALPHA
+    max_regression: float | None = None
+    rule_rows: list[dict] = field(default_factory=list)
+    cand_sources: list[str] = field(default_factory=list)
+    base_sources: list[str] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
         return not self.violations
 
+    def verdict(self) -> str:
+        """The one line that ends `check`'s output."""
+        head = (f"check: {len(self.violations)} of {self.rules} rules broken" if self.violations
+                else f"check: ok, {self.rules} rules hold")
+        if not self.comparisons or self.n_cand == self.n_base == 1:  # (one run a side: a note says so)
+            return head
+        runs = f"{self.n_cand} candidate vs {self.n_base} baseline runs"
+        if not self.judges_noise:
+            return f"{head} ({runs}: plain threshold, noise not judged)"
+        worst = max(self.comparisons, key=lambda c: (c["effect_pct"] if c["effect_pct"] == c["effect_pct"] else -1e300))
+        return (f"{head} ({runs}, alpha {self.alpha:g}, Holm over {len(self.comparisons)} metrics); largest: "
+                f"{_effect_text(worst)}")
+
+
+def _pct(x: float) -> str:
+    return "n/a" if x != x else ("+inf%" if x == math.inf else "-inf%" if x == -math.inf else f"{x:+.1f}%")
+
+
+def _effect_text(c: dict) -> str:
+    level = 100 * (1 - 2 * c["alpha"])
+    return (f"{c['metric']} {_pct(c['effect_pct'])} [{level:g}% CI {_pct(c['ci_low_pct'])}, "
+            f"{_pct(c['ci_high_pct'])}], p = {c['p']:.3g}")
+
+
+def sample_sources(sources) -> list:
+    """The runs of `sources` (a source or a list of them): each trace file or run directory is one run,
+    and a directory without a trace that holds run directories (what `run --runs N` writes) is each of them."""
+    if sources is None:
+        return []
+    if isinstance(sources, (str, os.PathLike)) or not isinstance(sources, (list, tuple)):
+        sources = [sources]
+    out = []
+    for source in sources:
+        if isinstance(source, (str, os.PathLike)):
+            path = Path(source)
+            if path.is_dir() and not (path / AGGREGATE_FILE_NAME).is_file():
+                runs = sorted(p for p in path.iterdir() if (p / AGGREGATE_FILE_NAME).is_file())
+                if runs:
+                    out.extend(runs)
+                    continue
+            trace_path(source)  # a path that names no trace is the first thing to say
+        out.append(source)
+    return out
+
+
+def metric_samples(sources, *, backend: str = "auto", tp_bin: str | None = None) -> dict[str, list[float]]:
+    """{metric name: one value per run} over the runs of `sources` (`sample_sources`); a metric that
+    some run lacks (a submodule it did not trace) keeps the runs that have it."""
+    out: dict[str, list[float]] = {}
+    for source in sample_sources(sources):
+        for name, value in metrics(source, backend=backend, tp_bin=tp_bin).items():
+            out.setdefault(name, []).append(value)
+    return dict(sorted(out.items()))
+
+
+def _median(values) -> float:
+    import numpy as np
+
+    return float(np.median(values))
+
+
+def _samples_table(cand: dict[str, list[float]], base: dict[str, list[float]]):
+    """Like `_table`, of medians, with each side's number of runs."""
+    table = _table({k: _median(v) for k, v in cand.items()}, {k: _median(v) for k, v in base.items()})
+    table["runs"] = [len(cand[k]) for k in cand]
+    if base:
+        table["baseline_runs"] = [len(base.get(k, ())) for k in cand]
+    return table
+
+
+def _rule_rows(parsed, cand_samples) -> tuple[list[str], list[dict]]:
+    violations, rows = [], []
+    for rule, name, op, limit in parsed:
+        values = cand_samples[name]
+        value = _median(values)
+        ok = bool(_OPS[op](value, limit))
+        rows.append({"rule": rule, "metric": name, "value": value, "runs": len(values), "ok": ok})
+        if not ok:
+            of = f" (median of {len(values)} runs)" if len(values) > 1 else ""
+            violations.append(f"{name} = {value:.6g}{of}, breaks {rule}")
+    return violations, rows
+
 
 def check(cand, baseline=None, max_regression: float | str | None = None, rules=(),
-          regression_metrics=DEFAULT_REGRESSION_METRICS, *, backend: str = "auto",
+          regression_metrics=DEFAULT_REGRESSION_METRICS, *, alpha: float = DEFAULT_ALPHA, backend: str = "auto",
           tp_bin: str | None = None) -> CheckResult:
     """Check `cand` against `rules` ("transformer.mean_ms<=120") and, with `baseline` and
     `max_regression` (percent), every metric matching `regression_metrics` (globs) against the
-    baseline's: more than `max_regression` percent above it is a violation."""
+    baseline's.
+
+    `cand` and `baseline` are each a run or several (`sample_sources`: a list, or a directory of run
+    directories). One run a side: a metric more than `max_regression` percent worse than the
+    baseline's is a violation, whatever the noise (`notes` says so). Several: a metric is a violation
+    when its effect (`significance.compare`: Hodges-Lehmann ratio of candidate to baseline) is worse
+    by more than `max_regression` and significant at `alpha` (one-sided Mann-Whitney, Holm over the
+    metrics checked); samples too small to ever reach that fall back to the threshold on medians, said
+    in `notes`. Rules (`--max`) hold for the candidate's median."""
+    from . import significance
+
     if isinstance(max_regression, str):
         max_regression = parse_percent(max_regression)
+    if not (0 < alpha < 1):
+        raise UsageError(f"--alpha {alpha!r} is not valid; valid: a probability between 0 and 1, e.g. 0.05")
     if max_regression is not None and baseline is None:
         raise UsageError("--max-regression needs --baseline BASE to compare with")
     parsed = []
@@ -148,40 +282,136 @@ def check(cand, baseline=None, max_regression: float | str | None = None, rules=
             raise UsageError(f"rule {rule!r} is not of the form METRIC<=NUMBER (operators: <=, <, >=, >, ==), "
                              "e.g. \"transformer.mean_ms<=120\"")
         parsed.append((rule.strip(), m.group(1), m.group(2), float(m.group(3))))
-    for source in (cand, baseline):  # a path that names no trace is the first thing to say
-        if isinstance(source, (str, os.PathLike)):
-            trace_path(source)
+    cand_runs = sample_sources(cand)
+    base_runs = sample_sources(baseline)
+    if not cand_runs:
+        raise UsageError("give the candidate run: a trace file, a run directory or several")
     if not parsed and max_regression is None:
         raise UsageError("check has nothing to check: give a rule (--max \"transformer.mean_ms<=120\") or "
                          "--baseline BASE with --max-regression PERCENT")
-    cand_values = metrics(cand, backend=backend, tp_bin=tp_bin)
-    base_values = metrics(baseline, backend=backend, tp_bin=tp_bin) if baseline is not None else {}
+    cand_samples = metric_samples(cand_runs, backend=backend, tp_bin=tp_bin)
+    base_samples = metric_samples(base_runs, backend=backend, tp_bin=tp_bin) if base_runs else {}
     for rule, name, _, _ in parsed:
-        if name not in cand_values:
-            raise UsageError(f"rule {rule!r}: no metric {name!r} in {cand}; valid: {', '.join(cand_values)}")
-    table = _table(cand_values, base_values)
-    violations = []
-    for rule, name, op, limit in parsed:
-        value = cand_values[name]
-        if not _OPS[op](value, limit):
-            violations.append(f"{name} = {value:.6g}, breaks {rule}")
-    checked = 0
-    if max_regression is not None:
-        both = [name for name in cand_values if name in base_values]
-        if not regression_metrics:
-            raise UsageError(f"--regression-metrics is empty: nothing to compare; valid: globs over {', '.join(both)}")
-        for glob in regression_metrics:
-            if not any(fnmatch.fnmatchcase(name, glob) for name in both):
-                raise UsageError(f"--regression-metrics {glob!r} matches no metric of both runs; valid: "
-                                 f"{', '.join(both) or '(none: the runs share no metric)'}")
-        for name in both:
-            value = cand_values[name]
-            if not any(fnmatch.fnmatchcase(name, g) for g in regression_metrics):
-                continue
-            checked += 1
-            base = base_values[name]
-            if value > base * (1 + max_regression / 100) and value > base:
-                change = f"+{100 * (value - base) / base:.1f}%" if base else "from 0"
-                violations.append(f"{name} = {value:.6g} against baseline {base:.6g} ({change}), more than the "
-                                  f"{max_regression:g}% allowed")
-    return CheckResult(table, violations, len(parsed) + checked)
+        if name not in cand_samples:
+            shown = cand if len(cand_runs) == 1 else f"the {len(cand_runs)} candidate runs"
+            raise UsageError(f"rule {rule!r}: no metric {name!r} in {shown}; valid: {', '.join(cand_samples)}")
+    n_cand, n_base = len(cand_runs), len(base_runs)
+    several = n_cand > 1 or n_base > 1
+    table = _samples_table(cand_samples, base_samples) if several else _table(
+        {k: v[0] for k, v in cand_samples.items()}, {k: v[0] for k, v in base_samples.items()})
+    violations, rule_rows = _rule_rows(parsed, cand_samples)
+    result = CheckResult(table, violations, len(parsed), n_cand=n_cand, n_base=n_base, alpha=alpha,
+                         max_regression=max_regression, rule_rows=rule_rows,
+                         cand_sources=[_source_name(x) for x in cand_runs],
+                         base_sources=[_source_name(x) for x in base_runs])
+    if max_regression is None:
+        return result
+    both = [name for name in cand_samples if name in base_samples]
+    if not regression_metrics:
+        raise UsageError(f"--regression-metrics is empty: nothing to compare; valid: globs over {', '.join(both)}")
+    for glob in regression_metrics:
+        if not any(fnmatch.fnmatchcase(name, glob) for name in both):
+            raise UsageError(f"--regression-metrics {glob!r} matches no metric of both runs; valid: "
+                             f"{', '.join(both) or '(none: the runs share no metric)'}")
+    names = [name for name in both if any(fnmatch.fnmatchcase(name, g) for g in regression_metrics)]
+    result.rules += len(names)
+    rows = []
+    for name in names:
+        c, b = cand_samples[name], base_samples[name]
+        if metric_of(name).polarity == "HIGHER_IS_BETTER":  # worse is smaller: compare the other way round
+            c, b = b, c
+        rows.append((name, significance.compare(b, c, alpha=alpha)))
+    # The smallest p-value the samples can give must pass Holm's first step for any verdict to be possible.
+    smallest = min((significance.min_p(cmp.n_cand, cmp.n_base) for _, cmp in rows), default=1.0)
+    result.judges_noise = several and smallest <= alpha / max(len(rows), 1)
+    significant = significance.holm([cmp.p for _, cmp in rows], alpha) if result.judges_noise else [False] * len(rows)
+    for (name, cmp), sig in zip(rows, significant):
+        base_value, value = _median(base_samples[name]), _median(cand_samples[name])
+        worse = value > base_value if metric_of(name).polarity != "HIGHER_IS_BETTER" else value < base_value
+        row = {"metric": name, "unit": metric_of(name).unit, "polarity": metric_of(name).polarity,
+               "candidate": value, "baseline": base_value, "candidate_runs": len(cand_samples[name]),
+               "baseline_runs": len(base_samples[name]),
+               "change_pct": _change_pct(value, base_value),
+               "effect_pct": 100 * cmp.effect, "ci_low_pct": 100 * cmp.low, "ci_high_pct": 100 * cmp.high,
+               "p": cmp.p, "alpha": alpha, "significant": bool(sig)}
+        if result.judges_noise:
+            regressed = sig and 100 * cmp.effect > max_regression
+        else:
+            regressed = worse and abs(value - base_value) > abs(base_value) * max_regression / 100
+        row["regressed"] = bool(regressed)
+        rows_out = result.comparisons
+        rows_out.append(row)
+        if not regressed:
+            continue
+        if not result.judges_noise and not several:  # one run a side: the plain threshold, as before
+            change = f"{_pct(row['change_pct'])}" if base_value else "from 0"
+            violations.append(f"{name} = {value:.6g} against baseline {base_value:.6g} ({change}), more than the "
+                              f"{max_regression:g}% allowed")
+        elif not result.judges_noise:
+            violations.append(f"{name} = {value:.6g} against baseline {base_value:.6g} (medians of {row['candidate_runs']} "
+                              f"and {row['baseline_runs']} runs, {_pct(row['change_pct'])}), more than the "
+                              f"{max_regression:g}% allowed (noise not judged)")
+        else:
+            violations.append(f"{name} = {value:.6g} against baseline {base_value:.6g} (medians of "
+                              f"{row['candidate_runs']} and {row['baseline_runs']} runs): {_effect_text(row)[len(name) + 1:]}"
+                              f" (Holm over {len(rows)}), more than the {max_regression:g}% allowed")
+    if not several:
+        result.notes.append("1 candidate run against 1 baseline run cannot judge noise: a regression is the plain "
+                            f"{max_regression:g}% threshold on one value each; give several runs a side "
+                            "(`run --runs 5`) for a significance test")
+    elif not result.judges_noise:
+        result.notes.append(f"{n_cand} candidate vs {n_base} baseline runs cannot judge noise: the smallest p-value "
+                            f"they can give, {smallest:.3g}, is above alpha {alpha:g} / {len(rows)} metrics (Holm); "
+                            "the medians were held to the plain threshold: give more runs a side or fewer "
+                            "--regression-metrics")
+    return result
+
+
+def _change_pct(value: float, base: float) -> float:
+    return 100.0 * (value - base) / base if base else (0.0 if value == base else math.copysign(math.inf, value - base))
+
+
+def _source_name(source) -> str:
+    return str(trace_path(source)) if isinstance(source, (str, os.PathLike)) else str(getattr(source, "path", source))
+
+
+JSON_SCHEMA = "rbln-perfetto.check/1"
+
+
+def _finite(x):
+    """JSON has no inf or NaN: null for them."""
+    return x if not isinstance(x, float) or math.isfinite(x) else None
+
+
+def check_json(result: CheckResult, **_unused) -> dict:
+    """`check --json`: the verdict as one object, schema `JSON_SCHEMA` (docs/regression-gate.md). Fields
+    are only ever added under this schema name; a renamed or removed field gets a new one."""
+    table = result.metrics
+    has_base = "baseline" in table.columns
+    metrics_rows = []
+    for row in table.itertuples(index=False):
+        metric = metric_of(row.metric)
+        metrics_rows.append({
+            "metric": row.metric, "unit": metric.unit, "polarity": metric.polarity,
+            "value": _finite(float(row.value)),
+            "runs": int(getattr(row, "runs", 1)),
+            "baseline": _finite(float(row.baseline)) if has_base else None,
+            "baseline_runs": (int(getattr(row, "baseline_runs", 1)) if row.baseline == row.baseline else 0)
+            if has_base else 0,
+            "change_pct": _finite(float(row.change_pct)) if has_base else None,
+        })
+    return {
+        "schema": JSON_SCHEMA,
+        "ok": result.ok,
+        "verdict": result.verdict(),
+        "candidate": {"runs": result.n_cand, "sources": result.cand_sources},
+        "baseline": {"runs": result.n_base, "sources": result.base_sources},
+        "max_regression_pct": result.max_regression,
+        "alpha": result.alpha,
+        "judges_noise": result.judges_noise,
+        "notes": list(result.notes),
+        "violations": list(result.violations),
+        "rules": [dict(r, value=_finite(r["value"])) for r in result.rule_rows],
+        "regressions": [{k: _finite(v) for k, v in r.items()} for r in result.comparisons],
+        "metrics": metrics_rows,
+    }

@@ -6,6 +6,9 @@ that trace_processor's own summary computes the same numbers:
 
 Each metric's query is the SQL `check` runs (`check.METRICS`), narrowed to its dimension and value.
 A metric `rbln_submodule_mean_ms` row with dimension "transformer" is `check`'s `transformer.mean_ms`.
+Each metric carries its `unit` (TIME_MILLIS, COUNT, BOUNDED_PERCENTAGE) and `polarity`
+(LOWER_IS_BETTER, or NOT_APPLICABLE for a call count), the `TraceMetricV2Spec` enum names, so that
+any reader of the summary tells better from worse as `check` does (`check.Metric`).
 """
 
 from __future__ import annotations
@@ -31,7 +34,8 @@ def _metric_spec(metric: Metric) -> str:
     lines = ["metric_spec {", f"  id: {_quoted(metric.id)}"]
     if metric.dimension:
         lines.append(f"  dimensions_specs {{ name: {_quoted(metric.dimension)} type: {metric.dimension_type} }}")
-    lines += [f"  value: {_quoted(metric.value)}", "  query {", "    sql {",
+    lines += [f"  value: {_quoted(metric.value)}", f"  unit: {metric.unit}", f"  polarity: {metric.polarity}",
+              "  query {", "    sql {",
               f"      sql: {_quoted(metric_sql(metric))}"]
     lines += [f"      column_names: {_quoted(c)}" for c in (metric.dimension, metric.value) if c]
     lines += ["    }", "  }", "}"]
