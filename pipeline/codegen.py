@@ -6,7 +6,8 @@ T[first_tick + i] .. T[first_tick + i + 1]. On CUDA the timestamps are `torch.cu
 current stream, resolved after the invocation, never synchronised per command. Weights are bound
 as globals of the generated code (no attribute lookups per call), and every intermediate is
 deleted right after its last reader, as the device would free it (`Partition.liveness.frees`).
-A split op's chunks are emitted by its rule in `split_rules`.
+A split op's chunks are emitted by its rule in `split_rules`. With a slowdown factor (the test-only
+knob of `pipeline.slowdown`) every command ends with a spin that stretches it to that factor.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import torch
 from torch.fx import Node
 
 from .partition import Partition
+from .slowdown import spinner
 
 
 class _Emitter:
@@ -105,10 +107,15 @@ def _commands_code(em: _Emitter) -> list[list[str]]:
     return commands
 
 
-def generate(part: Partition, device: torch.device, *, first_tick: int, tick: str) -> tuple[object, object, str]:
-    """Return (run, run_timed, source). `tick` is the statement template, e.g. 'T[{i}] = _now()'."""
+def generate(part: Partition, device: torch.device, *, first_tick: int, tick: str,
+             slowdown: float = 1.0) -> tuple[object, object, str]:
+    """Return (run, run_timed, source). `tick` is the statement template, e.g. 'T[{i}] = _now()';
+    `slowdown` > 1 makes every command take that many times its work (`pipeline.slowdown`)."""
     em = _Emitter(part, device)
     commands = _commands_code(em)
+    if slowdown != 1.0:
+        em.globals["_spin"] = spinner(slowdown)
+        commands = [["_c0 = _now()", *lines, "_spin(_c0)"] for lines in commands]
     args = ", ".join(p.name for p in part.inputs)
     outs = "".join(em.expr(o) + ", " for o in part.outputs)
     plain = [f"def run({args}):"]

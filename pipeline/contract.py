@@ -123,6 +123,7 @@ class RuntimeInfo:
     torch_version: str
     intra_op_threads: int
     weights_digest: str
+    slowdown: str = ""  # the test-only slowdown knob's factors for these programs (`pipeline.slowdown`); "" when off
 
 
 @dataclass(frozen=True, eq=False)

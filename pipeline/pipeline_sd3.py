@@ -34,6 +34,7 @@ from .graph_capture import image_size  # noqa: E402
 from .placement import memory_plan, torch_devices  # noqa: E402
 from .profiling_hooks import ActiveCall, host_recording_call, profiled_call  # noqa: E402
 from .runtime import CompiledSubmodule, RuntimeProbe  # noqa: E402
+from . import slowdown  # noqa: E402
 from .submodules import SUBMODULE_KINDS  # noqa: E402
 
 RBLN_CONFIG_FILE = "rbln_config.json"
@@ -210,6 +211,7 @@ class RBLNStableDiffusion3Pipeline(StableDiffusion3Pipeline):
 
     def __call__(self, *args, **kwargs):
         self._check_guidance(_requested_guidance_scale(args, kwargs))  # before anything runs or is recorded
+        slowdown.current()  # a bad RBLN_PIPELINE_SLOWDOWN fails here too
         with profiled_call(self._pipeline_info, STEP_SUBMODULE):
             if self._rank_link is None:
                 return super().__call__(*args, **kwargs)

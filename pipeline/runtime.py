@@ -23,11 +23,13 @@ from typing import Callable, Sequence
 import torch
 
 from .codegen import generate
+from .config import ConfigError
 from .contract import CUDA_EVENT_TIMING, ProgramInfo, RuntimeInfo, timing_method
 from .dtypes import dtype_name
 from .graph_capture import InputSpec
 from .partition import Partition
 from .profiling_hooks import active_call
+from . import slowdown
 
 HOST = torch.device("cpu")
 
@@ -51,9 +53,19 @@ class CompiledSubmodule:
             outputs=part.output_transfers,
         )
         self.layout = self.info.tick_layout
-        tick = "T[{i}].record()" if self.is_cuda else "T[{i}] = _now()"
-        self.run, self.run_timed, self.source = generate(part, torch_device, first_tick=self.layout.command(0), tick=tick)
         self._events = None
+        self._generate(1.0)
+
+    def _generate(self, factor: float) -> None:
+        """(Re)emit the programs for a slowdown factor (1.0: the plain ones)."""
+        if factor != 1.0 and self.is_cuda:
+            raise ConfigError(
+                f"{slowdown.ENV_SLOWDOWN} names {self.partition.submodule}, which runs on {self.torch_device}; "
+                "valid: only submodules on CPU devices (a host spin cannot lengthen a CUDA stream's work)")
+        tick = "T[{i}].record()" if self.is_cuda else "T[{i}] = _now()"
+        self.run, self.run_timed, self.source = generate(self.partition, self.torch_device,
+                                                         first_tick=self.layout.command(0), tick=tick, slowdown=factor)
+        self.slowdown = factor
 
     def check_inputs(self, inputs: tuple[torch.Tensor, ...]) -> None:
         for spec, x in zip(self.specs, inputs):
@@ -69,6 +81,9 @@ class CompiledSubmodule:
         """Run one call; with `on_ticks`, time it and pass its timestamps (laid out by `TickLayout`),
         and on CUDA the device's allocated bytes at its start and end: `on_ticks(ticks, (start, end))`."""
         dev = self.torch_device
+        factor = slowdown.factor(self.partition.submodule)
+        if factor != self.slowdown:
+            self._generate(factor)
         if on_ticks is None:
             outs = self.run(*[x.to(dev, copy=True) for x in inputs])
             return tuple(o.to(HOST, copy=True) for o in outs)
@@ -152,13 +167,15 @@ class RuntimeProbe:
 
     def __init__(self, compiled: Sequence[CompiledSubmodule]):
         self._parts = tuple(c.partition for c in compiled)
+        self._submodules = {c.partition.submodule for c in compiled}
         self._digest: str | None = None
 
     def __call__(self) -> RuntimeInfo:
         if self._digest is None:
             self._digest = weights_digest(self._parts)
         return RuntimeInfo(torch_version=torch.__version__, intra_op_threads=torch.get_num_threads(),
-                           weights_digest=self._digest)
+                           weights_digest=self._digest, slowdown=slowdown.describe(
+                               {n: f for n, f in slowdown.current().items() if n in self._submodules}))
 
 
 class RBLNRuntimeModule(torch.nn.Module):

@@ -34,6 +34,7 @@ def session_cache(tmp_path_factory):
 @pytest.fixture(autouse=True)
 def _clean_env(monkeypatch, session_cache):
     monkeypatch.delenv("RBLN_PROFILER", raising=False)
+    monkeypatch.delenv("RBLN_PIPELINE_SLOWDOWN", raising=False)
     for name in ("RBLN_PROFILER_DIR", "RBLN_PROFILER_STEPS", "RBLN_PROFILER_CALLS", "RBLN_PROFILER_SUBMODULES"):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("RBLN_PERFETTO_CACHE", str(session_cache))  # (again: a test may have changed it)

@@ -71,6 +71,8 @@ def run_args(info) -> list[tuple[str, str | int | float]]:
             r = pipe.runtime
             args += [(f"torch_version{suffix}", r.torch_version), (f"intra_op_threads{suffix}", r.intra_op_threads),
                      (f"weights_digest{suffix}", r.weights_digest)]
+            if r.slowdown:  # the test-only knob (pipeline.slowdown): this run is not a real one
+                args.append((f"slowdown{suffix}", r.slowdown))
         config = json.loads(pipe.rbln_config_json or "{}")
         args += [(f"{key}{suffix}", config[key]) for key in COMPILED_KEYS if config.get(key) is not None]
         args.append((f"rbln_config{suffix}", pipe.rbln_config_json or "{}"))

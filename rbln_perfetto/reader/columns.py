@@ -4,18 +4,31 @@ tables looked up a column at a time (`HashIdTable`), and the distinct values of 
 
 from __future__ import annotations
 
+import sys
+
 import numpy as np
+
+# From this many values `distinct` hashes with pandas (imported then) rather than sorting with numpy.
+PANDAS_FROM = 1 << 18
 
 
 def distinct(values: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(uniques, first, inverse) of `values`, the uniques in order of first appearance: np.unique's
-    return_index and return_inverse, by hashing rather than sorting (several times faster on a run)."""
-    import pandas as pd
+    return_index and return_inverse, reordered. Large columns go through pandas' factorize (hashing
+    rather than sorting, several times faster on a long run); small ones stay in numpy, so that
+    loading a small trace does not import pandas (its import alone costs more than such a load)."""
+    if len(values) >= PANDAS_FROM or "pandas" in sys.modules:
+        import pandas as pd
 
-    inverse, uniques = pd.factorize(values)
-    seen = np.maximum.accumulate(inverse) if len(inverse) else inverse
-    first = np.flatnonzero(np.r_[True, seen[1:] > seen[:-1]]) if len(inverse) else np.zeros(0, dtype=np.int64)
-    return np.asarray(uniques), first, inverse
+        inverse, uniques = pd.factorize(values)
+        seen = np.maximum.accumulate(inverse) if len(inverse) else inverse
+        first = np.flatnonzero(np.r_[True, seen[1:] > seen[:-1]]) if len(inverse) else np.zeros(0, dtype=np.int64)
+        return np.asarray(uniques), first, inverse
+    uniques, first, inverse = np.unique(values, return_index=True, return_inverse=True)
+    order = np.argsort(first, kind="stable")  # the sorted uniques -> first-appearance order
+    rank = np.empty(len(order), dtype=np.intp)
+    rank[order] = np.arange(len(order))
+    return uniques[order], first[order], rank[inverse.reshape(-1)]
 
 
 def values_of(column: np.ndarray) -> list:

@@ -11,6 +11,7 @@ from collections import defaultdict
 import numpy as np
 
 from ..proto_bytes import COUNTER, INSTANT, SLICE_BEGIN, SLICE_END
+from .columns import distinct
 from .tables import TraceTables, Track
 
 FLOW_INTO_EARLIER_SLICE = "unsupported_flow_from_end_into_earlier_slice"
@@ -43,12 +44,10 @@ def build_slices(tables: TraceTables, events: dict, counter_vals, flow_events, m
     `events`: the event columns (EventColumns.NAMES), each taken out of the dict when it is first
     used, so that it is freed as soon as it is done with (the caller keeps no other reference).
     `match_ends`: some END event has a name, categories, args or flows (see `_build_with_stacks`)."""
-    import pandas as pd
-
     ts, kinds, tracks = events.pop("ts"), events.pop("type"), events.pop("track")
     order = np.argsort(ts, kind="stable")
     # Track ids in order of first use; `codes` numbers the tracks of events in processing order.
-    codes, first_used = pd.factorize(tracks[order])
+    first_used, _, codes = distinct(tracks[order])
     for uuid in first_used.tolist():
         _assign_track_id(tables, uuid)
 

@@ -46,7 +46,7 @@ def _runtime_record(info: PipelineInfo) -> pb.RuntimeInfo | None:
         return None
     r = info.runtime()
     return pb.RuntimeInfo(torch_version=r.torch_version, intra_op_threads=r.intra_op_threads,
-                          weights_digest=r.weights_digest)
+                          weights_digest=r.weights_digest, slowdown=r.slowdown)
 
 
 class CaptureWriter:
