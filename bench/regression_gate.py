@@ -58,17 +58,21 @@ def _complete(side: Path, n: int) -> bool:
 
 
 def make_side(side: Path, slowdown_pct: float, *, submodule: str, scale: str, steps: int, n: int,
-              threads: int) -> float:
-    """One fresh process of `run --runs n` into `side`; its wall seconds."""
+              threads: int, process_per_run: bool = False) -> float:
+    """One fresh process of `run --runs n` into `side` (`process_per_run`: n fresh processes of `run`,
+    one per run, no warm-up call); its wall seconds."""
     env = dict(os.environ, OMP_NUM_THREADS=str(threads))
     env.pop("RBLN_PIPELINE_SLOWDOWN", None)
     if slowdown_pct:
         env["RBLN_PIPELINE_SLOWDOWN"] = f"{submodule}={1 + slowdown_pct / 100:g}"
     t = time.perf_counter()
-    proc = subprocess.run([sys.executable, "-m", "rbln_perfetto.cli", "run", "--scale", scale, "--steps", str(steps),
-                           "--runs", str(n), "--out", str(side), "--force"], env=env, capture_output=True, text=True)
-    if proc.returncode:
-        raise SystemExit(f"side {side.name} failed (exit {proc.returncode}):\n{proc.stderr[-2000:]}")
+    base = [sys.executable, "-m", "rbln_perfetto.cli", "run", "--scale", scale, "--steps", str(steps), "--force"]
+    commands = ([[*base, "--out", str(side / f"run-{k:03d}")] for k in range(n)] if process_per_run
+                else [[*base, "--runs", str(n), "--out", str(side)]])
+    for command in commands:
+        proc = subprocess.run(command, env=env, capture_output=True, text=True)
+        if proc.returncode:
+            raise SystemExit(f"side {side.name} failed (exit {proc.returncode}):\n{proc.stderr[-2000:]}")
     (side / "done").write_text(env.get("RBLN_PIPELINE_SLOWDOWN", "") + "\n")
     return time.perf_counter() - t
 
@@ -83,6 +87,17 @@ def wilson(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
     return (max(0.0, centre - half), min(1.0, centre + half))
 
 
+def recorded_slowdown(run: Path) -> str:
+    """The `slowdown` arg of a run's Run slice ("" when the knob was off): what the pipeline really did."""
+    from rbln_perfetto.query import open_trace
+
+    sql = ("SELECT extract_arg(s.arg_set_id, 'debug.slowdown') AS slowdown FROM slice s JOIN track t "
+           "ON s.track_id = t.id WHERE t.name = 'Run'")
+    with open_trace(run / "aggregate.pb", backend="sqlite") as tr:
+        values = [v for v in tr.query(sql).slowdown.tolist() if v]
+    return values[0] if values else ""
+
+
 def _first(samples: dict[str, list[float]], k: int) -> dict[str, list[float]]:
     return {name: values[:k] for name, values in samples.items()}
 
@@ -94,9 +109,15 @@ def judge(out: Path, blocks, *, n: int, eval_n: list[int], levels: list[float], 
 
     read = {}
     for block in blocks:
-        for name, _ in block:
+        for name, level in block:
             side = out / "sides" / name
-            read[name] = metric_samples([side / f"run-{k:03d}" for k in range(n)])
+            runs = [side / f"run-{k:03d}" for k in range(n)]
+            want = f"{submodule}={1 + level / 100:g}" if level else ""
+            for run in runs:  # a knob that did nothing would make every A/B row an A/A row: the traces say
+                got = recorded_slowdown(run)
+                if got != want:
+                    raise SystemExit(f"{run}: its Run slice records slowdown {got!r}, expected {want!r}")
+            read[name] = metric_samples(runs)
     target = f"{submodule}.mean_ms"
     configs = [("A/A", 0.0, [(f"A{2 * i:03d}", f"A{2 * i + 1:03d}") for i in range(aa_pairs)])]
     configs += [(f"A/B {level:g}%", level, [(f"A{2 * i:03d}", f"B{level:g}-{i:03d}") for i in range(ab_pairs)])
@@ -104,12 +125,13 @@ def judge(out: Path, blocks, *, n: int, eval_n: list[int], levels: list[float], 
     rows = []
     for k in eval_n:
         for label, level, pairs in configs:
-            fails = flagged = 0
+            fails = flagged = judged = 0
             effects, failing_metrics = [], {}
             for base, cand in pairs:
                 result = check_samples(_first(read[cand], k), _first(read[base], k), n_cand=k, n_base=k,
                                        max_regression=max_regression, alpha=alpha)
                 fails += not result.ok
+                judged += result.judges_noise
                 for row in result.comparisons:
                     if row["regressed"]:
                         failing_metrics[row["metric"]] = failing_metrics.get(row["metric"], 0) + 1
@@ -117,7 +139,8 @@ def judge(out: Path, blocks, *, n: int, eval_n: list[int], levels: list[float], 
                         flagged += row["regressed"]
                         effects.append(row["effect_pct"])
             low, high = wilson(fails, len(pairs))
-            rows.append({"config": label, "slowdown_pct": level, "n": k, "pairs": len(pairs), "gate_failed": fails,
+            rows.append({"config": label, "slowdown_pct": level, "n": k, "pairs": len(pairs), "judged": judged,
+                         "gate_failed": fails,
                          "rate": fails / len(pairs) if pairs else math.nan, "rate_low": low, "rate_high": high,
                          "target_flagged": flagged, "target_median_effect_pct": _median(effects),
                          "failing_metrics": failing_metrics})
@@ -133,11 +156,11 @@ def _median(values):
 
 
 def markdown(rows, submodule: str, max_regression: float, alpha: float) -> str:
-    head = (f"| pairs | N | gate failed (--max-regression {max_regression:g}%, alpha {alpha:g}) | rate | 95% interval "
-            f"| {submodule}.mean_ms flagged | its median effect |\n|---|---|---|---|---|---|---|")
+    head = (f"| pairs | N | noise judged | gate failed (--max-regression {max_regression:g}%, alpha {alpha:g}) | rate | 95% interval "
+            f"| {submodule}.mean_ms flagged | its median effect |\n|---|---|---|---|---|---|---|---|")
     lines = [head]
     for r in rows:
-        lines.append(f"| {r['config']} x {r['pairs']} | {r['n']} | {r['gate_failed']} | {100 * r['rate']:.0f}% | "
+        lines.append(f"| {r['config']} x {r['pairs']} | {r['n']} | {r['judged']} | {r['gate_failed']} | {100 * r['rate']:.0f}% | "
                      f"{100 * r['rate_low']:.0f}-{100 * r['rate_high']:.0f}% | {r['target_flagged']} | "
                      f"{r['target_median_effect_pct']:+.1f}% |")
     return "\n".join(lines)
@@ -156,6 +179,10 @@ def main(argv=None) -> int:
     p.add_argument("--alpha", type=float, default=0.05, help="check's --alpha (default 0.05)")
     p.add_argument("--eval-n", default="", help="also judge at these smaller N (first k runs of each side), e.g. 3,4")
     p.add_argument("--threads", type=int, default=1, help="OMP_NUM_THREADS of each side's process (default 1)")
+    p.add_argument("--process-per-run", action="store_true",
+                   help="each run of a side its own fresh process (`run`, no warm-up call) rather than one "
+                        "`run --runs N` process per side: N times the start-up cost, and samples that hold the "
+                        "process-to-process noise (use a new --out)")
     p.add_argument("--seed", type=int, default=0, help="seed of the order of the sides in a block")
     p.add_argument("--out", type=Path, help="where the sides go (default bench/results/gate-<time>/); resumed if given")
     args = p.parse_args(argv)
@@ -179,7 +206,7 @@ def main(argv=None) -> int:
             if _complete(side, args.n):
                 continue
             seconds += make_side(side, level, submodule=args.submodule, scale=args.scale, steps=args.steps,
-                                 n=args.n, threads=args.threads)
+                                 n=args.n, threads=args.threads, process_per_run=args.process_per_run)
             made += 1
             left = (todo - made) * seconds / made
             print(f"[gate] {name} done ({made}/{todo}, {seconds / made:.0f} s a side, ~{left / 60:.0f} min left)",

@@ -189,3 +189,30 @@ def test_summary_spec_round_trips_values_units_and_polarity(samples):
             for row in df.itertuples(index=False):
                 values[metric_name(m.id, getattr(row, dim) if dim else None)] = float(getattr(row, m.value))
     assert values == pytest.approx(metrics(run))
+
+
+@pytest.mark.slow
+def test_real_runs_a_30_percent_slower_transformer_fails_the_gate_at_n5(make_pipe, monkeypatch, tmp_path):
+    """Ten real tiny-model runs in one process, plain and with RBLN_PIPELINE_SLOWDOWN="transformer=1.3"
+    taking turns (so a slow stretch of the machine hits both), after a warm-up call: the gate fails on
+    the transformer, judged as significant."""
+    from conftest import run
+
+    import rbln_perfetto
+
+    pipe = make_pipe()
+    run(pipe, steps=2)  # warm-up
+    for i in range(5):
+        for side, knob in (("base", None), ("slow", "transformer=1.3")):
+            if knob:
+                monkeypatch.setenv("RBLN_PIPELINE_SLOWDOWN", knob)
+            else:
+                monkeypatch.delenv("RBLN_PIPELINE_SLOWDOWN", raising=False)
+            with rbln_perfetto.profile(tmp_path / side / f"run-{i:03d}", submodules="transformer,vae"):
+                run(pipe, steps=2)
+    result = check(tmp_path / "slow", baseline=tmp_path / "base", max_regression="5%")
+    row = {r["metric"]: r for r in result.comparisons}["transformer.mean_ms"]
+    assert result.judges_noise and (result.n_cand, result.n_base) == (5, 5)
+    assert not result.ok and row["regressed"] and row["significant"], (row, result.violations)
+    assert 15 < row["effect_pct"] < 45 and row["ci_low_pct"] > 5
+    assert any(v.startswith("transformer.mean_ms = ") for v in result.violations)
