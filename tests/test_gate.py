@@ -14,7 +14,8 @@ import pytest
 from analysis_cases import layers_program, synthetic_run
 
 from rbln_perfetto.analysis import check, metrics
-from rbln_perfetto.analysis.check import JSON_SCHEMA, METRICS, metric_samples, sample_sources
+from rbln_perfetto.analysis.check import METRICS, metric_samples, sample_sources
+from rbln_perfetto.analysis.check_json import JSON_SCHEMA
 from rbln_perfetto.analysis.significance import compare, holm, min_p
 from rbln_perfetto.analysis.trace_summary_spec import metric_name, summary_spec_text
 from rbln_perfetto.cli import main

@@ -26,6 +26,7 @@ from pathlib import Path
 from ..errors import UsageError
 from ..naming import AGGREGATE_FILE_NAME
 from ..query.trace_model import MODEL, in_category, not_untraced, with_ctes
+from .regressions import effect_text, judge_regressions
 from .sources import opened, trace_path
 
 
@@ -181,17 +182,7 @@ class CheckResult:
             return f"{head} ({runs}: plain threshold, noise not judged)"
         worst = max(self.comparisons, key=lambda c: (c["effect_pct"] if c["effect_pct"] == c["effect_pct"] else -1e300))
         return (f"{head} ({runs}, alpha {self.alpha:g}, Holm over {len(self.comparisons)} metrics); largest: "
-                f"{_effect_text(worst)}")
-
-
-def _pct(x: float) -> str:
-    return "n/a" if x != x else ("+inf%" if x == math.inf else "-inf%" if x == -math.inf else f"{x:+.1f}%")
-
-
-def _effect_text(c: dict) -> str:
-    level = 100 * (1 - 2 * c["alpha"])
-    return (f"{c['metric']} {_pct(c['effect_pct'])} [{level:g}% CI {_pct(c['ci_low_pct'])}, "
-            f"{_pct(c['ci_high_pct'])}], p = {c['p']:.3g}")
+                f"{effect_text(worst)}")
 
 
 def sample_sources(sources) -> list:
@@ -226,9 +217,9 @@ def metric_samples(sources, *, backend: str = "auto", tp_bin: str | None = None)
 
 
 def _median(values) -> float:
-    import numpy as np
+    from .regressions import median
 
-    return float(np.median(values))
+    return median(values)
 
 
 def _samples_table(cand: dict[str, list[float]], base: dict[str, list[float]]):
@@ -253,6 +244,17 @@ def _rule_rows(parsed, cand_samples) -> tuple[list[str], list[dict]]:
     return violations, rows
 
 
+def _parse_rules(rules) -> list[tuple[str, str, str, float]]:
+    parsed = []
+    for rule in rules:
+        m = _RULE.match(rule)
+        if not m:
+            raise UsageError(f"rule {rule!r} is not of the form METRIC<=NUMBER (operators: <=, <, >=, >, ==), "
+                             "e.g. \"transformer.mean_ms<=120\"")
+        parsed.append((rule.strip(), m.group(1), m.group(2), float(m.group(3))))
+    return parsed
+
+
 def check(cand, baseline=None, max_regression: float | str | None = None, rules=(),
           regression_metrics=DEFAULT_REGRESSION_METRICS, *, alpha: float = DEFAULT_ALPHA, backend: str = "auto",
           tp_bin: str | None = None) -> CheckResult:
@@ -267,7 +269,6 @@ def check(cand, baseline=None, max_regression: float | str | None = None, rules=
     by more than `max_regression` and significant at `alpha` (one-sided Mann-Whitney, Holm over the
     metrics checked); samples too small to ever reach that fall back to the threshold on medians, said
     in `notes`. Rules (`--max`) hold for the candidate's median."""
-    from . import significance
 
     if isinstance(max_regression, str):
         max_regression = parse_percent(max_regression)
@@ -275,13 +276,7 @@ def check(cand, baseline=None, max_regression: float | str | None = None, rules=
         raise UsageError(f"--alpha {alpha!r} is not valid; valid: a probability between 0 and 1, e.g. 0.05")
     if max_regression is not None and baseline is None:
         raise UsageError("--max-regression needs --baseline BASE to compare with")
-    parsed = []
-    for rule in rules:
-        m = _RULE.match(rule)
-        if not m:
-            raise UsageError(f"rule {rule!r} is not of the form METRIC<=NUMBER (operators: <=, <, >=, >, ==), "
-                             "e.g. \"transformer.mean_ms<=120\"")
-        parsed.append((rule.strip(), m.group(1), m.group(2), float(m.group(3))))
+    parsed = _parse_rules(rules)
     cand_runs = sample_sources(cand)
     base_runs = sample_sources(baseline)
     if not cand_runs:
@@ -295,15 +290,26 @@ def check(cand, baseline=None, max_regression: float | str | None = None, rules=
         if name not in cand_samples:
             shown = cand if len(cand_runs) == 1 else f"the {len(cand_runs)} candidate runs"
             raise UsageError(f"rule {rule!r}: no metric {name!r} in {shown}; valid: {', '.join(cand_samples)}")
-    n_cand, n_base = len(cand_runs), len(base_runs)
+    result = check_samples(cand_samples, base_samples, n_cand=len(cand_runs), n_base=len(base_runs),
+                           rules=[p[0] for p in parsed], max_regression=max_regression,
+                           regression_metrics=regression_metrics, alpha=alpha)
+    result.cand_sources = [_source_name(x) for x in cand_runs]
+    result.base_sources = [_source_name(x) for x in base_runs]
+    return result
+
+
+def check_samples(cand_samples: dict[str, list[float]], base_samples: dict[str, list[float]], *, n_cand: int,
+                  n_base: int, rules=(), max_regression: float | None = None,
+                  regression_metrics=DEFAULT_REGRESSION_METRICS, alpha: float = DEFAULT_ALPHA) -> CheckResult:
+    """`check` of samples already read (`metric_samples`): {metric: one value per run} a side, of
+    `n_cand` and `n_base` runs (the bench judges many pairs of runs it read once)."""
+    parsed = _parse_rules(rules)
     several = n_cand > 1 or n_base > 1
     table = _samples_table(cand_samples, base_samples) if several else _table(
         {k: v[0] for k, v in cand_samples.items()}, {k: v[0] for k, v in base_samples.items()})
     violations, rule_rows = _rule_rows(parsed, cand_samples)
     result = CheckResult(table, violations, len(parsed), n_cand=n_cand, n_base=n_base, alpha=alpha,
-                         max_regression=max_regression, rule_rows=rule_rows,
-                         cand_sources=[_source_name(x) for x in cand_runs],
-                         base_sources=[_source_name(x) for x in base_runs])
+                         max_regression=max_regression, rule_rows=rule_rows)
     if max_regression is None:
         return result
     both = [name for name in cand_samples if name in base_samples]
@@ -315,103 +321,12 @@ def check(cand, baseline=None, max_regression: float | str | None = None, rules=
                              f"{', '.join(both) or '(none: the runs share no metric)'}")
     names = [name for name in both if any(fnmatch.fnmatchcase(name, g) for g in regression_metrics)]
     result.rules += len(names)
-    rows = []
-    for name in names:
-        c, b = cand_samples[name], base_samples[name]
-        if metric_of(name).polarity == "HIGHER_IS_BETTER":  # worse is smaller: compare the other way round
-            c, b = b, c
-        rows.append((name, significance.compare(b, c, alpha=alpha)))
-    # The smallest p-value the samples can give must pass Holm's first step for any verdict to be possible.
-    smallest = min((significance.min_p(cmp.n_cand, cmp.n_base) for _, cmp in rows), default=1.0)
-    result.judges_noise = several and smallest <= alpha / max(len(rows), 1)
-    significant = significance.holm([cmp.p for _, cmp in rows], alpha) if result.judges_noise else [False] * len(rows)
-    for (name, cmp), sig in zip(rows, significant):
-        base_value, value = _median(base_samples[name]), _median(cand_samples[name])
-        worse = value > base_value if metric_of(name).polarity != "HIGHER_IS_BETTER" else value < base_value
-        row = {"metric": name, "unit": metric_of(name).unit, "polarity": metric_of(name).polarity,
-               "candidate": value, "baseline": base_value, "candidate_runs": len(cand_samples[name]),
-               "baseline_runs": len(base_samples[name]),
-               "change_pct": _change_pct(value, base_value),
-               "effect_pct": 100 * cmp.effect, "ci_low_pct": 100 * cmp.low, "ci_high_pct": 100 * cmp.high,
-               "p": cmp.p, "alpha": alpha, "significant": bool(sig)}
-        if result.judges_noise:
-            regressed = sig and 100 * cmp.effect > max_regression
-        else:
-            regressed = worse and abs(value - base_value) > abs(base_value) * max_regression / 100
-        row["regressed"] = bool(regressed)
-        rows_out = result.comparisons
-        rows_out.append(row)
-        if not regressed:
-            continue
-        if not result.judges_noise and not several:  # one run a side: the plain threshold, as before
-            change = f"{_pct(row['change_pct'])}" if base_value else "from 0"
-            violations.append(f"{name} = {value:.6g} against baseline {base_value:.6g} ({change}), more than the "
-                              f"{max_regression:g}% allowed")
-        elif not result.judges_noise:
-            violations.append(f"{name} = {value:.6g} against baseline {base_value:.6g} (medians of {row['candidate_runs']} "
-                              f"and {row['baseline_runs']} runs, {_pct(row['change_pct'])}), more than the "
-                              f"{max_regression:g}% allowed (noise not judged)")
-        else:
-            violations.append(f"{name} = {value:.6g} against baseline {base_value:.6g} (medians of "
-                              f"{row['candidate_runs']} and {row['baseline_runs']} runs): {_effect_text(row)[len(name) + 1:]}"
-                              f" (Holm over {len(rows)}), more than the {max_regression:g}% allowed")
-    if not several:
-        result.notes.append("1 candidate run against 1 baseline run cannot judge noise: a regression is the plain "
-                            f"{max_regression:g}% threshold on one value each; give several runs a side "
-                            "(`run --runs 5`) for a significance test")
-    elif not result.judges_noise:
-        result.notes.append(f"{n_cand} candidate vs {n_base} baseline runs cannot judge noise: the smallest p-value "
-                            f"they can give, {smallest:.3g}, is above alpha {alpha:g} / {len(rows)} metrics (Holm); "
-                            "the medians were held to the plain threshold: give more runs a side or fewer "
-                            "--regression-metrics")
+    result.comparisons, found, result.notes, result.judges_noise = judge_regressions(
+        cand_samples, base_samples, {name: metric_of(name) for name in names}, n_cand=n_cand, n_base=n_base, max_regression=max_regression, alpha=alpha)
+    result.violations.extend(found)
     return result
-
-
-def _change_pct(value: float, base: float) -> float:
-    return 100.0 * (value - base) / base if base else (0.0 if value == base else math.copysign(math.inf, value - base))
 
 
 def _source_name(source) -> str:
     return str(trace_path(source)) if isinstance(source, (str, os.PathLike)) else str(getattr(source, "path", source))
 
-
-JSON_SCHEMA = "rbln-perfetto.check/1"
-
-
-def _finite(x):
-    """JSON has no inf or NaN: null for them."""
-    return x if not isinstance(x, float) or math.isfinite(x) else None
-
-
-def check_json(result: CheckResult, **_unused) -> dict:
-    """`check --json`: the verdict as one object, schema `JSON_SCHEMA` (docs/regression-gate.md). Fields
-    are only ever added under this schema name; a renamed or removed field gets a new one."""
-    table = result.metrics
-    has_base = "baseline" in table.columns
-    metrics_rows = []
-    for row in table.itertuples(index=False):
-        metric = metric_of(row.metric)
-        metrics_rows.append({
-            "metric": row.metric, "unit": metric.unit, "polarity": metric.polarity,
-            "value": _finite(float(row.value)),
-            "runs": int(getattr(row, "runs", 1)),
-            "baseline": _finite(float(row.baseline)) if has_base else None,
-            "baseline_runs": (int(getattr(row, "baseline_runs", 1)) if row.baseline == row.baseline else 0)
-            if has_base else 0,
-            "change_pct": _finite(float(row.change_pct)) if has_base else None,
-        })
-    return {
-        "schema": JSON_SCHEMA,
-        "ok": result.ok,
-        "verdict": result.verdict(),
-        "candidate": {"runs": result.n_cand, "sources": result.cand_sources},
-        "baseline": {"runs": result.n_base, "sources": result.base_sources},
-        "max_regression_pct": result.max_regression,
-        "alpha": result.alpha,
-        "judges_noise": result.judges_noise,
-        "notes": list(result.notes),
-        "violations": list(result.violations),
-        "rules": [dict(r, value=_finite(r["value"])) for r in result.rule_rows],
-        "regressions": [{k: _finite(v) for k, v in r.items()} for r in result.comparisons],
-        "metrics": metrics_rows,
-    }

@@ -15,7 +15,8 @@ import sys
 from pathlib import Path
 
 from ..analysis import check, critical_path, diff, idle, plot_diff, variance, write_overlay, write_summary_spec
-from ..analysis.check import DEFAULT_ALPHA, DEFAULT_REGRESSION_METRICS, check_json, metrics_table
+from ..analysis.check import DEFAULT_ALPHA, DEFAULT_REGRESSION_METRICS, metrics_table
+from ..analysis.check_json import check_json
 from ..analysis.diff import BY as DIFF_BY
 from ..analysis.idle import CAUSES, DEFAULT_MIN_GAP_MS
 from ..analysis.sources import trace_path
