@@ -239,3 +239,11 @@ def test_run_runs_writes_one_run_directory_per_sample(tmp_path, capsys):
     assert [r.name for r in runs] == ["run-000", "run-001"]
     samples = metric_samples(tmp_path / "runs")
     assert all(len(v) == 2 for v in samples.values()) and samples["transformer.calls"] == [1.0, 1.0]  # 1 step, CFG in one batch
+
+
+def test_the_ranks_of_an_unmerged_run_are_not_samples(samples, tmp_path):
+    for rank in (0, 1):
+        _run(tmp_path / "split" / f"rank{rank}", 1000)
+    with pytest.raises(Exception, match="is a directory without aggregate.pb"):
+        sample_sources(tmp_path / "split")
+    assert len(sample_sources([samples["base"], sample_sources(samples["same"])[0]])) == 6

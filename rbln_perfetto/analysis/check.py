@@ -88,6 +88,8 @@ def metric_of(name: str) -> Metric:
     device = re.fullmatch(r"device-?[0-9]+", name.rsplit(".", 1)[0]) is not None
     return next(m for m in METRICS if m.value == value and (m.dimension == "device") == device
                 and m.dimension is not None)
+
+
 DEFAULT_REGRESSION_METRICS = ("run.span_ms", "*.mean_ms")
 DEFAULT_ALPHA = 0.05
 _RULE = re.compile(r"^\s*([^<>=!\s]+)\s*(<=|>=|<|>|==)\s*([-+]?[0-9]*\.?[0-9]+(?:[eE][-+]?[0-9]+)?)\s*$")
@@ -197,7 +199,9 @@ def sample_sources(sources) -> list:
         if isinstance(source, (str, os.PathLike)):
             path = Path(source)
             if path.is_dir() and not (path / AGGREGATE_FILE_NAME).is_file():
-                runs = sorted(p for p in path.iterdir() if (p / AGGREGATE_FILE_NAME).is_file())
+                # (not the rank{r}/ directories of an unmerged run across processes: those are one run)
+                runs = sorted(p for p in path.iterdir() if (p / AGGREGATE_FILE_NAME).is_file()
+                              and not re.fullmatch(r"rank[0-9]+", p.name))
                 if runs:
                     out.extend(runs)
                     continue
