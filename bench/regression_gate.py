@@ -87,17 +87,6 @@ def wilson(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
     return (max(0.0, centre - half), min(1.0, centre + half))
 
 
-def recorded_slowdown(run: Path) -> str:
-    """The `slowdown` arg of a run's Run slice ("" when the knob was off): what the pipeline really did."""
-    from rbln_perfetto.query import open_trace
-
-    sql = ("SELECT extract_arg(s.arg_set_id, 'debug.slowdown') AS slowdown FROM slice s JOIN track t "
-           "ON s.track_id = t.id WHERE t.name = 'Run'")
-    with open_trace(run / "aggregate.pb", backend="sqlite") as tr:
-        values = [v for v in tr.query(sql).slowdown.tolist() if v]
-    return values[0] if values else ""
-
-
 def _first(samples: dict[str, list[float]], k: int) -> dict[str, list[float]]:
     return {name: values[:k] for name, values in samples.items()}
 
@@ -113,11 +102,12 @@ def judge(out: Path, blocks, *, n: int, eval_n: list[int], levels: list[float], 
             side = out / "sides" / name
             runs = [side / f"run-{k:03d}" for k in range(n)]
             want = f"{submodule}={1 + level / 100:g}" if level else ""
+            slowed = {}
+            read[name] = metric_samples(runs, slowed=slowed)
             for run in runs:  # a knob that did nothing would make every A/B row an A/A row: the traces say
-                got = recorded_slowdown(run)
+                got = slowed.get(str(run / "aggregate.pb"), "")
                 if got != want:
                     raise SystemExit(f"{run}: its Run slice records slowdown {got!r}, expected {want!r}")
-            read[name] = metric_samples(runs)
     target = f"{submodule}.mean_ms"
     configs = [("A/A", 0.0, [(f"A{2 * i:03d}", f"A{2 * i + 1:03d}") for i in range(aa_pairs)])]
     configs += [(f"A/B {level:g}%", level, [(f"A{2 * i:03d}", f"B{level:g}-{i:03d}") for i in range(ab_pairs)])

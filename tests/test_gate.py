@@ -221,6 +221,9 @@ def test_real_runs_a_30_percent_slower_transformer_fails_the_gate_at_n5(make_pip
     assert not result.ok and row["regressed"] and row["significant"], (row, result.violations)
     assert 10 < row["effect_pct"] < 60, row
     assert result.violations[0].startswith("transformer.mean_ms = ")
+    # The slowed runs say so (the knob's record in their Run slice); the plain ones do not.
+    assert result.notes == ["5 candidate run(s) were made with RBLN_PIPELINE_SLOWDOWN (transformer=1.3): slowed "
+                            "on purpose by a test knob, not real runs"]
 
 
 def test_bad_gate_arguments_are_named(samples, capsys):

@@ -210,13 +210,25 @@ def sample_sources(sources) -> list:
     return out
 
 
-def metric_samples(sources, *, backend: str = "auto", tp_bin: str | None = None) -> dict[str, list[float]]:
+# The slowdown knob's record (pipeline.slowdown): a run made with it is slowed on purpose, not a real one.
+SLOWDOWN_SQL = ("SELECT a.string_value AS slowdown FROM slice s JOIN track t ON s.track_id = t.id "
+                "JOIN args a ON a.arg_set_id = s.arg_set_id WHERE t.name = 'Run' AND a.key GLOB 'debug.slowdown*'")
+
+
+def metric_samples(sources, *, backend: str = "auto", tp_bin: str | None = None,
+                   slowed: dict | None = None) -> dict[str, list[float]]:
     """{metric name: one value per run} over the runs of `sources` (`sample_sources`); a metric that
-    some run lacks (a submodule it did not trace) keeps the runs that have it."""
+    some run lacks (a submodule it did not trace) keeps the runs that have it. `slowed`, a dict, gets
+    {run: its recorded RBLN_PIPELINE_SLOWDOWN} for each run made with that test knob."""
     out: dict[str, list[float]] = {}
     for source in sample_sources(sources):
-        for name, value in metrics(source, backend=backend, tp_bin=tp_bin).items():
-            out.setdefault(name, []).append(value)
+        with opened(source, backend, tp_bin) as tr:
+            for name, value in metrics(tr).items():
+                out.setdefault(name, []).append(value)
+            if slowed is not None:
+                knob = ",".join(sorted({v for v in tr.query(SLOWDOWN_SQL).slowdown.tolist() if v}))
+                if knob:
+                    slowed[_source_name(source)] = knob
     return dict(sorted(out.items()))
 
 
@@ -288,8 +300,10 @@ def check(cand, baseline=None, max_regression: float | str | None = None, rules=
     if not parsed and max_regression is None:
         raise UsageError("check has nothing to check: give a rule (--max \"transformer.mean_ms<=120\") or "
                          "--baseline BASE with --max-regression PERCENT")
-    cand_samples = metric_samples(cand_runs, backend=backend, tp_bin=tp_bin)
-    base_samples = metric_samples(base_runs, backend=backend, tp_bin=tp_bin) if base_runs else {}
+    slowed = {"candidate": {}, "baseline": {}}
+    cand_samples = metric_samples(cand_runs, backend=backend, tp_bin=tp_bin, slowed=slowed["candidate"])
+    base_samples = (metric_samples(base_runs, backend=backend, tp_bin=tp_bin, slowed=slowed["baseline"])
+                    if base_runs else {})
     for rule, name, _, _ in parsed:
         if name not in cand_samples:
             shown = cand if len(cand_runs) == 1 else f"the {len(cand_runs)} candidate runs"
@@ -299,6 +313,11 @@ def check(cand, baseline=None, max_regression: float | str | None = None, rules=
                            regression_metrics=regression_metrics, alpha=alpha)
     result.cand_sources = [_source_name(x) for x in cand_runs]
     result.base_sources = [_source_name(x) for x in base_runs]
+    for side, runs in slowed.items():
+        if runs:
+            result.notes.append(f"{len(runs)} {side} run(s) were made with RBLN_PIPELINE_SLOWDOWN "
+                                f"({', '.join(sorted(set(runs.values())))}): slowed on purpose by a test knob, "
+                                "not real runs")
     return result
 
 
