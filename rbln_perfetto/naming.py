@@ -8,6 +8,7 @@
     rank transfers     `send {submodule} -> rank {r}`, `recv {submodule} <- rank {r}`   (runs split across processes)
     invocation file    `{sequence_index:04d}_{submodule}_{call_index}.pb`   e.g. `0006_transformer_0.pb`
     aggregate file     `aggregate.pb`
+    merge archive      `ranks.tar` (a merged run: each rank's trace and a `perfetto_manifest`)
     a run directory    its traces, `capture.rblncap`, `run-id.txt` (`merged ...` after a merge), `image.png`,
                        and `rank{r}/` per rank of a run split across processes
 
@@ -19,11 +20,14 @@ index's digits from the slice's `command_index` arg instead.
 
 from __future__ import annotations
 
+import hashlib
 import re
+import struct
 from pathlib import Path
 from typing import NamedTuple
 
 AGGREGATE_FILE_NAME = "aggregate.pb"
+MERGE_ARCHIVE_FILE = "ranks.tar"  # a merged run as a Perfetto merge archive: a trace per rank and a manifest
 CAPTURE_FILE = "capture.rblncap"
 CAPTURE_MAGIC = b"RBLNCAP1"  # how a capture file starts (`recorder.capture`); readers of traces name it when given one
 RUN_ID_FILE = "run-id.txt"
@@ -32,6 +36,15 @@ RANK_DIR = re.compile(r"^rank([0-9]+)\Z")  # a rank's own run, inside the direct
 MERGED = "merged "  # how `run-id.txt` of a merged run starts (`rbln-perfetto merge`)
 # How `system_info.tracing_service_version` starts in every trace the tool writes (then its version).
 TRACING_SERVICE = "rbln-perfetto "
+
+
+def trace_uuid(identity: str, file_name: str) -> tuple[int, int]:
+    """(msb, lsb) of the name-based UUID (version 8) of one file of one run (its `trace_uuid` packet):
+    what tells a run's own traces from a copy of another run's."""
+    raw = bytearray(hashlib.sha256(f"{identity}\0{file_name}".encode()).digest()[:16])
+    raw[6] = (raw[6] & 0x0F) | 0x80
+    raw[8] = (raw[8] & 0x3F) | 0x80
+    return struct.unpack(">qq", bytes(raw))
 
 
 def merged_ranks(out_dir: Path) -> bool:

@@ -90,6 +90,23 @@ def test_export_refuses_another_runs_traces_and_force_removes_only_them(run_a, r
     assert workloads(out / "aggregate.pb") == ["vae #0"]
 
 
+def test_force_removes_the_runs_own_extra_traces_but_not_a_copy_of_another_runs(run_a, run_b, tmp_path, capsys):
+    """A trace of the tool under another name counts as the run's only when its UUID is one of the run's
+    files' (an overlay copied from its aggregate); a copy of a third run's trace is the user's file."""
+    out, elsewhere = tmp_path / "out", tmp_path / "c-export"
+    rbln_perfetto.export(run_a, out)
+    shutil.copyfile(out / "aggregate.pb", out / "critical-path.pb")  # as write_overlay leaves it: the same UUID
+    rbln_perfetto.export(_capture(tmp_path / "c" / "capture.rblncap", "text_encoder", 1), elsewhere)
+    shutil.copyfile(elsewhere / "aggregate.pb", out / "from-c.pb")
+    kept = (out / "from-c.pb").read_bytes()
+    capsys.readouterr()
+
+    assert main(["export", str(run_b), "-o", str(out), "--force"]) == 0
+    assert capsys.readouterr().err == f"rbln-perfetto: removed 6 files of an earlier run from {out}\n"
+    assert sorted(p.name for p in out.iterdir()) == ["0000_vae_0.pb", "aggregate.pb", "from-c.pb", RUN_ID_FILE]
+    assert (out / "from-c.pb").read_bytes() == kept
+
+
 @pytest.mark.parametrize("left", ["traces", "capture-only", "traces-without-run-id", "run-directory"])
 def test_export_refuses_every_trace_of_another_run(run_a, run_b, tmp_path, left):
     """Whatever another run left (its export, its bare capture, traces that no longer say whose

@@ -61,6 +61,7 @@ def test_the_traces_are_the_kinds_they_claim(traces):
     _, merged = traces["merged"]
     assert set(merged.units) == {(0, 0), (1, 1)} and len(merged.flows) > len(traces["single"][1].flows)
     assert len(traces["selected"][1].untraced) == 1 and len(traces["selected"][1].invocations) == 3 + len(SELECTED)
+    assert len(traces["merged_selected"][1].untraced) == 2  # one per rank, overlapping
     assert "text_encoder_3" not in _per_submodule(traces["unprofiled"][1])
     assert len(traces["merged_killed"][1].dmas) < len(merged.dmas)
     assert len(traces["invocation_file"][1].invocations) == 1
@@ -154,13 +155,13 @@ def test_idle(case):
     for key, ops in t.ops.items():
         row = per_device.loc[key]
         gaps = t.span - sum(e - s for s, e in ops)
-        untraced = sum(_overlap(s, e, t.untraced) for s, e in _complement(ops, t.lo, t.hi))
+        untraced = sum(_overlap(s, e, t.untraced_covered) for s, e in _complement(ops, t.lo, t.hi))
         assert row.untraced_ms == pytest.approx(_ms(untraced))
         assert row.idle_ms == pytest.approx(_ms(gaps - untraced))  # untraced stretches are no idle time
         assert row.idle_pct == pytest.approx(100 * (gaps - untraced) / t.traced)
         last = max(end for u, _, _, _, end in t.invocations if u == key)
         # After its last invocation the device is done (where no untraced stretch comes first).
-        assert row.done_ms == pytest.approx(_ms(t.hi - last - _overlap(last, t.hi, t.untraced)))
+        assert row.done_ms == pytest.approx(_ms(t.hi - last - _overlap(last, t.hi, t.untraced_covered)))
 
 
 def _complement(ops, lo, hi):
@@ -186,7 +187,7 @@ def test_critical_path(case):
     segs = critical_path(tr)
     assert segs.on_path_ms.sum() == pytest.approx(_ms(t.span))
     for row in segs[segs.kind == "gap"].itertuples():  # an untraced stretch is no gap: its own kind
-        assert _overlap(row.ts, row.ts + row.on_path_ms * 1e6, t.untraced) == 0
+        assert _overlap(row.ts, row.ts + row.on_path_ms * 1e6, t.untraced_covered) == 0
     assert segs[segs.kind == "untraced"].on_path_ms.sum() == pytest.approx(_ms(t.untraced_ns))
     if kind == "merged":  # (the killed rank never sent its outputs back: no flow leads from it)
         elements = critical_path(tr, by="element")
@@ -260,6 +261,9 @@ def test_the_run_summary_leaves_untraced_stretches_out_of_utilisation():
     devices, _ = stats.tables()
     assert stats.span_ns == 100
     assert devices.utilisation_pct.iloc[0] == pytest.approx(100 * 40 / (100 - 40))
+    stats.add_untraced(30, 70)  # (another rank's stretch over the same steps) counts once where they overlap
+    stats.add_untraced(95, 120)  # (and only inside the span)
+    assert stats.traced_span_ns == 100 - 50 - 5
 
 
 def test_the_printed_summary_says_its_utilisation_is_a_share_of_the_traced_span():

@@ -139,6 +139,9 @@ def write_run(out: Path, *, ranks: bool = False, selected: bool = False, unprofi
             start, first_seq, first_step = untraced_from
             host.writer.untraced("steps", first_step, step - 1, 0, start, host.now, first_seq,
                                  host.writer.next_sequence_index)
+            if ranks:  # rank 1 left the same stretch untraced (a selection of calls does on every rank)
+                procs[1].writer.untraced("calls", first_step, step - 1, 1, start + 1 * US, host.now - 1 * US,
+                                         procs[1].writer.next_sequence_index, procs[1].writer.next_sequence_index)
             untraced_from = None
         on_host("scheduler step", 5)
         call("transformer", step)
@@ -159,14 +162,15 @@ def cut_short(capture: Path) -> None:
         f.truncate(offsets[last + 1][0])
 
 
-KINDS = ("single", "selected", "unprofiled", "merged", "merged_killed", "reexported", "invocation_file")
+KINDS = ("single", "selected", "unprofiled", "merged", "merged_selected", "merged_killed", "reexported",
+         "invocation_file")
 
 
 def build(root: Path, kind: str) -> Path:
     """The trace file of `kind` (one of KINDS), written under `root`."""
     out = root / kind
-    if kind in ("merged", "merged_killed"):
-        captures = write_run(out, ranks=True)
+    if kind in ("merged", "merged_selected", "merged_killed"):
+        captures = write_run(out, ranks=True, selected=kind == "merged_selected")
         for capture in captures:
             rbln_perfetto.export(capture, capture.parent)
         if kind == "merged_killed":
@@ -218,8 +222,22 @@ class Truth:
         return self.hi - self.lo
 
     @property
+    def untraced_covered(self) -> list:
+        """The untraced stretches inside the span as disjoint (ts, end), sorted: overlapping ones joined."""
+        covered: list = []
+        for s, e in sorted((max(s, self.lo), min(e, self.hi)) for s, e in self.untraced):
+            if e <= s:
+                continue
+            if covered and s <= covered[-1][1]:
+                covered[-1] = (covered[-1][0], max(covered[-1][1], e))
+            else:
+                covered.append((s, e))
+        return covered
+
+    @property
     def untraced_ns(self) -> int:
-        return sum(max(0, min(e, self.hi) - max(s, self.lo)) for s, e in self.untraced)
+        """Of the span, the time inside some untraced stretch (each moment once where stretches overlap)."""
+        return sum(e - s for s, e in self.untraced_covered)
 
     @property
     def traced(self) -> int:

@@ -6,6 +6,9 @@
     variance(trace)         how repeated calls vary, and the outlier calls
     check(cand, ...)        rules over a run's metrics for CI (`summary_spec_text`: the same as a trace-summary spec)
 
+`ui_views` puts these answers into the Perfetto UI (startup commands for `open --view`), and
+`ui_links` gives a row of any of them a UI link to its slice or range (`--links`).
+
 Each is SQL (plus a little pandas) through the query backends, so both give identical rows, and
 each reads what a device, an invocation, a command, a DMA, an untraced stretch and the run span are
 from `query.trace_model`, so a merged multi-rank trace and a selected-steps run mean the same to

@@ -25,6 +25,7 @@ from ..errors import UsageError
 from ..naming import AGGREGATE_FILE_NAME
 from ..query import REPORTS
 from .common import backend_args, bounded_int, format_args, load_trace, print_table, trace_file
+from .deep_links import LINKS_HELP, LINKS_NOTE, print_with_links, violation_links, with_links
 
 ANALYSES = {
     "idle": "idle time per device, each gap attributed to what the run did instead (" + ", ".join(CAUSES) + ")",
@@ -75,7 +76,9 @@ def cmd_report(args) -> int:
             if args.overlay:
                 segments = table if (args.by or "segment") == "segment" and top is None else None
                 write_overlay(tr, args.overlay, segments=segments)
-    print_table(table, args)
+        if args.links:
+            table = with_links(tr, name, table, min_gap_ms=args.min_gap)
+    print_with_links(table, args) if args.links else print_table(table, args)
     if name == "variance" and args.outliers and not (args.csv or args.json):
         print(f"\noutlier: {RULE}")
     if args.overlay:
@@ -108,8 +111,13 @@ def cmd_check(args) -> int:
         print_table(result.metrics, args)
     # With --csv, stdout carries only the data; the verdict lines go to stderr.
     say = sys.stderr if args.metrics and args.csv else sys.stdout
+    # Several candidate runs: the links point into the first (each run holds the same slices).
+    links = violation_links(result.cand_sources[0], result.violations, backend=args.backend, tp_bin=args.tp_bin) \
+        if args.links and result.violations else {}
     for line in result.violations:
-        print(f"FAIL {line}", file=say)
+        print(f"FAIL {line}" + (f"\n     {links[line]}" if links.get(line) else ""), file=say)
+    if links:
+        print(LINKS_NOTE, file=say)
     if not args.violations_only:
         print(result.verdict(), file=say)
         for note in result.notes:
@@ -146,6 +154,7 @@ def add_analysis_commands(sub) -> None:
                    help=f"variance: one row per outlier call ({RULE.replace('%', '%%')})")
     r.add_argument("--overlay", metavar="OUT.pb", help="critical-path: also write a copy of the trace with a "
                                                       "'Critical path' track")
+    r.add_argument("--links", action="store_true", help=LINKS_HELP)
     format_args(r)
     backend_args(r)
     r.set_defaults(func=cmd_report)
@@ -167,6 +176,8 @@ def add_analysis_commands(sub) -> None:
     c.add_argument("--violations-only", action="store_true", help="print only the broken rules")
     c.add_argument("--write-summary-spec", metavar="OUT.textproto",
                    help="write the metrics as a Perfetto TraceSummarySpec for trace_processor --summary")
+    c.add_argument("--links", action="store_true", help="with each broken rule, a ui.perfetto.dev link to where "
+                                                         "its metric lies in the run")
     format_args(c)
     backend_args(c)
     c.set_defaults(func=cmd_check)

@@ -20,6 +20,7 @@ from .analysis_commands import add_analysis_commands
 from .export_commands import add_export_command
 from .query_commands import add_query_commands
 from .run_commands import add_merge_command, add_run_command
+from .sql_package_commands import add_sql_package_command
 from .ui_commands import add_ui_commands
 
 
@@ -44,6 +45,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_ui_commands(sub)  # plot, serve, open
     add_merge_command(sub)
     add_analysis_commands(sub)  # diff, report, check
+    add_sql_package_command(sub)
     for command in sub.choices.values():  # (SUPPRESS: not given after the command, it keeps the value before it)
         command.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=DEBUG_HELP)
     return parser

@@ -21,6 +21,7 @@ import webbrowser
 from pathlib import Path
 from urllib.parse import quote, unquote, urlsplit
 
+from ..analysis.ui_links import startup_arg
 from ..errors import PortUnavailableError, UsageError
 
 HOST = "127.0.0.1"
@@ -146,12 +147,13 @@ class TraceServer(socketserver.TCPServer):
 
 
 def open_in_ui(path: str | os.PathLike, *, port: int = DEFAULT_PORT, origin: str = DEFAULT_ORIGIN,
-               browser: bool = True, out=None) -> str:
+               browser: bool = True, out=None, commands=()) -> str:
     """Serve `path` once and open it in the UI (or print the link); returns the link. Blocks until
-    the UI has fetched the file; Ctrl-C raises KeyboardInterrupt, with the socket closed."""
+    the UI has fetched the file; Ctrl-C raises KeyboardInterrupt, with the socket closed. `commands`:
+    UI startup commands (`analysis.ui_views`) the link carries."""
     out = sys.stdout if out is None else out
     with TraceServer(path, port, origin) as server:
-        url = server.url
+        url = server.url + (f"&{startup_arg(commands)}" if commands else "")
         print(f"serving {server.path} ({server.size / 2**20:.1f} MiB) on http://{HOST}:{server.port}/"
               f"{quote(server.path.name)}: bound to {HOST} only (this machine), this one file, until the UI has "
               "fetched it (Ctrl-C stops)", file=out, flush=True)

@@ -88,6 +88,9 @@ def _print_merged(merged) -> int:
     """The merged traces of a run split across processes; 1 when a rank is missing or cut short."""
     print(f"merged {merged.world_size} ranks into {merged.out_dir}/: {len(merged.invocation_files)} invocation "
           f"traces and {merged.aggregate_file.name} ({merged.flows} send -> recv flows)")
+    if merged.archive_file is not None:
+        print(f"  {merged.archive_file.name}: the same run as a Perfetto merge archive (a trace per rank, its clock "
+              "tied to rank 0's by a perfetto_manifest), for trace_processor and ui.perfetto.dev")
     for rank, clock in sorted(merged.clocks.items()):
         if rank:
             drift = "" if clock.drift_ns is None else f", drift {clock.drift_ns / 1e3:+.1f} us start -> end"

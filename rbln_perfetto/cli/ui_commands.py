@@ -4,6 +4,7 @@ HTTP mode for ui.perfetto.dev) and `open` (the file served once to ui.perfetto.d
 from __future__ import annotations
 
 
+from ..analysis.ui_views import VIEWS
 from ..errors import TraceProcessorError
 from ..exporter.export import UI_LIMIT_BYTES
 from .common import bounded_int, load_trace, trace_args, trace_file
@@ -21,6 +22,7 @@ def cmd_plot(args) -> int:
 def cmd_serve(args) -> int:
     import subprocess
 
+    from ..query.perfetto_sql import trace_processor_flags
     from ..query.tp_backend import find_binary, no_binary_message
 
     path = trace_file(args)
@@ -33,9 +35,13 @@ def cmd_serve(args) -> int:
     print(f"serving {path} with trace_processor on http://{HOST}:{args.port}: bound to {HOST} only (this "
           f"machine); open {trace_processor_url(origin, args.port)} and choose 'Use loaded trace' (Ctrl-C stops)",
           flush=True)
+    # The rbln package is loaded, so the UI's query page can include its modules (the README shows the
+    # same query; `rbln-perfetto sql-package` lists the modules).
+    print("the rbln SQL package is loaded: in the query page, INCLUDE PERFETTO MODULE rbln.idle; "
+          "SELECT * FROM rbln_idle", flush=True)
     cors = [] if origin == DEFAULT_ORIGIN else ["--http-additional-cors-origins", origin]
     return subprocess.call([binary, "--httpd", "--http-ip-address", HOST, "--http-port", str(args.port), *cors,
-                            str(path)])
+                            *trace_processor_flags(), str(path)])
 
 
 def cmd_open(args) -> int:
@@ -46,7 +52,14 @@ def cmd_open(args) -> int:
         print(f"{path.name} is {path.stat().st_size / 2**30:.2f} GiB, more than the browser UI loads "
               f"({UI_LIMIT_BYTES / 2**30:g} GiB): `rbln-perfetto serve {path}` loads it in trace_processor instead",
               flush=True)
-    open_in_ui(path, port=args.port, origin=args.origin, browser=args.browser)
+    commands = ()
+    if args.view:
+        from ..analysis.ui_views import startup_commands
+        from ..query import open_trace
+
+        with open_trace(path) as tr:
+            commands = startup_commands(tr, args.view)
+    open_in_ui(path, port=args.port, origin=args.origin, browser=args.browser, commands=commands)
     return 0
 
 
@@ -79,4 +92,6 @@ def add_ui_commands(sub) -> None:
     _ui_args(opn)
     opn.add_argument("--no-browser", dest="browser", action="store_false",
                      help="print the link instead of opening a browser")
+    opn.add_argument("--view", choices=VIEWS, help="open the UI pre-configured: device tracks pinned and expanded, "
+                                                   "and notes and tracks for overview, idle, critical-path or layers")
     opn.set_defaults(func=cmd_open)

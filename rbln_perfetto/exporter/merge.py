@@ -15,6 +15,9 @@ per-invocation files (sequence indices are the run's, so names do not collide) a
 - A rank whose capture is missing, unreadable or cut short (killed): what the others captured,
   and what it recorded before it died, is merged; `MergeResult.problems` names the rank (one line
   each), and the command exits 1 after writing.
+- The same run as a Perfetto merge archive, `ranks.tar` (`merge_archive`): each rank's aggregate on
+  its own clock, named as here, and a `perfetto_manifest` tying each rank's clock to rank 0's, which
+  trace_processor and the Perfetto UI open as one trace with no tool of ours.
 
 It rewrites each rank's own exported packets (track uuids, sequence id, names, clock snapshot and
 absolute timestamps, flow ids), so a rank's slices in the merged file are exactly its own.
@@ -34,8 +37,9 @@ from ..recorder.capture import CaptureInfo, read_info
 from ..errors import CaptureError, ExportError
 from .export import check_writable, export
 from .host_events import TRANSFER_FLOW_KEY
+from .merge_archive import archive_bytes, manifest, member_name
 from .rank_clocks import RankClock, causal_bounds, transfer_starts
-from ..naming import AGGREGATE_FILE_NAME, CAPTURE_FILE, MERGED, RANK_DIR, parse_invocation_file_name
+from ..naming import AGGREGATE_FILE_NAME, CAPTURE_FILE, MERGE_ARCHIVE_FILE, MERGED, RANK_DIR, parse_invocation_file_name
 from ..proto_bytes import CLOCK_BOOTTIME, CLOCK_MONOTONIC, SEQUENCE_ID
 from ..recorder.run_directory import claim_run_directory, run_identity
 from .trace_file import CommitQueue, TraceFile
@@ -60,6 +64,7 @@ class MergeResult:
     clocks: dict[int, RankClock] = field(default_factory=dict)
     invocation_files: list[Path] = field(default_factory=list)
     aggregate_file: Path | None = None
+    archive_file: Path | None = None  # the Perfetto merge archive (`ranks.tar`)
     problems: list[str] = field(default_factory=list)  # one line per rank missing or cut short
     flows: int = 0  # send -> recv flows drawn (both ends captured)
 
@@ -67,11 +72,12 @@ class MergeResult:
 class _RankRewrite:
     """Rewrites one rank's exported packets into the merged trace's place for that rank."""
 
-    def __init__(self, rank: int, clock: RankClock, boot_shift: int, paired: set[int]):
+    def __init__(self, rank: int, clock: RankClock, boot_shift: int, paired: set[int], move_clock: bool = True):
         self.rank = rank
         self.clock = clock
         self.boot_shift = boot_shift  # added to the rank's BOOTTIME values
         self.paired = paired  # flow keys whose send and recv are both in the merged trace
+        self.move_clock = move_clock  # False: the rank's own clock (the merge archive's members)
         self.keep_provenance = True
         self.prefix = f"i{rank}_"
 
@@ -100,7 +106,7 @@ class _RankRewrite:
             p.trusted_packet_sequence_id = SEQUENCE_ID + self.rank
         if p.HasField("timestamp_clock_id") and p.timestamp_clock_id == CLOCK_BOOTTIME:
             p.timestamp += self.boot_shift
-        if p.HasField("clock_snapshot"):
+        if p.HasField("clock_snapshot") and self.move_clock:
             for c in p.clock_snapshot.clocks:
                 if c.clock_id == CLOCK_BOOTTIME:
                     c.timestamp += self.boot_shift
@@ -204,24 +210,36 @@ def _rank_rewrites(infos: dict[int, CaptureInfo], transfers: dict[int, dict],
     return rewrites
 
 
-def _write_merged(run_dir: Path, found: dict[int, Path], rewrites: dict[int, _RankRewrite]) -> list[Path]:
+def _write_merged(run_dir: Path, found: dict[int, Path], rewrites: dict[int, _RankRewrite], world_size: int,
+                  status: dict[int, str], start_s: int) -> list[Path]:
     """Every rank's per-invocation files, in sequence order, then the aggregate of all ranks, rewritten
-    into `run_dir`; returns the paths written, the aggregate last."""
+    into `run_dir`, then the merge archive (`status`: a line per rank missing or cut short, for its
+    manifest; `start_s`: its members' mtime); returns the paths written, the archive last."""
     files = sorted((parse_invocation_file_name(f.name)[0], f.name, rank)
                    for rank in rewrites for f in found[rank].iterdir() if parse_invocation_file_name(f.name))
 
-    def rewritten(rank: int, name: str, keep_provenance: bool = True) -> bytes:
+    def rewritten(rank: int, name: str, keep_provenance: bool = True, rewrite: _RankRewrite | None = None) -> bytes:
         source = found[rank] / name
         try:
-            return rewrites[rank].file(source.read_bytes(), keep_provenance=keep_provenance)
+            return (rewrite or rewrites[rank]).file(source.read_bytes(), keep_provenance=keep_provenance)
         except (OSError, DecodeError, zlib.error) as exc:
             raise ExportError(f"reading {source} to merge it failed: {getattr(exc, 'strerror', None) or exc}; "
                               "the merged files written before it are intact") from exc
+
+    def archive() -> bytes:
+        # Each rank on its own clock (no shift, no snapshot moved) and without the flows to other ranks
+        # (trace_processor keeps flows per trace file and machine: they could not join); the manifest
+        # ties the clocks. Each keeps its system info and trace UUID: it is a trace of its own.
+        own = {r: _RankRewrite(r, w.clock, 0, set(), move_clock=False) for r, w in rewrites.items()}
+        members = {member_name(r): rewritten(r, AGGREGATE_FILE_NAME, rewrite=own[r]) for r in own}
+        document = manifest({r: w.clock for r, w in rewrites.items()}, world_size, status)
+        return archive_bytes(document, members, mtime=start_s)
 
     return _write_in_order([
         *((run_dir / name, lambda name=name, rank=rank: [rewritten(rank, name)]) for _, name, rank in files),
         (run_dir / AGGREGATE_FILE_NAME,
          lambda: [rewritten(r, AGGREGATE_FILE_NAME, keep_provenance=r == 0) for r in rewrites]),
+        (run_dir / MERGE_ARCHIVE_FILE, lambda: [archive()]),
     ])
 
 
@@ -231,10 +249,12 @@ def merge(run_dir: str | os.PathLike, *, overwrite: bool = False) -> MergeResult
     found = _rank_dirs(run_dir)
     infos, missing, world_size = _read_ranks(run_dir, found)
     result = MergeResult(run_dir, world_size, problems=[missing[r] for r in sorted(missing)])
+    status = dict(missing)  # rank -> its line, for the archive's manifest
     for rank, info in infos.items():
         if info.end is None:
-            result.problems.append(f"rank {rank}'s capture ends early ({info.status}; the process was killed?): "
-                                   f"merged the {info.invocations} invocations it recorded")
+            status[rank] = (f"rank {rank}'s capture ends early ({info.status}; the process was killed?): "
+                            f"merged the {info.invocations} invocations it recorded")
+            result.problems.append(status[rank])
         capture = found[rank] / CAPTURE_FILE
         if _needs_export(found[rank], capture):
             export(capture, found[rank])
@@ -247,7 +267,9 @@ def merge(run_dir: str | os.PathLike, *, overwrite: bool = False) -> MergeResult
     paired = {flow for t in transfers.values() for flow, (direction, _, _) in t.items() if direction == "recv"} & sent
     rewrites = _rank_rewrites(infos, transfers, paired)
     result.clocks = {rank: rewrite.clock for rank, rewrite in rewrites.items()}
-    written = _write_merged(run_dir, found, rewrites)
+    written = _write_merged(run_dir, found, rewrites, world_size, status,
+                            infos[0].header.clock.realtime_ns // 1_000_000_000)
+    result.archive_file = written.pop()
     result.aggregate_file = written.pop()
     result.invocation_files += written
     result.flows = len(paired)

@@ -19,13 +19,11 @@ A capture written before provenance existed exports without it (its fields are a
 
 from __future__ import annotations
 
-import hashlib
 import json
-import struct
 
 from perfetto.protos.perfetto.trace import perfetto_trace_pb2 as pt
 
-from ..naming import TRACING_SERVICE
+from ..naming import TRACING_SERVICE, trace_uuid
 from ..proto_bytes import FieldNumber, f_bytes
 from .slice_packets import annotation, boottime_slice_packets
 from .tracks import RUN_TRACK
@@ -81,14 +79,6 @@ def run_args(info) -> list[tuple[str, str | int | float]]:
 
 def _framed(packet: pt.TracePacket) -> bytes:
     return f_bytes(FieldNumber.TRACE_PACKET, packet.SerializeToString())
-
-
-def trace_uuid(identity: str, file_name: str) -> tuple[int, int]:
-    """(msb, lsb) of a name-based UUID (version 8) of one file of one run."""
-    raw = bytearray(hashlib.sha256(f"{identity}\0{file_name}".encode()).digest()[:16])
-    raw[6] = (raw[6] & 0x0F) | 0x80
-    raw[8] = (raw[8] & 0x3F) | 0x80
-    return struct.unpack(">qq", bytes(raw))
 
 
 class TraceProvenance:

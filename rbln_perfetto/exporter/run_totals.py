@@ -80,10 +80,16 @@ class RunTotals:
 
     @property
     def traced_span_ns(self) -> int:
-        """The span less the untraced stretches inside it: what utilisation is a share of."""
+        """The span less the untraced stretches inside it (each moment once, where stretches overlap):
+        what utilisation is a share of."""
         if self.start_ns is None:
             return 0
-        return self.span_ns - sum(max(0, min(e, self.end_ns) - max(s, self.start_ns)) for s, e in self.untraced)
+        untraced, reach = 0, self.start_ns
+        for s, e in sorted(self.untraced):
+            e = min(e, self.end_ns)
+            untraced += max(0, e - max(s, reach))
+            reach = max(reach, e)
+        return self.span_ns - untraced
 
     def tables(self):
         """(per-device DataFrame, per-submodule DataFrame); times in milliseconds, utilisation in percent."""

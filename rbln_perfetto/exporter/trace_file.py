@@ -69,7 +69,7 @@ def interned_packet(payload: bytes) -> bytes:
                    + f_varint(FieldNumber.SEQUENCE_FLAGS, SEQ_NEEDS_STATE))
 
 
-_TEMPORARY = re.compile(r"^\.(.+\.pb)\.(\d+)\.tmp$")
+_TEMPORARY = re.compile(r"^\.(.+\.(?:pb|tar))\.(\d+)\.tmp$")  # (.tar: the merge archive, `merge_archive`)
 
 
 def _alive(pid: int) -> bool:

@@ -1,5 +1,12 @@
 """Canned reports: each one SQL string that runs unchanged on trace_processor and the embedded backend.
 
+A report reads a module of the `rbln` PerfettoSQL package (`sql_package/rbln/`, which both backends
+load: `perfetto_sql`) where one gives its rows at no extra cost: `split_ops` (rbln.split_ops). The
+others stay single statements over trace_processor's tables: `top_layers` sums a split op's commands
+before naming it, which `rbln_commands` (a view naming every command) cannot; `invocations` keeps
+unfinished invocations that `rbln_invocations` leaves out; `devices`, `dma` and `ranges` are one
+pass over the slices that a module table would only copy first.
+
 A run has about a million commands, most of them a split op's; the reports test a slice's track
 first, so that no name or arg of a slice of another track is read, and they read a command's name
 only where nothing else gives what they group by: commands are summed per split op (an integer key)
@@ -94,28 +101,17 @@ GROUP BY layer, submodule, op
 ORDER BY total_ms DESC, layer
 LIMIT 25
 """),
-    # The commands are summed per split op first, so only the split ops, twenty times fewer, are joined
-    # to their names and args and grouped by them. A split op's commands are all of one invocation, so
-    # any one's args name their submodule (the op's args hold its op and command count, no submodule).
-    "split_ops": Report("ops split into several commands", with_ctes(DEVICE_TRACKS) + f""",
-per_op AS (
-  SELECT c.parent_id, extract_arg(min(c.arg_set_id), 'debug.submodule') AS submodule, count(*) AS commands,
-         sum(c.dur) AS total_ns, max(c.dur) AS max_ns
-  FROM slice c
-  WHERE {in_category('Compute', alias='c')} AND c.depth = 1
-  GROUP BY c.parent_id)
-SELECT {own_name('p')} AS layer,
-       o.submodule AS submodule,
-       extract_arg(p.arg_set_id, 'debug.op') AS op,
-       extract_arg(p.arg_set_id, 'debug.command_count') AS command_count,
-       count(DISTINCT p.id) AS occurrences,
-       sum(o.commands) AS commands,
-       sum(o.total_ns) / 1e6 AS total_ms,
-       CAST(sum(o.total_ns) AS REAL) / sum(o.commands) / 1e6 AS mean_ms,
-       max(o.max_ns) / 1e6 AS max_ms
-FROM per_op o JOIN slice p ON p.id = o.parent_id JOIN device_tracks d ON d.track_id = p.track_id
-WHERE p.depth = 0
-GROUP BY layer, o.submodule, op, command_count
+    # The `rbln.split_ops` module (the package's one source for split ops, on both backends) sums
+    # the commands per split op first, so only the split ops, twenty times fewer, are named.
+    "split_ops": Report("ops split into several commands", """INCLUDE PERFETTO MODULE rbln.split_ops;
+SELECT layer, submodule, op, command_count,
+       count(*) AS occurrences,
+       sum(commands) AS commands,
+       sum(commands_dur) / 1e6 AS total_ms,
+       CAST(sum(commands_dur) AS REAL) / sum(commands) / 1e6 AS mean_ms,
+       max(max_command_dur) / 1e6 AS max_ms
+FROM rbln_split_ops
+GROUP BY layer, submodule, op, command_count
 ORDER BY total_ms DESC, layer
 """),
     # A transfer to or from another rank (a run split across processes) goes from or to `rank N`; its

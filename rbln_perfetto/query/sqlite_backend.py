@@ -13,6 +13,9 @@ EXTRACT_ARG is a C function over compact copies of the args (made at its first c
 extension is there (see `_sqlite_tables.c`), a Python one over the reader's argument sets otherwise;
 both give what the `args` table holds (a uint64 >= 2**63 reads back negative, as its int_value),
 NULL for a missing key or arg set.
+
+A query may hold several statements (its rows are the last one's) and the PerfettoSQL that the `rbln`
+package's modules use (`INCLUDE PERFETTO MODULE rbln.commands`; see `perfetto_sql`).
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ from ..errors import QueryError
 from ..reader import TraceTables, read_tables
 from ..reader.diagnosis import UNFINISHED_SLICES
 from . import sqlite_tables
+from .perfetto_sql import Session
 from .result_frame import frame
 from .sqlite_tables import SEVERITY, load_image, load_inserts, table_columns
 
@@ -63,6 +67,7 @@ class SqliteBackend:
         # Sorts (GROUP BY, ORDER BY, DISTINCT over a million commands) in memory, as the database is:
         # SQLite's default spills them to temporary files (the reports' big GROUP BYs took ~1.5x as long).
         self.db.execute("PRAGMA temp_store = MEMORY")
+        self._sql = Session(self.db)  # (PerfettoSQL: the rbln package's modules, several statements)
         self._args = None if self._c_extract_arg() else args
         if self._args is not None:
             self.db.create_function("extract_arg", 2, self._extract_arg, deterministic=True)
@@ -97,7 +102,7 @@ class SqliteBackend:
 
     def query(self, sql: str):
         try:  # rows are computed while fetched: a function or an overflow can fail on any row
-            cursor = self.db.execute(sql)
+            cursor = self._sql.query(sql)
             rows = cursor.fetchall()
         except sqlite3.Error as exc:
             raise QueryError(f"SQL error: {exc}") from None

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from ..errors import TraceProcessorBinaryError, TraceProcessorError, TraceReadError
 from ..reader.diagnosis import trace_file_problem
+from .perfetto_sql import trace_processor_flags
 from .tp_results import result_frame, sql_error
 
 TP_BIN_ENV = "RBLN_PERFETTO_TP_BIN"
@@ -125,7 +126,8 @@ class TraceProcessorBackend:
         if binary is None:
             raise TraceProcessorError(f"{no_binary_message()}; or use the embedded backend (backend='sqlite')")
         try:
-            self.tp = TraceProcessor(trace=str(self.path), config=TraceProcessorConfig(bin_path=binary))
+            config = TraceProcessorConfig(bin_path=binary, extra_flags=trace_processor_flags())  # (the rbln package)
+            self.tp = TraceProcessor(trace=str(self.path), config=config)
         except TraceProcessorException as exc:
             text = " ".join(str(exc).split())
             if text.startswith(_PARSE_FAILED):  # it started, and rejected the file

@@ -12,6 +12,7 @@ from pathlib import Path
 
 from ..errors import QueryError, TraceProcessorError, TraceReadError
 from ..reader.diagnosis import trace_file_problem, unfinished_slices_warning
+from .perfetto_sql import trace_processor_flags
 from .tp_backend import TP_BIN_ENV, find_binary
 from .tp_results import result_frame, sql_error
 
@@ -31,7 +32,8 @@ class BatchTraceProcessorBackend:
         if binary is None:
             raise TraceProcessorError(f"no trace_processor binary: set {TP_BIN_ENV} or pass tp_bin (open_traces does "
                                       "not download one); or use the embedded backend (backend='sqlite')")
-        config = BatchTraceProcessorConfig(tp_config=TraceProcessorConfig(bin_path=binary))
+        tp_config = TraceProcessorConfig(bin_path=binary, extra_flags=trace_processor_flags())  # (the rbln package)
+        config = BatchTraceProcessorConfig(tp_config=tp_config)
         try:  # (absolute paths: the package would read `name:rest` as a trace URI)
             self.btp = BatchTraceProcessor([os.path.abspath(p) for p in paths], config)
         except Exception as exc:  # a binary that cannot start, or a file it rejects (the package does not say which)

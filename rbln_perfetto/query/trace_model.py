@@ -81,15 +81,22 @@ UNTRACED = f"""untraced AS (
   WHERE {in_category('Workload')} AND s.depth = 0 AND s.dur >= 0 AND {is_untraced()})"""
 
 # The run: lo, hi, ns (hi - lo), untraced_ns (of it), traced_ns (the rest). Needs device_tracks and untraced.
+# Untraced stretches may overlap (every rank of a merged run leaves the same steps untraced; two units
+# untraced at once): their union counts, each moment once (sorted by start, a stretch adds only what
+# reaches past every earlier one).
 RUN_SPAN = f"""run_bounds AS (
   SELECT min(s.ts) AS lo, max(s.ts + s.dur) AS hi FROM slice s
   WHERE {in_category('Workload', 'Host')} AND s.depth = 0 AND s.dur >= 0 AND {not_untraced()}),
+untraced_clipped AS (
+  SELECT max(u.ts, b.lo) AS s, min(u.ts + u.dur, b.hi) AS e FROM untraced u, run_bounds b
+  WHERE min(u.ts + u.dur, b.hi) > max(u.ts, b.lo)),
+untraced_reach AS (
+  SELECT s, e, max(e) OVER (ORDER BY s, e ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING) AS reach
+  FROM untraced_clipped),
 run_span AS (
-  SELECT b.lo, b.hi, b.hi - b.lo AS ns,
-         coalesce((SELECT sum(max(0, min(u.ts + u.dur, b.hi) - max(u.ts, b.lo))) FROM untraced u), 0) AS untraced_ns,
-         b.hi - b.lo - coalesce((SELECT sum(max(0, min(u.ts + u.dur, b.hi) - max(u.ts, b.lo))) FROM untraced u), 0)
-           AS traced_ns
-  FROM run_bounds b)"""
+  SELECT b.lo, b.hi, b.hi - b.lo AS ns, t.ns AS untraced_ns, b.hi - b.lo - t.ns AS traced_ns
+  FROM run_bounds b,
+       (SELECT coalesce(sum(max(0, e - max(s, coalesce(reach, s)))), 0) AS ns FROM untraced_reach) t)"""
 
 MODEL = (DEVICE_TRACKS, INVOCATIONS, UNTRACED, RUN_SPAN)
 

@@ -2,9 +2,11 @@
 
 A run's files are its traces (`0006_transformer_0.pb`, `aggregate.pb`), its capture
 (`capture.rblncap`), `run-id.txt` (which run they are), `image.png` when `rbln-perfetto run`
-saved one beside them, and every other trace the tool wrote there (a critical-path overlay
-`critical-path.pb`, say: `query --files all` reads it as part of the run). A trace says it was
-written by the tool in its `system_info` packet (`naming.TRACING_SERVICE`). Writing a run into a
+saved one beside them, and every other trace the tool wrote there for that run (a critical-path
+overlay `critical-path.pb`, say: `query --files all` reads it as part of the run). A trace says it
+was written by the tool in its `system_info` packet (`naming.TRACING_SERVICE`), and which run's file
+it is (or was copied from, for an overlay) by its `trace_uuid` (`naming.trace_uuid`): a copy of
+another run's trace put beside a run is the user's file, not the run's. Writing a run into a
 directory that holds another run's files would mix the two (`ls` order would no longer be run
 order), so it is refused unless `overwrite`, which removes those files first and says how many.
 Every other file in the directory (a `.pb` of the user's too) is left alone.
@@ -25,8 +27,8 @@ from google.protobuf.message import DecodeError
 
 from .capture import iter_records
 from ..errors import CaptureError, OutputExistsError, VarintError
-from ..naming import (AGGREGATE_FILE_NAME, CAPTURE_FILE, IMAGE_FILE, RUN_ID_FILE, TRACING_SERVICE,
-                      parse_invocation_file_name)
+from ..naming import (AGGREGATE_FILE_NAME, CAPTURE_FILE, IMAGE_FILE, MERGE_ARCHIVE_FILE, RUN_ID_FILE, TRACING_SERVICE,
+                      parse_invocation_file_name, trace_uuid)
 from ..proto_bytes import FieldNumber, read_varint, tag
 
 _SHOWN = 3  # file names an error lists before "..."
@@ -45,43 +47,54 @@ def _files(n: int) -> str:
     return f"{n} file" if n == 1 else f"{n} files"
 
 
-def written_by_the_tool(path: Path) -> bool:
-    """Whether the trace file `path` says in its system_info that this tool wrote it (an export, a
-    merge, an overlay copy); another file, or one that cannot be read, does not."""
+def tool_trace_uuid(path: Path) -> tuple[int, int] | None:
+    """The trace UUID of a trace file whose system_info says this tool wrote it (an export, a merge,
+    an overlay copy); None for another file, one without a UUID, or one that cannot be read."""
     try:
         with open(path, "rb") as f:
             head = f.read(_HEAD_BYTES)
     except OSError:
-        return False
-    pos = 0
+        return None
+    pos, by_the_tool, uuid = 0, False, None
     try:
         while head.startswith(_PACKET_TAG, pos):
             size, start = read_varint(head, pos + len(_PACKET_TAG))
             pos = start + size
             if pos > len(head):
-                return False
+                return None
             packet = pt.TracePacket.FromString(head[start:pos])
             if packet.HasField("system_info"):
-                return packet.system_info.tracing_service_version.startswith(TRACING_SERVICE)
+                by_the_tool = packet.system_info.tracing_service_version.startswith(TRACING_SERVICE)
+            elif packet.HasField("trace_uuid"):
+                uuid = (packet.trace_uuid.msb, packet.trace_uuid.lsb)
+            if uuid is not None and by_the_tool:
+                return uuid
             if packet.HasField("track_event") or packet.HasField("compressed_packets"):
-                return False  # past where the tool puts it
+                return None  # past where the tool puts them
     except (VarintError, DecodeError):
         pass
-    return False
+    return None
 
 
-def _is_run_file(entry: os.DirEntry) -> bool:
-    name = entry.name
-    if name in (AGGREGATE_FILE_NAME, CAPTURE_FILE, RUN_ID_FILE) or parse_invocation_file_name(name) is not None:
-        return True
-    return name.endswith(".pb") and written_by_the_tool(Path(entry.path))
+def _is_named_run_file(name: str) -> bool:
+    return (name in (AGGREGATE_FILE_NAME, CAPTURE_FILE, RUN_ID_FILE, MERGE_ARCHIVE_FILE)
+            or parse_invocation_file_name(name) is not None)
 
 
 def run_files(out_dir: Path) -> list[Path]:
-    """The files of whatever run `out_dir` holds, in name order (none when it is not a directory)."""
+    """The files of whatever run `out_dir` holds, in name order (none when it is not a directory): the
+    run's named files, and each other trace of the tool whose UUID is one of that run's files'
+    (an overlay copied from its aggregate, say); a trace of another run copied here is not one."""
     if not out_dir.is_dir():
         return []
-    names = sorted(e.name for e in os.scandir(out_dir) if e.is_file(follow_symlinks=False) and _is_run_file(e))
+    entries = [e.name for e in os.scandir(out_dir) if e.is_file(follow_symlinks=False)]
+    names = [n for n in entries if _is_named_run_file(n)]
+    extra = [n for n in entries if n.endswith(".pb") and not _is_named_run_file(n)]
+    if extra:
+        held = {h for h in _held_identities(out_dir) if h}
+        ours = {trace_uuid(h, n) for h in held for n in [*names, *extra, AGGREGATE_FILE_NAME]}
+        names += [n for n in extra if tool_trace_uuid(out_dir / n) in ours]
+    names.sort()
     if names and (out_dir / IMAGE_FILE).is_file():
         names = sorted(names + [IMAGE_FILE])
     return [out_dir / name for name in names]
