@@ -250,3 +250,11 @@ def test_the_ranks_of_an_unmerged_run_are_not_samples(samples, tmp_path):
     with pytest.raises(Exception, match="is a directory without aggregate.pb"):
         sample_sources(tmp_path / "split")
     assert len(sample_sources([samples["base"], sample_sources(samples["same"])[0]])) == 6
+
+
+def test_links_point_into_the_first_candidate_run(samples, capsys):
+    assert main(["check", str(samples["slow30"]), "--baseline", str(samples["base"]), "--max-regression", "5%",
+                 "--links"]) == 1
+    lines = capsys.readouterr().out.splitlines()
+    fail = next(i for i, line in enumerate(lines) if line.startswith("FAIL transformer.mean_ms"))
+    assert "ui.perfetto.dev" in lines[fail + 1] and "(medians of 5 and 5 runs)" in lines[fail]
