@@ -167,7 +167,9 @@ def add_analysis_commands(sub) -> None:
     c.add_argument("--alpha", type=float, default=DEFAULT_ALPHA,
                    help=f"with several runs a side: the significance level, over all metrics checked (Holm; "
                         f"default {DEFAULT_ALPHA:g})")
-    c.add_argument("--max-regression", metavar="PCT", help="with --baseline: the most a metric may grow, e.g. 5%%")
+    c.add_argument("--max-regression", metavar="PCT", help="with --baseline: the most a metric may grow, e.g. 5%%; with several runs a "
+                                                         "side only a significant growth counts (--alpha); "
+                                                         "--json then prints the verdict as one object")
     c.add_argument("--regression-metrics", default=",".join(DEFAULT_REGRESSION_METRICS), metavar="GLOBS",
                    help=f"which metrics --max-regression applies to (default {','.join(DEFAULT_REGRESSION_METRICS)})")
     c.add_argument("--max", action="append", default=[], metavar="RULE",
