@@ -169,7 +169,7 @@ def add_analysis_commands(sub) -> None:
                         f"default {DEFAULT_ALPHA:g})")
     c.add_argument("--max-regression", metavar="PCT", help="with --baseline: the most a metric may grow, e.g. 5%%; with several runs a "
                                                          "side only a significant growth counts (--alpha); "
-                                                         "--json then prints the verdict as one object")
+                                                         "with it or --max, --json prints the verdict as one object")
     c.add_argument("--regression-metrics", default=",".join(DEFAULT_REGRESSION_METRICS), metavar="GLOBS",
                    help=f"which metrics --max-regression applies to (default {','.join(DEFAULT_REGRESSION_METRICS)})")
     c.add_argument("--max", action="append", default=[], metavar="RULE",
