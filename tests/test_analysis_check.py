@@ -123,4 +123,5 @@ def test_trace_summary_spec_gives_checks_values(runs, tmp_path, capsys):
                                str(trace)], capture_output=True, text=True, timeout=120)
         assert proc.returncode == 0, proc.stderr
         # The textproto prints values with 6 decimals.
-        assert _summary_values(proc.stdout) == pytest.approx(metrics(trace, backend="sqlite"), abs=5.1e-7, rel=1e-12)
+        assert _summary_values(proc.stdout) == pytest.approx(metrics(trace, backend="sqlite", layers=True), abs=5.1e-7,
+                                                            rel=1e-12)

@@ -14,7 +14,7 @@ import pytest
 from analysis_cases import layers_program, synthetic_run
 
 from rbln_perfetto.analysis import check, metrics
-from rbln_perfetto.analysis.check import METRICS, metric_samples, sample_sources
+from rbln_perfetto.analysis.check import ALL_METRICS, metric_samples, sample_sources
 from rbln_perfetto.analysis.check_json import JSON_SCHEMA
 from rbln_perfetto.analysis.significance import compare, holm, min_p
 from rbln_perfetto.analysis.trace_summary_spec import metric_name, summary_spec_text
@@ -173,12 +173,13 @@ def test_summary_spec_round_trips_values_units_and_polarity(samples):
     metric_desc = pool.FindMessageTypeByName("perfetto.protos.TraceMetricV2Spec")
     unit_name = metric_desc.enum_types_by_name["MetricUnit"].values_by_number
     polarity_name = metric_desc.enum_types_by_name["MetricPolarity"].values_by_number
-    assert [m.id for m in spec.metric_spec] == [m.id for m in METRICS]
+    assert [m.id for m in spec.metric_spec] == [m.id for m in ALL_METRICS]
     units = {m.id: (unit_name[m.unit].name, polarity_name[m.polarity].name) for m in spec.metric_spec}
-    assert units == {m.id: (m.unit, m.polarity) for m in METRICS}
+    assert units == {m.id: (m.unit, m.polarity) for m in ALL_METRICS}
     assert units["rbln_submodule_mean_ms"] == ("TIME_MILLIS", "LOWER_IS_BETTER")
     assert units["rbln_submodule_calls"] == ("COUNT", "NOT_APPLICABLE")
     assert units["rbln_device_idle_pct"] == ("BOUNDED_PERCENTAGE", "LOWER_IS_BETTER")
+    assert units["rbln_layer_ms"] == ("TIME_MILLIS", "LOWER_IS_BETTER")
     # Each metric's query, as the spec holds it, gives check's values for a real trace.
     run = sample_sources(samples["slow30"])[0]
     values = {}
@@ -189,7 +190,7 @@ def test_summary_spec_round_trips_values_units_and_polarity(samples):
             dim = m.dimensions_specs[0].name if m.dimensions_specs else None
             for row in df.itertuples(index=False):
                 values[metric_name(m.id, getattr(row, dim) if dim else None)] = float(getattr(row, m.value))
-    assert values == pytest.approx(metrics(run))
+    assert values == pytest.approx(metrics(run, layers=True))
 
 
 @pytest.mark.slow
@@ -258,3 +259,17 @@ def test_links_point_into_the_first_candidate_run(samples, capsys):
     lines = capsys.readouterr().out.splitlines()
     fail = next(i for i, line in enumerate(lines) if line.startswith("FAIL transformer.mean_ms"))
     assert "ui.perfetto.dev" in lines[fail + 1] and "(medians of 5 and 5 runs)" in lines[fail]
+
+
+def test_per_layer_time_is_a_metric_of_each_run(samples):
+    runs = sample_sources(samples["base"])
+    got = metrics(runs[0], layers=True)
+    # The transformer's one command (layer "proj") twice per run; the text encoder's ("embed") once.
+    assert got["transformer/proj.layer_ms"] == pytest.approx(2 * NOISE[0] / 1000)
+    assert got["text_encoder/embed.layer_ms"] == pytest.approx(0.5)
+    assert set(got) - set(metrics(runs[0])) == {"transformer/proj.layer_ms", "text_encoder/embed.layer_ms"}
+    result = check(samples["slow30"], baseline=samples["base"], max_regression="5%", layers=True,
+                   regression_metrics=("*.layer_ms",))
+    rows = {r["metric"]: r for r in result.comparisons}
+    assert rows["transformer/proj.layer_ms"]["regressed"] and not rows["text_encoder/embed.layer_ms"]["regressed"]
+    assert rows["transformer/proj.layer_ms"]["effect_pct"] == pytest.approx(30, abs=0.5)

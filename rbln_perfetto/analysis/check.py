@@ -25,7 +25,7 @@ from pathlib import Path
 
 from ..errors import UsageError
 from ..naming import AGGREGATE_FILE_NAME
-from ..query.trace_model import MODEL, in_category, not_untraced, with_ctes
+from ..query.trace_model import MODEL, in_category, not_untraced, own_name, with_ctes
 from .regressions import effect_text, judge_regressions
 from .sources import opened, trace_path
 
@@ -80,13 +80,30 @@ METRICS = (
 )
 
 
+# Per layer (opt-in: `layers=True`, `check --layers`): the time of all its commands in the run, per
+# submodule and layer ("transformer/transformer_blocks.0.attn.layer_ms"). A command's layer is read
+# from its name, `{sequence_index}_{layer}_{command_index}`, as the rbln.commands SQL module reads it.
+_LAYERS = with_ctes(*MODEL) + f"""
+SELECT submodule || '/' || substr(name, instr(name, '_') + 1,
+         length(name) - instr(name, '_') - length(CAST(command_index AS TEXT)) - 1) AS layer,
+       sum(dur) / 1e6 AS layer_ms
+FROM (SELECT s.dur, {own_name()} AS name, extract_arg(s.arg_set_id, 'debug.submodule') AS submodule,
+             extract_arg(s.arg_set_id, 'debug.command_index') AS command_index
+      FROM slice s JOIN device_tracks d ON s.track_id = d.track_id
+      WHERE {in_category('Compute')} AND s.dur >= 0)
+WHERE command_index IS NOT NULL AND submodule IS NOT NULL
+GROUP BY 1"""
+LAYER_METRIC = Metric("rbln_layer_ms", "layer", "STRING", "layer_ms", _LAYERS)
+ALL_METRICS = (*METRICS, LAYER_METRIC)  # what the trace-summary spec ships
+
+
 def metric_of(name: str) -> Metric:
     """The `Metric` that `check`'s metric `name` ("transformer.mean_ms", "device0.idle_pct") is a row of."""
     value = name.rsplit(".", 1)[-1]
     if name.startswith("run."):
         return METRICS[0]
     device = re.fullmatch(r"device-?[0-9]+", name.rsplit(".", 1)[0]) is not None
-    return next(m for m in METRICS if m.value == value and (m.dimension == "device") == device
+    return next(m for m in ALL_METRICS if m.value == value and (m.dimension == "device") == device
                 and m.dimension is not None)
 
 
@@ -96,12 +113,13 @@ _RULE = re.compile(r"^\s*([^<>=!\s]+)\s*(<=|>=|<|>|==)\s*([-+]?[0-9]*\.?[0-9]+(?
 _OPS = {"<=": operator.le, ">=": operator.ge, "<": operator.lt, ">": operator.gt, "==": operator.eq}
 
 
-def metrics(trace, *, backend: str = "auto", tp_bin: str | None = None) -> dict[str, float]:
-    """{metric name: value} of `trace` (a trace file, a run directory or an open `Trace`)."""
+def metrics(trace, *, backend: str = "auto", tp_bin: str | None = None, layers: bool = False) -> dict[str, float]:
+    """{metric name: value} of `trace` (a trace file, a run directory or an open `Trace`); `layers`:
+    per layer too (`LAYER_METRIC`)."""
     out: dict[str, float] = {}
     with opened(trace, backend, tp_bin) as tr:
         results = {}
-        for m in METRICS:
+        for m in (ALL_METRICS if layers else METRICS):
             df = results.get(m.sql)
             if df is None:
                 df = results[m.sql] = tr.query(m.sql)
@@ -135,16 +153,17 @@ def _table(cand_values: dict[str, float], base_values: dict[str, float]):
     return table
 
 
-def metrics_table(cand, baseline=None, *, backend: str = "auto", tp_bin: str | None = None):
+def metrics_table(cand, baseline=None, *, backend: str = "auto", tp_bin: str | None = None, layers: bool = False):
     """Every metric of `cand` as a DataFrame (metric, value), with `baseline`'s and the change (baseline,
     change_pct) where one is given: what `check --metrics` lists, with or without rules. Several runs a
     side (`sample_sources`): medians, and each side's number of runs (runs, baseline_runs)."""
     cand_runs, base_runs = sample_sources(cand), sample_sources(baseline)
     if len(cand_runs) > 1 or len(base_runs) > 1:
-        return _samples_table(metric_samples(cand_runs, backend=backend, tp_bin=tp_bin),
-                              metric_samples(base_runs, backend=backend, tp_bin=tp_bin) if base_runs else {})
-    base_values = metrics(base_runs[0], backend=backend, tp_bin=tp_bin) if base_runs else {}
-    return _table(metrics(cand_runs[0], backend=backend, tp_bin=tp_bin), base_values)
+        return _samples_table(metric_samples(cand_runs, backend=backend, tp_bin=tp_bin, layers=layers),
+                              metric_samples(base_runs, backend=backend, tp_bin=tp_bin, layers=layers)
+                              if base_runs else {})
+    base_values = metrics(base_runs[0], backend=backend, tp_bin=tp_bin, layers=layers) if base_runs else {}
+    return _table(metrics(cand_runs[0], backend=backend, tp_bin=tp_bin, layers=layers), base_values)
 
 
 @dataclass
@@ -216,14 +235,14 @@ SLOWDOWN_SQL = ("SELECT a.string_value AS slowdown FROM slice s JOIN track t ON 
 
 
 def metric_samples(sources, *, backend: str = "auto", tp_bin: str | None = None,
-                   slowed: dict | None = None) -> dict[str, list[float]]:
+                   slowed: dict | None = None, layers: bool = False) -> dict[str, list[float]]:
     """{metric name: one value per run} over the runs of `sources` (`sample_sources`); a metric that
     some run lacks (a submodule it did not trace) keeps the runs that have it. `slowed`, a dict, gets
     {run: its recorded RBLN_PIPELINE_SLOWDOWN} for each run made with that test knob."""
     out: dict[str, list[float]] = {}
     for source in sample_sources(sources):
         with opened(source, backend, tp_bin) as tr:
-            for name, value in metrics(tr).items():
+            for name, value in metrics(tr, layers=layers).items():
                 out.setdefault(name, []).append(value)
             if slowed is not None:
                 knob = ",".join(sorted({v for v in tr.query(SLOWDOWN_SQL).slowdown.tolist() if v}))
@@ -273,7 +292,7 @@ def _parse_rules(rules) -> list[tuple[str, str, str, float]]:
 
 def check(cand, baseline=None, max_regression: float | str | None = None, rules=(),
           regression_metrics=DEFAULT_REGRESSION_METRICS, *, alpha: float = DEFAULT_ALPHA, backend: str = "auto",
-          tp_bin: str | None = None) -> CheckResult:
+          tp_bin: str | None = None, layers: bool = False) -> CheckResult:
     """Check `cand` against `rules` ("transformer.mean_ms<=120") and, with `baseline` and
     `max_regression` (percent), every metric matching `regression_metrics` (globs) against the
     baseline's.
@@ -301,8 +320,10 @@ def check(cand, baseline=None, max_regression: float | str | None = None, rules=
         raise UsageError("check has nothing to check: give a rule (--max \"transformer.mean_ms<=120\") or "
                          "--baseline BASE with --max-regression PERCENT")
     slowed = {"candidate": {}, "baseline": {}}
-    cand_samples = metric_samples(cand_runs, backend=backend, tp_bin=tp_bin, slowed=slowed["candidate"])
-    base_samples = (metric_samples(base_runs, backend=backend, tp_bin=tp_bin, slowed=slowed["baseline"])
+    cand_samples = metric_samples(cand_runs, backend=backend, tp_bin=tp_bin, slowed=slowed["candidate"],
+                                  layers=layers)
+    base_samples = (metric_samples(base_runs, backend=backend, tp_bin=tp_bin, slowed=slowed["baseline"],
+                                   layers=layers)
                     if base_runs else {})
     for rule, name, _, _ in parsed:
         if name not in cand_samples:

@@ -99,11 +99,12 @@ def cmd_check(args) -> int:
     cand = args.cand if len(args.cand) > 1 else args.cand[0]
     baseline = None if not args.baseline else args.baseline if len(args.baseline) > 1 else args.baseline[0]
     if args.metrics and not (args.max or args.max_regression is not None):  # only the list: nothing to check
-        print_table(metrics_table(cand, baseline, backend=args.backend, tp_bin=args.tp_bin), args)
+        print_table(metrics_table(cand, baseline, backend=args.backend, tp_bin=args.tp_bin, layers=args.layers), args)
         return 0
     regression = tuple(g.strip() for g in args.regression_metrics.split(",") if g.strip())
     result = check(cand, baseline=baseline, max_regression=args.max_regression, rules=args.max,
-                   regression_metrics=regression, alpha=args.alpha, backend=args.backend, tp_bin=args.tp_bin)
+                   regression_metrics=regression, alpha=args.alpha, backend=args.backend, tp_bin=args.tp_bin,
+                   layers=args.layers)
     if args.json:  # one object on stdout, its schema in docs/regression-gate.md
         print(json.dumps(check_json(result, cand=args.cand, baseline=args.baseline or [])))
         return 1 if result.violations else 0
@@ -175,6 +176,9 @@ def add_analysis_commands(sub) -> None:
     c.add_argument("--max", action="append", default=[], metavar="RULE",
                    help='a rule like "transformer.mean_ms<=120" (repeatable; also <, >=, >, ==)')
     c.add_argument("--metrics", action="store_true", help="print every metric (and the baseline's) first")
+    c.add_argument("--layers", action="store_true",
+                   help="also per-layer time, SUBMODULE/LAYER.layer_ms (all its commands in a run), e.g. "
+                        "--regression-metrics 'transformer/*.layer_ms'")
     c.add_argument("--violations-only", action="store_true", help="print only the broken rules")
     c.add_argument("--write-summary-spec", metavar="OUT.textproto",
                    help="write the metrics as a Perfetto TraceSummarySpec for trace_processor --summary")
