@@ -203,7 +203,7 @@ def test_real_runs_a_30_percent_slower_transformer_fails_the_gate_at_n5(make_pip
     import rbln_perfetto
 
     pipe = make_pipe()
-    run(pipe, steps=2)  # warm-up
+    run(pipe, steps=4)  # warm-up
     for i in range(5):
         for side, knob in (("base", None), ("slow", "transformer=1.3")):
             if knob:
@@ -211,7 +211,7 @@ def test_real_runs_a_30_percent_slower_transformer_fails_the_gate_at_n5(make_pip
             else:
                 monkeypatch.delenv("RBLN_PIPELINE_SLOWDOWN", raising=False)
             with rbln_perfetto.profile(tmp_path / side / f"run-{i:03d}", submodules="transformer,vae"):
-                run(pipe, steps=2)
+                run(pipe, steps=4)  # 4 transformer calls a run: its mean_ms averages some of the noise out
     # The gate on the slowed submodule's metric: one metric, no multiplicity to pay for at N = 5 (the
     # default metrics need every slowed run above every plain one; a machine shared with other work
     # may swap a pair or two).
@@ -219,7 +219,8 @@ def test_real_runs_a_30_percent_slower_transformer_fails_the_gate_at_n5(make_pip
                    regression_metrics=("transformer.mean_ms",))
     (row,) = result.comparisons
     assert result.judges_noise and (result.n_cand, result.n_base) == (5, 5)
-    assert not result.ok and row["regressed"] and row["significant"], (row, result.violations)
+    values = {side: metric_samples(tmp_path / side)["transformer.mean_ms"] for side in ("base", "slow")}
+    assert not result.ok and row["regressed"] and row["significant"], (row, values)
     assert 10 < row["effect_pct"] < 60, row
     assert result.violations[0].startswith("transformer.mean_ms = ")
     # The slowed runs say so (the knob's record in their Run slice); the plain ones do not.
