@@ -40,7 +40,7 @@ class Units:
     def own_names(self, names, track_ids) -> list[str]:
         """The slices' names less the merged trace's `i{r}_` prefix."""
         if not self.merged:  # (no prefix to take off: one list, not a lookup per slice)
-            return list(names)
+            return names.tolist() if hasattr(names, "tolist") else list(names)
         return [n[len(self.tracks[int(t)][2]):] for n, t in zip(names, track_ids)]
 
     def label(self, unit: int) -> str:
