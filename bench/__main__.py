@@ -25,7 +25,7 @@ RESULTS = Path(__file__).parent / "results"
 
 def _suites(quick: bool):
     from bench import (analysis_reports, export_speed, pipeline_vs_diffusers, profiling_overhead, ranks, sqlite_load,
-                       streaming, trace_set)
+                       streaming, trace_set, whatif_accuracy)
 
     repeats = 3 if quick else 7
     sizes = (200_000, 600_000) if quick else (1_000_000, 3_000_000, 10_000_000)
@@ -41,6 +41,7 @@ def _suites(quick: bool):
         ("1,000 traces", lambda: trace_set.many_runs(3 if quick else 30, 4 if quick else 28, 1)),
         ("rank split", lambda: ranks.run(("tiny",) if quick else ("tiny", "medium"), repeats)),
         ("analysis reports", lambda: analysis_reports.run(200_000 if quick else 1_000_000, repeats=1 if quick else 3)),
+        ("whatif accuracy", lambda: whatif_accuracy.run(("tiny",) if quick else ("tiny", "medium"), 3 if quick else 9)),
     ]
 
 

@@ -12,6 +12,7 @@ _EXPORTS = {
     "SUBMODULES": "contract",
     "CommandSpec": "contract",
     "DeviceInfo": "contract",
+    "DeviceProfile": "contract",
     "PipelineInfo": "contract",
     "ProgramInfo": "contract",
     "RankTransfer": "contract",

@@ -28,6 +28,7 @@ PIPELINE_KEYS = (
     "command_budget",
     "dtype",
     "ranks",
+    "device_profile",
 )
 _UNITS = {"": 1, "b": 1, "kib": 2**10, "mib": 2**20, "gib": 2**30, "kb": 10**3, "mb": 10**6, "gb": 10**9}
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([a-zA-Z]*)\s*$")
@@ -121,6 +122,8 @@ class RBLNConfig:
     dtype: str = "float32"
     # logical device i -> the torch.distributed rank (process) that runs it; None: all in this process
     ranks: tuple[int, ...] | None = None
+    # logical device i -> its given profile (`pipeline.device_profiles.parse_profile`), None: measured
+    device_profile: tuple[dict | None, ...] | None = None
 
     @classmethod
     def from_dict(cls, rbln_config: dict | RBLNConfig | None) -> RBLNConfig:
@@ -209,6 +212,11 @@ class RBLNConfig:
                 kw["device_memory"] = parse_size(mem, "rbln_config['device_memory']")
         if rbln_config.get("ranks") is not None:
             kw["ranks"] = _ranks(rbln_config["ranks"], n_logical, submodules)
+        if rbln_config.get("device_profile") is not None:
+            from .device_profiles import parse_device_profiles  # (it imports this module)
+
+            kw["device_profile"] = parse_device_profiles(rbln_config["device_profile"], n_logical,
+                                                         kw.get("dtype", "float32"))
         return cls(**kw)
 
     def to_dict(self) -> dict:

@@ -109,10 +109,37 @@ def timing_method(torch_device: str) -> str:
 
 
 @dataclass(frozen=True)
+class DeviceProfile:
+    """What one logical device can do at best: the roofs a command's time is measured against.
+
+    `source` is "measured" (a short calibration on the torch device, `pipeline.device_profiles.calibrate`)
+    or "given" (`rbln_config['device_profile']`, e.g. a target NPU's datasheet figures); `label` says
+    which (how it was measured, or the name the user gave)."""
+
+    peak_flops_per_s: float  # at `dtype`
+    mem_bandwidth_bytes_per_s: float
+    capacity_bytes: int
+    dtype: str
+    source: str  # "measured" | "given"
+    label: str = ""
+
+    @property
+    def ridge_intensity(self) -> float:
+        """FLOP per byte at which the compute roof meets the memory roof."""
+        return self.peak_flops_per_s / self.mem_bandwidth_bytes_per_s
+
+    def roofline_ns(self, flops: float, nbytes: float) -> float:
+        """The least time a command of `flops` and `nbytes` can take on this device: max of both roofs."""
+        return 1e9 * max(flops / self.peak_flops_per_s, nbytes / self.mem_bandwidth_bytes_per_s)
+
+
+@dataclass(frozen=True)
 class DeviceInfo:
     logical: int
     torch_device: str
     capacity_bytes: int
+    # Asked when the pipeline is first recorded (a measured profile is calibrated then, once per machine).
+    profile: Callable[[], DeviceProfile] | None = None
 
 
 @dataclass(frozen=True)

@@ -29,6 +29,7 @@ from transformers import AutoTokenizer  # noqa: E402
 from .compiler import CompiledArtifact, compile_submodule, load_compiled, plan_memory, save_compiled  # noqa: E402
 from .config import SUBMODULES, ConfigError, RBLNConfig  # noqa: E402
 from .contract import DeviceInfo, PipelineInfo  # noqa: E402
+from .device_profiles import from_config as profile_from_config  # noqa: E402
 from .dtypes import torch_dtype  # noqa: E402
 from .graph_capture import image_size  # noqa: E402
 from .placement import memory_plan, torch_devices  # noqa: E402
@@ -155,7 +156,9 @@ class RBLNStableDiffusion3Pipeline(StableDiffusion3Pipeline):
         return PipelineInfo(
             model=self._rbln_model,
             rbln_config=self.rbln_config.to_dict(),
-            devices=tuple(DeviceInfo(i, str(self._rbln_devices[i]), self.rbln_config.capacity(i)) for i in mine),
+            devices=tuple(DeviceInfo(i, str(self._rbln_devices[i]), self.rbln_config.capacity(i),
+                                     profile_from_config(self.rbln_config, i, str(self._rbln_devices[i])))
+                          for i in mine),
             programs=tuple(getattr(self, name).compiled.info for name in names),
             activation_bytes={s.submodule: s.activation_bytes for s in self.memory_plan.submodules if s.submodule in names},
             activate_profiler={name: self.rbln_config.submodules[name].activate_profiler for name in SUBMODULES},

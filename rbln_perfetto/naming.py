@@ -173,3 +173,13 @@ def layer_sql(name: str = "s.name", command_index: str = "extract_arg(s.arg_set_
 
 # The layer of a slice `s` of the Compute track, as the canned reports select it.
 LAYER_SQL = layer_sql()
+
+
+# A logical device's profile (`pipeline.device_profiles`) as Run slice args `device_{d}_{field}`: written
+# by `exporter.provenance`, read back by `analysis.roofline`.
+DEVICE_PROFILE_FIELDS = ("source", "peak_flops_per_s", "mem_bandwidth_bytes_per_s", "capacity_bytes", "dtype", "label")
+
+
+def device_profile_arg(device: int, field: str) -> str:
+    """The Run slice arg that holds `field` of logical device `device`'s profile."""
+    return f"device_{device}_{field}"

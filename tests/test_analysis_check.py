@@ -71,13 +71,16 @@ def test_check_cli_exit_codes_and_messages(runs, capsys):
     base, slow = runs
     assert main(["check", str(slow), "--baseline", str(base), "--max-regression", "10%",
                  "--max", "transformer.mean_ms<=0.2"]) == 0
-    assert capsys.readouterr().out.strip() == "check: ok, 4 rules hold"
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert lines[0] == "check: ok, 4 rules hold"
+    assert lines[1].startswith("note: 1 candidate run against 1 baseline run cannot judge noise")
     assert main(["check", str(slow.parent), "--baseline", str(base), "--max-regression", "5%",
                  "--max", "transformer.mean_ms<=0.11"]) == 1
     lines = capsys.readouterr().out.strip().splitlines()
     assert lines[0] == "FAIL transformer.mean_ms = 0.114, breaks transformer.mean_ms<=0.11"
     assert [line.split(" = ")[0] for line in lines[1:3]] == ["FAIL run.span_ms", "FAIL transformer.mean_ms"]
     assert lines[3] == "check: 3 of 4 rules broken"
+    assert "cannot judge noise" in lines[4]
     for argv, message in [
         (["--max", "transformer.p99_ms<=1"], "no metric 'transformer.p99_ms' in"),
         (["--max", "transformer.mean_ms=<1"], "is not of the form METRIC<=NUMBER"),
@@ -120,4 +123,5 @@ def test_trace_summary_spec_gives_checks_values(runs, tmp_path, capsys):
                                str(trace)], capture_output=True, text=True, timeout=120)
         assert proc.returncode == 0, proc.stderr
         # The textproto prints values with 6 decimals.
-        assert _summary_values(proc.stdout) == pytest.approx(metrics(trace, backend="sqlite"), abs=5.1e-7, rel=1e-12)
+        assert _summary_values(proc.stdout) == pytest.approx(metrics(trace, backend="sqlite", layers=True), abs=5.1e-7,
+                                                            rel=1e-12)

@@ -45,6 +45,19 @@ def inputs(tmp_path_factory):
     return d
 
 
+@pytest.fixture(scope="module")
+def own_cache(tmp_path_factory):
+    return tmp_path_factory.mktemp("cache")
+
+
+@pytest.fixture(autouse=True)
+def _own_cache(_clean_env, own_cache, monkeypatch):
+    """The commands here use a compile cache of this module's own: the check that a bad input changed no
+    file reads the whole cache they could write to, and the session's is written meanwhile by the run's
+    other worker (and is larger: reading it twice per case costs more than building the model here once)."""
+    monkeypatch.setenv("RBLN_PERFETTO_CACHE", str(own_cache))
+
+
 def _files(d: Path) -> dict:
     return {
         "missing": d / "missing.pb", "dir": d / "traces", "empty": d / "empty", "text": d / "text",

@@ -8,6 +8,7 @@ word, numbers masked: a table's row label, `FAIL`, a file's name).
 
 import importlib.util
 import re
+import subprocess
 import sys
 from pathlib import Path
 
@@ -115,3 +116,18 @@ def test_ci_runs_the_readme_test_command_exactly():
     assert len(test_command) == 1, commands
     ci = [line for line in (ROOT / ".ci" / "run").read_text().splitlines() if line and not line.startswith("#")]
     assert test_command[0] in ci, ci
+
+
+def test_no_merge_conflict_marker_is_left_in_a_tracked_text_file():
+    """A merge that stopped half way once left `<<<<<<<` blocks in README and docs/architecture.md."""
+    files = subprocess.run(["git", "ls-files"], cwd=ROOT, capture_output=True, text=True).stdout.split()
+    if not files:
+        pytest.skip("not a git checkout")
+    marked = []
+    for name in files:
+        if not name.endswith((".md", ".py", ".sql", ".toml", ".c", ".proto", ".txt", ".cfg")) and name != ".ci/run":
+            continue
+        text = (ROOT / name).read_text(errors="replace")
+        marked += [f"{name}:{i}" for i, line in enumerate(text.splitlines(), 1)
+                   if line.startswith(("<<<<<<< ", ">>>>>>> ")) or line == "======="]
+    assert not marked, marked

@@ -89,6 +89,7 @@ def test_force_removes_the_traces_the_tool_wrote_into_the_run_directory_too(tmp_
         assert "transformer" not in " ".join(ts.query("select name from slice")["name"])
 
 
+@pytest.mark.slow
 def test_a_rank_killed_under_torchrun_leaves_one_line_and_no_temporary(tiny_model, tmp_path):
     """torchrun stops rank 0 with SIGTERM once rank 1 died: rank 0 says in one line which rank died and
     how to merge what was kept, and leaves no temporary file, wherever the SIGTERM caught it."""
@@ -128,6 +129,7 @@ def test_a_rank_killed_under_torchrun_leaves_one_line_and_no_temporary(tiny_mode
     assert (tmp_path / "aggregate.pb").is_file()
 
 
+@pytest.mark.slow
 def test_a_send_to_a_busy_rank_holds_the_transfer_not_the_wait(tiny_model, tmp_path):
     """Rank 1 is busy 2 s as it enters the pipeline call (RBLN_TEST_BUSY_MS); a gloo send would block
     until it posts its recv. Rank 0's send slices (its DMA busy) hold the transfers only, not that wait

@@ -435,6 +435,35 @@ def test_trace_processor_opens_the_archive_as_one_trace(merged):
         assert sorted(zip(got.name, got.ts)) == sorted((s[0], s[1]) for s in aggregate)
 
 
+def test_the_embedded_backend_refuses_the_archive_in_one_line_naming_the_aggregate(merged, capsys):
+    # One trace per reader: the archive is for trace_processor and the UI; our commands read aggregate.pb.
+    out, _ = merged
+    for argv in (["report", "idle", str(out / MERGE_ARCHIVE_FILE)],
+                 ["open", str(out / MERGE_ARCHIVE_FILE), "--view", "idle", "--no-browser"]):
+        assert main(argv) != 0
+        err = capsys.readouterr().err.strip()
+        assert "\n" not in err and "a TAR archive" in err and "aggregate.pb" in err, err
+    # trace_processor reads archives: its backend lets the file through to it.
+    from rbln_perfetto.reader.diagnosis import trace_file_problem
+    assert trace_file_problem(out / MERGE_ARCHIVE_FILE, json_and_gzip=True) is None
+
+
+@pytest.mark.skipif(not os.environ.get("RBLN_PERFETTO_TP_BIN"), reason="RBLN_PERFETTO_TP_BIN is not set")
+def test_the_sql_package_on_the_archive_gives_the_aggregates_commands_and_idle_gaps(merged):
+    # The same names and tracks in each member as in the aggregate: the modules read the archive as they
+    # read the aggregate (the critical path differs: the cross-rank flows are the aggregate's only).
+    out, _ = merged
+    sql = {"commands": "INCLUDE PERFETTO MODULE rbln.commands; SELECT rank, device, submodule, sequence_index, "
+                       "layer, op, command_index, ts, dur FROM rbln_commands",
+           "gaps": "INCLUDE PERFETTO MODULE rbln.idle; SELECT rank, device, kind, ts, dur, cause FROM rbln_idle_gaps"}
+    tp_bin = os.environ["RBLN_PERFETTO_TP_BIN"]
+    with open_trace(out / "aggregate.pb", backend="sqlite") as a, \
+            open_trace(out / MERGE_ARCHIVE_FILE, backend="trace_processor", tp_bin=tp_bin) as b:
+        for name, q in sql.items():
+            x, y = a.query(q), b.query(q)
+            assert len(x) > 0 and sorted(map(tuple, x.values.tolist())) == sorted(map(tuple, y.values.tolist())), name
+
+
 # --- A real run under torchrun ----------------------------------------------------------------------------
 
 from test_ranks import SKEW_NS as RUN_SKEW_NS, compiles, two  # noqa: E402,F401 (the fixtures, run here once)

@@ -276,9 +276,9 @@ def test_zero_length_slices_at_one_time_read_as_trace_processor_reads_them(tmp_p
             assert tr.query("select count(*) as n from stats where value > 0").n[0] == 0
 
 
-def test_events_before_their_clock_snapshot_are_refused_not_dropped_silently(tmp_path):
-    # trace_processor v58.2 converts a MONOTONIC event through a snapshot that comes later in the file (found by
-    # tests/test_differential_tp.py); the one-pass embedded reader cannot, so it says so.
+def test_events_before_their_clock_snapshot_are_converted_through_it(tmp_path):
+    # trace_processor v58.2 defers a MONOTONIC event whose snapshot comes later in the file to the end of the
+    # file and converts it through that snapshot (found by tests/test_differential_tp.py); so does the reader.
     t = pt.Trace()
     p = t.packet.add(trusted_packet_sequence_id=1, timestamp=1000, timestamp_clock_id=pt.BUILTIN_CLOCK_MONOTONIC)
     p.track_event.type, p.track_event.name = pt.TrackEvent.TYPE_INSTANT, "early"
@@ -287,11 +287,9 @@ def test_events_before_their_clock_snapshot_are_refused_not_dropped_silently(tmp
     p.clock_snapshot.clocks.add(clock_id=pt.BUILTIN_CLOCK_MONOTONIC, timestamp=1000)
     path = tmp_path / "late.pb"
     path.write_bytes(t.SerializeToString())
-    with pytest.warns(UserWarning, match="unsupported_clock_snapshot_after_its_events"):
-        tr = open_trace(path, backend="sqlite")
-    with tr:
-        assert tr.query("select value from stats where name = 'unsupported_clock_snapshot_after_its_events'"
-                        ).value.tolist() == [1]
+    with open_trace(path, backend="sqlite") as tr:
+        assert tr.query("select ts, name from slice").values.tolist() == [[1007, "early"]]
+        assert tr.query("select count(*) as n from stats where value > 0").n[0] == 0
 
 
 @pytest.mark.parametrize("elements,want", [

@@ -114,17 +114,6 @@ def test_incremental_clock_whose_running_sum_passes_int64_wraps_as_trace_process
 
 
 @pytest.mark.parametrize("scanner", SCANNERS)
-def test_legacy_microsecond_timestamp_fields_are_refused(tmp_path, scanner):
-    packets = [_first()]
-    for i in range(RUN):
-        p = _event(1000 + i, INSTANT)
-        p.track_event.timestamp_absolute_us = 2**62
-        packets.append(p)
-    t = read_tables(_write(tmp_path / "t.pb", packets), scanner=scanner)
-    assert t.stats["unsupported_track_event_field:timestamp_absolute_us"] == RUN
-
-
-@pytest.mark.parametrize("scanner", SCANNERS)
 def test_offset_is_taken_from_the_snapshot_at_or_before_each_timestamp(tmp_path, scanner):
     # clock 64 runs 100 ns behind BOOTTIME until its time 5000, then 300 ns: each event goes through the
     # latest snapshot at or before its own time (not the latest one read)
@@ -210,9 +199,9 @@ def test_legacy_json_values_become_args(tmp_path, scanner):
 # ---------------------------------------------------------------- thread and process tables
 
 TABLES = {
-    "thread": "id, type, utid, tid, name, start_ts, end_ts, upid, is_main_thread, machine_id",
-    "process": "id, type, upid, pid, name, start_ts, end_ts, parent_upid, uid, android_appid, cmdline, arg_set_id, "
-               "machine_id",
+    "thread": "id, type, utid, tid, name, start_ts, end_ts, upid, is_main_thread, is_idle, machine_id, arg_set_id",
+    "process": "id, type, upid, pid, name, start_ts, end_ts, parent_upid, uid, android_appid, android_user_id, "
+               "cmdline, arg_set_id, machine_id",
     "thread_track": "id, name, type, parent_id, source_arg_set_id, machine_id, utid",
     "process_track": "id, name, type, parent_id, source_arg_set_id, machine_id, upid",
     "thread_counter_track": "id, name, type, parent_id, source_arg_set_id, machine_id, unit, description, utid",
@@ -222,9 +211,62 @@ TABLES = {
 
 
 @pytest.mark.parametrize("table", sorted(TABLES))
-def test_trace_processors_thread_and_process_tables_exist_and_are_empty_without_descriptors(tmp_path, table):
+def test_trace_processors_thread_and_process_tables_exist_without_descriptors(tmp_path, table):
     trace = _write(tmp_path / "t.pb", [_first(), _event(100, INSTANT)])
-    assert _rows(trace, f"select {TABLES[table]} from {table}") == []
+    rows = _rows(trace, f"select {TABLES[table]} from {table}")
+    if table == "thread":  # only the swapper rows trace_processor reserves at startup
+        assert _rows(trace, "select utid, tid, name is null, upid, is_main_thread, is_idle from thread") == [
+            (0, 0, 1, 0, 1, 1)]
+    elif table == "process":
+        assert _rows(trace, "select upid, pid, name is null from process") == [(0, 0, 1)]
+    else:
+        assert rows == []
+
+
+def test_threads_and_processes_are_numbered_in_trace_processors_parse_order(tmp_path):
+    def described(uuid, ts=None, **kind):
+        p = _track(uuid, **kind)
+        if ts is not None:
+            p.timestamp = ts
+        return p
+
+    def thread(pid, tid, name=None):
+        d = pt.TrackDescriptor()
+        d.thread.pid, d.thread.tid = pid, tid
+        if name:
+            d.thread.thread_name = name
+        return d.thread
+
+    def process(pid, name):
+        d = pt.TrackDescriptor()
+        d.process.pid, d.process.process_name = pid, name
+        return d.process
+
+    packets = [_first(), _event(100, INSTANT),
+               described(2, process=process(10, "first")),  # parsed at 100, the latest time read before it
+               described(1, ts=50, thread=thread(20, 21, "a")),  # parsed at its own time: first
+               described(2, process=process(10, "second")),  # a process's first name holds
+               described(1, ts=600, thread=thread(20, 21, "b")),  # a thread's latest name wins
+               described(5, ts=700, thread=thread(20, 21))]  # another track for thread 21: its tid was reused
+    trace = _write(tmp_path / "t.pb", packets)
+    # a thread's process comes first, with its main thread (tid = pid)
+    assert _rows(trace, "select utid, tid, upid, coalesce(name, '-') from thread order by utid") == [
+        (0, 0, 0, "-"), (1, 20, 1, "-"), (2, 21, 1, "b"), (3, 10, 2, "-"), (4, 21, 1, "-")]
+    assert _rows(trace, "select upid, pid, coalesce(name, '-') from process order by upid") == [
+        (0, 0, "-"), (1, 20, "-"), (2, 10, "first")]
+
+
+def test_a_second_process_track_for_a_pid_starts_a_new_process(tmp_path):
+    first, second = pt.TrackDescriptor(), pt.TrackDescriptor()
+    first.process.pid, first.process.process_name = 10, "old"
+    second.process.pid, second.process.process_name = 10, "new"
+    trace = _write(tmp_path / "t.pb", [_first(), _track(1, process=first.process), _track(2, process=second.process),
+                                       _event(100, INSTANT)])
+    # the pid was reused (trace_processor's StartNewProcess): a new process with a new main thread
+    assert _rows(trace, "select upid, pid, name from process where upid > 0 order by upid") == [
+        (1, 10, "old"), (2, 10, "new")]
+    assert _rows(trace, "select utid, tid, upid, is_main_thread from thread where utid > 0 order by utid") == [
+        (1, 10, 1, 1), (2, 10, 2, 1)]
 
 
 def test_thread_and_process_descriptors_fill_the_thread_and_process_tables(tmp_path):
@@ -236,12 +278,38 @@ def test_thread_and_process_descriptors_fill_the_thread_and_process_tables(tmp_p
     packets = [_first(), _track(1, process=proc.process), _track(2, thread=thread.thread),
                _event(100, INSTANT, track=2), _event(200, INSTANT, track=1)]
     trace = _write(tmp_path / "t.pb", packets)
-    assert _rows(trace, "select utid, tid, name, upid, is_main_thread from thread") == [(0, 11, "worker", 0, 0)]
-    assert _rows(trace, "select upid, pid, name, cmdline from process") == [(0, 10, "server", "server --port=1")]
-    assert _rows(trace, "select t.utid, s.ts from thread_track t join slice s on s.track_id = t.id") == [(0, 100)]
-    assert _rows(trace, "select p.upid, s.ts from process_track p join slice s on s.track_id = p.id") == [(0, 200)]
+    # utid 0 / upid 0: the rows trace_processor reserves at startup (the idle swapper); the process comes with
+    # its main thread (tid = pid, unnamed); the descriptor's cmdline is not stored
+    threads = "select utid, tid, coalesce(name, '-'), upid, is_main_thread, is_idle from thread order by utid"
+    assert _rows(trace, threads) == [(0, 0, "-", 0, 1, 1), (1, 10, "-", 1, 1, 0), (2, 11, "worker", 1, 0, 0)]
+    assert _rows(trace, "select upid, pid, coalesce(name, '-'), coalesce(cmdline, '-') from process order by upid") == [
+        (0, 0, "-", "-"), (1, 10, "server", "-")]
+    assert _rows(trace, "select t.utid, s.ts from thread_track t join slice s on s.track_id = t.id") == [(2, 100)]
+    assert _rows(trace, "select p.upid, s.ts from process_track p join slice s on s.track_id = p.id") == [(1, 200)]
     # trace_processor types and names such tracks its own way: the track rows are refused, not guessed
     assert read_tables(trace).stats["unsupported_thread_or_process_tracks"] == 2
     stats = dict(_rows(trace, "select name, value from stats"))
     assert stats["unsupported_thread_or_process_tracks"] == 2
     json.dumps(stats)  # (plain values)
+
+
+@pytest.mark.parametrize("scanner", SCANNERS)
+def test_events_without_a_type_or_of_an_unknown_type_are_parser_errors_off_thread_tracks(tmp_path, scanner):
+    # TrackEventEventImporter: "TrackEvent without type or phase", and an unknown type is a "raw legacy
+    # event without thread association" on a global track: both dropped, counted in track_event_parser_errors
+    thread = pt.TrackDescriptor()
+    thread.thread.pid, thread.thread.tid = 10, 11
+    packets = [_first(), _track(7, "plain"), _track(8, thread=thread.thread)]
+    packets += [_event(100 + i, TE.TYPE_UNSPECIFIED, track=7) for i in range(RUN)]
+
+    def unknown_type(ts, track):  # (type 9: protobuf's Python classes refuse to set an unknown enum value)
+        p = pt.TracePacket(trusted_packet_sequence_id=1, timestamp=ts)
+        p.track_event.MergeFromString(pt.TrackEvent(track_uuid=track, name="u").SerializeToString() + b"\x48\x09")
+        return p
+
+    packets += [unknown_type(200 + i, 7) for i in range(RUN)]
+    packets += [unknown_type(300, 8), _event(400, INSTANT, track=7)]  # (on a thread's track: its raw table)
+    t = read_tables(_write(tmp_path / "t.pb", packets), scanner=scanner)
+    assert t.stats["track_event_parser_errors"] == 2 * RUN
+    assert not [k for k in t.stats if k.startswith("unsupported")]
+    assert t.slice_ts.tolist() == [400]

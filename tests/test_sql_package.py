@@ -24,7 +24,7 @@ from rbln_perfetto.query.perfetto_sql import PACKAGE_DIR, module_names
 from rbln_perfetto.query.trace_model import INVOCATION_ROWS, RUN_SPAN_ROW, TRACK_UNITS, UNTRACED_ROWS
 
 TP_BIN = os.environ.get("RBLN_PERFETTO_TP_BIN")
-KINDS = ("single", "selected", "merged")
+KINDS = ("single", "selected", "merged", "unprofiled", "merged_selected", "merged_killed")
 
 
 @pytest.fixture(scope="module")
@@ -56,7 +56,7 @@ def _tables():
 def test_the_package_has_the_modules_the_issue_names():
     assert PACKAGE_DIR.name == "rbln"
     assert set(module_names()) == {"rbln.tracks", "rbln.commands", "rbln.invocations", "rbln.split_ops", "rbln.idle",
-                                   "rbln.critical_path"}
+                                   "rbln.critical_path", "rbln.roofline"}
 
 
 @pytest.mark.parametrize(("module", "table"), _tables())
@@ -117,7 +117,7 @@ def test_split_ops_are_the_parents_of_commands(kind_trace):
     by_id = {s.id: s for s in data.slices}
     for parent, durs in children.items():
         name = by_id[parent].name
-        layer = name.split("_", 1)[1] if kind == "merged" else name  # (less the merged trace's `i{r}_`)
+        layer = name.split("_", 1)[1] if kind.startswith("merged") else name  # (less the merged trace's `i{r}_`)
         want[(layer, len(durs), sum(durs), max(durs))] += 1
     got = tr.query("INCLUDE PERFETTO MODULE rbln.split_ops; "
                    "SELECT layer, commands, commands_dur, max_command_dur FROM rbln_split_ops")

@@ -55,7 +55,11 @@ REFERENCE = {
 }
 # The columns a debug slice track's query must return (the same reference).
 SLICE_COLUMNS = {"ts", "dur", "name"}
-KINDS = ("single", "merged", "selected")
+KINDS = ("single", "merged", "selected", "unprofiled", "merged_selected", "merged_killed")
+MERGED = ("merged", "merged_selected", "merged_killed")
+UNTRACED = ("selected", "merged_selected")
+# The device groups (units) of each kind: one device of the unprofiled run runs only the unprofiled submodule.
+UNITS = {"unprofiled": 1}
 
 
 @pytest.fixture(scope="module")
@@ -135,7 +139,7 @@ def test_the_track_patterns_pick_every_device_group_and_its_workload_and_compute
         tracks = tr.query("SELECT t.name, p.name AS parent FROM track t LEFT JOIN track p ON p.id = t.parent_id")
         expand, pin = startup_commands(tr, "overview")[:2]
     groups = {n for n, p in zip(tracks.name, tracks.parent) if not isinstance(p, str) and "Device" in n}
-    assert len(groups) == 2 and all(g.startswith("Rank ") == (kind == "merged") for g in groups)
+    assert len(groups) == UNITS.get(kind, 2) and all(g.startswith("Rank ") == (kind in MERGED) for g in groups)
     # (JavaScript's RegExp.test: a match anywhere; the patterns are anchored)
     assert {n for n in tracks.name if re.search(expand.args[0], n)} == groups
     paths = [f"{p} > {n}" if isinstance(p, str) else n for n, p in zip(tracks.name, tracks.parent)]
@@ -153,7 +157,7 @@ def test_the_idle_track_holds_the_gaps_the_idle_analysis_finds(traces, kind):
         rows = tr.query(idle_gaps_sql())
         gaps = idle(tr, gaps=True)
         run_start = int(tr.query(RUN_SPAN_ROW).lo.iloc[0])
-        merged = kind == "merged"
+        merged = kind in MERGED
     assert len(rows) == len(gaps) > 0
     expected = sorted((run_start + round(g.start_ms * 1e6), round(g.dur_ms * 1e6), g.kind,
                        f"rank {g.rank} device {g.device}" if merged else f"device {g.device}",
@@ -161,19 +165,19 @@ def test_the_idle_track_holds_the_gaps_the_idle_analysis_finds(traces, kind):
     got = sorted((int(r.ts), int(r.dur), r.name.removesuffix(" (over an untraced stretch)"), r.device,
                   r.name.endswith("(over an untraced stretch)")) for r in rows.itertuples())
     assert got == expected
-    assert any(g.untraced_ms > 0 for g in gaps.itertuples()) == (kind == "selected")
+    assert any(g.untraced_ms > 0 for g in gaps.itertuples()) == (kind in UNTRACED)
 
 
 @pytest.mark.parametrize("kind", KINDS)
 def test_the_critical_path_track_is_the_paths_segments(traces, kind):
     with open_trace(traces[kind], backend="sqlite") as tr:
         path = segments(find(tr))
-        rows = tr.query(critical_path_sql(path, merged=kind == "merged"))
+        rows = tr.query(critical_path_sql(path, merged=kind in MERGED))
         span = tr.query(RUN_SPAN_ROW)
     on = path[path.on_path_ms > 0]
     invocations = rows[rows.kind == "invocation"]
     assert len(invocations) and all(
-        name == (f"{r.name} (rank {r.rank} device {r.device})" if kind == "merged" else f"{r.name} (device {r.device})")
+        name == (f"{r.name} (rank {r.rank} device {r.device})" if kind in MERGED else f"{r.name} (device {r.device})")
         for name, r in zip(invocations.name, on[on.kind == "invocation"].itertuples()))
     assert list(rows.ts) == list(on.ts) and list(rows.kind) == list(on.kind)
     assert list(rows.dur) == [round(ms * 1e6) for ms in on.on_path_ms]
@@ -316,7 +320,7 @@ def test_report_links_open_each_devices_longest_idle_gap(traces, kind, capsys):
     with open_trace(traces[kind], backend="sqlite") as tr:
         gaps = idle(tr, gaps=True)
         run_start = int(tr.query(RUN_SPAN_ROW).lo.iloc[0])
-    assert len(rows) == 2
+    assert len(rows) == UNITS.get(kind, 2)
     for row in rows:
         mine = gaps[(gaps["rank"] == row["rank"]) & (gaps.device == row["device"]) & (gaps.cause != "untraced")]
         g = mine.loc[mine.dur_ms.idxmax()]
@@ -343,6 +347,21 @@ def test_report_links_select_a_slice_of_each_row(traces, report, capsys):
             for row in rows:
                 mine = inv[inv.submodule == row["submodule"]]
                 assert int(decode(row["link"])["dur"]) == mine.dur.max()
+        if report == "dma":  # a transfer of the row's tensor, between the row's ends (a send is no recv)
+            dma = tr.query("SELECT ts, dur, extract_arg(arg_set_id, 'debug.submodule') AS submodule, "
+                           "coalesce(extract_arg(arg_set_id, 'debug.tensor'), extract_arg(arg_set_id, 'debug.tensors')) "
+                           "AS tensor, extract_arg(arg_set_id, 'debug.transfer') AS transfer FROM slice "
+                           "WHERE track_id IN (SELECT id FROM track WHERE name = 'DMA')")
+            sides = 0
+            for row in rows:
+                args = decode(row["link"])
+                hit = dma[(dma.ts == int(args["ts"])) & (dma.dur == int(args["dur"])) &
+                          (dma.submodule == row["submodule"]) & (dma.tensor == row["tensor"])]
+                want = "recv" if row["source"].startswith("rank ") and "/" not in row["source"] else \
+                    "send" if row["destination"].startswith("rank ") and "/" not in row["destination"] else None
+                sides += want is not None
+                assert len(hit) and (want is None or (hit.transfer == want).any()), row
+            assert sides  # (the merged trace's transfers between ranks are among the rows)
 
 
 def test_report_links_in_a_text_table_are_printed_whole(traces, capsys):

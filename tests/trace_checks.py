@@ -118,7 +118,9 @@ def check_loaders_agree(path):
     assert fast.db.execute("PRAGMA integrity_check").fetchall() == [("ok",)]
     objects = pure.db.execute("SELECT type, name, sql FROM sqlite_schema ORDER BY rowid").fetchall()
     assert fast.db.execute("SELECT type, name, sql FROM sqlite_schema ORDER BY rowid").fetchall() == objects
-    for _, name, _ in objects:
+    for kind, name, _ in objects:
+        if kind == "index":  # (an index holds no rows of its own: the tables' rows are compared)
+            continue
         q = f"SELECT *, {', '.join(f'typeof({c})' for c in _columns(pure.db, name))} FROM {name}"
         assert fast.db.execute(q).fetchall() == pure.db.execute(q).fetchall(), name
     keys = [k for (k,) in pure.db.execute("SELECT DISTINCT key FROM args")] + ["debug.no_such_key"]

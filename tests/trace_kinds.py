@@ -60,15 +60,20 @@ class _Process:
     calls: int = 0
 
 
-def _pipeline(rank: int, world: int, submodules) -> PipelineInfo:
+def _pipeline(rank: int, world: int, submodules, profiles=None) -> PipelineInfo:
+    """`profiles`: logical device -> its DeviceProfile (none by default, as traces recorded before them)."""
     programs = tuple(PROGRAMS[s] for s in submodules)
     devices = sorted({p.device for p in programs})
-    return PipelineInfo("synthetic", {}, tuple(DeviceInfo(d, "cpu", 1 << 34) for d in devices), programs,
+    profiles = profiles or {}
+    return PipelineInfo("synthetic", {}, tuple(DeviceInfo(d, "cpu", 1 << 34,
+                                                          (lambda p=profiles[d]: p) if d in profiles else None)
+                                               for d in devices), programs,
                         {p.submodule: 0 for p in programs}, {p.submodule: True for p in programs},
                         rank=rank, world_size=world)
 
 
-def write_run(out: Path, *, ranks: bool = False, selected: bool = False, unprofiled: str | None = None) -> list[Path]:
+def write_run(out: Path, *, ranks: bool = False, selected: bool = False, unprofiled: str | None = None,
+              profiles=None) -> list[Path]:
     """The captures of one run into `out` (`out/rank{r}/` with `ranks`); their paths, rank 0's first.
     `selected`: steps 1..3 run untraced; `unprofiled`: that submodule's calls are not traced."""
     placement = {s: (1 if s == "text_encoder_3" and ranks else 0) for s in PROGRAMS}
@@ -80,7 +85,7 @@ def write_run(out: Path, *, ranks: bool = False, selected: bool = False, unprofi
         paths.append(directory / CAPTURE_FILE)
         writer = CaptureWriter(paths[-1], "synthetic")
         mine = [s for s in PROGRAMS if placement[s] == rank]
-        info = _pipeline(rank, world, mine)
+        info = _pipeline(rank, world, mine, profiles)
         profiled = {s for s in mine if s != unprofiled}
         pid = writer.pipeline(info, profiled)
         procs.append(_Process(writer, {s: writer.program(PROGRAMS[s], pid) for s in mine if s in profiled}))
@@ -166,11 +171,11 @@ KINDS = ("single", "selected", "unprofiled", "merged", "merged_selected", "merge
          "invocation_file")
 
 
-def build(root: Path, kind: str) -> Path:
-    """The trace file of `kind` (one of KINDS), written under `root`."""
+def build(root: Path, kind: str, profiles=None) -> Path:
+    """The trace file of `kind` (one of KINDS), written under `root`; `profiles`: device -> DeviceProfile."""
     out = root / kind
     if kind in ("merged", "merged_selected", "merged_killed"):
-        captures = write_run(out, ranks=True, selected=kind == "merged_selected")
+        captures = write_run(out, ranks=True, selected=kind == "merged_selected", profiles=profiles)
         for capture in captures:
             rbln_perfetto.export(capture, capture.parent)
         if kind == "merged_killed":
@@ -179,17 +184,17 @@ def build(root: Path, kind: str) -> Path:
                 pb.unlink()  # the killed rank left no traces; merge exports what its capture holds
         return merge(out).aggregate_file
     if kind == "reexported":
-        first = build(root, "single").parent
+        first = build(root, "single", profiles).parent
         out.mkdir(parents=True, exist_ok=True)
         shutil.copy(first / CAPTURE_FILE, out / CAPTURE_FILE)
         return rbln_perfetto.export(out / CAPTURE_FILE, out).aggregate_file
     if kind == "invocation_file":
-        files = rbln_perfetto.export(write_run(out)[0], out).invocation_files
+        files = rbln_perfetto.export(write_run(out, profiles=profiles)[0], out).invocation_files
         return next(f for f in files if f.name.endswith("_transformer_1.pb"))
     if (root / kind / "aggregate.pb").is_file():
         return root / kind / "aggregate.pb"
     unprofiled = "text_encoder_3" if kind == "unprofiled" else None
-    capture = write_run(out, selected=kind == "selected", unprofiled=unprofiled)[0]
+    capture = write_run(out, selected=kind == "selected", unprofiled=unprofiled, profiles=profiles)[0]
     return rbln_perfetto.export(capture, out).aggregate_file
 
 

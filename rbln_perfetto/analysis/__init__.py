@@ -4,6 +4,8 @@
     idle(trace)             where each device waits, and what the run was doing instead
     critical_path(trace)    the chain of work that sets the end-to-end time (`write_overlay` shows it in the UI)
     variance(trace)         how repeated calls vary, and the outlier calls
+    whatif(trace, ...)      the run predicted with submodules sped up, slowed down or moved (`write_prediction`)
+    roofline(trace)         each layer / command / submodule against its device's roofs (`plot_roofline`)
     check(cand, ...)        rules over a run's metrics for CI (`summary_spec_text`: the same as a trace-summary spec)
 
 `ui_views` puts these answers into the Perfetto UI (startup commands for `open --view`), and
@@ -20,9 +22,13 @@ from .critical_path import critical_path
 from .diff import diff, plot_diff
 from .idle import idle
 from .overlay import write_overlay
+from .roofline import device_profiles, plot_roofline, roofline
 from .stands_out import stands_out
 from .trace_summary_spec import summary_spec_text, write_summary_spec
 from .variance import variance
+from .whatif import whatif
+from .whatif_trace import write_prediction
 
-__all__ = ["CheckResult", "check", "critical_path", "diff", "idle", "metrics", "metrics_table", "plot_diff", "stands_out",
-           "summary_spec_text", "variance", "write_overlay", "write_summary_spec"]
+__all__ = ["CheckResult", "check", "critical_path", "device_profiles", "diff", "idle", "metrics", "metrics_table",
+           "plot_diff", "plot_roofline", "roofline", "stands_out", "summary_spec_text", "variance", "whatif",
+           "write_overlay", "write_prediction", "write_summary_spec"]

@@ -121,23 +121,46 @@ def _host_order(starts, ends, firsts, lasts) -> dict[int, int]:
     return out
 
 
-def find(tr, names: bool = False) -> CriticalPath:
-    """The critical path of an open trace; `names`: also the ops' names and layers (for tables of them)."""
-    inv = invocations(tr)
-    ids, ts, end, device, rank, kind, leaf_names, leaf_layers = _leaves(tr, inv, names)
-    n = len(ts)
-    if n == 0:
-        empty = np.zeros(0, np.int64)
-        return CriticalPath(0, 0, ts, end, device, rank, kind, empty, leaf_names, leaf_layers, inv, empty, empty,
-                            empty, empty)
-    order = np.arange(n)
-    item = containing(ts, end, device, inv)
+@dataclass
+class Dependencies:
+    """Every element of one trace (host work, DMA, op, untraced stretch), sorted by (ts, id), and what
+    each one waited for: its previous element on the same device, in its rank's host order, and by a
+    flow (-1: none); the predecessors are always earlier elements."""
 
-    # Program order: the previous element on the same device.
-    dev_prev = np.full(n, -1, np.int64)
+    ids: np.ndarray
+    ts: np.ndarray
+    end: np.ndarray
+    device: np.ndarray  # unit; -1 for host work and untraced stretches
+    rank: np.ndarray
+    kind: np.ndarray  # index into KINDS
+    item: np.ndarray  # invocation index (into `invocations`), or -1
+    names: list
+    layers: list
+    invocations: object
+    dev_prev: np.ndarray
+    host_prev: np.ndarray
+    flow_prev: np.ndarray
+
+
+def program_order(device: np.ndarray) -> np.ndarray:
+    """Per element (in time order), the previous element on the same device (unit); -1 for none."""
+    dev_prev = np.full(len(device), -1, np.int64)
     for d in np.unique(device[device >= 0]):
         mine = np.flatnonzero(device == d)
         dev_prev[mine[1:]] = mine[:-1]
+    return dev_prev
+
+
+def dependencies(tr, names: bool = False) -> Dependencies:
+    """The elements of an open trace and the dependencies the trace records between them."""
+    inv = invocations(tr)
+    ids, ts, end, device, rank, kind, leaf_names, leaf_layers = _leaves(tr, inv, names)
+    n = len(ts)
+    item = containing(ts, end, device, inv)
+    dev_prev = program_order(device)
+    if n == 0:
+        return Dependencies(ids, ts, end, device, rank, kind, item, leaf_names, leaf_layers, inv, dev_prev,
+                            dev_prev.copy(), dev_prev.copy())
 
     # Host order between items, per rank: host slices and untraced stretches (one leaf each) and
     # invocations (their leaves).
@@ -173,6 +196,23 @@ def find(tr, names: bool = False) -> CriticalPath:
         pick = np.lexsort([src, end[src], dst])[::-1]
         dsts, latest = np.unique(dst[pick], return_index=True)
         flow_prev[dsts] = src[pick][latest]  # each destination's latest-ending source
+    return Dependencies(ids, ts, end, device, rank, kind, item, leaf_names, leaf_layers, inv, dev_prev, host_prev,
+                        flow_prev)
+
+
+def find(tr, names: bool = False) -> CriticalPath:
+    """The critical path of an open trace; `names`: also the ops' names and layers (for tables of them)."""
+    deps = dependencies(tr, names)
+    ts, end, device, rank, kind, item, inv = deps.ts, deps.end, deps.device, deps.rank, deps.kind, deps.item, \
+        deps.invocations
+    leaf_names, leaf_layers = deps.names, deps.layers
+    n = len(ts)
+    if n == 0:
+        empty = np.zeros(0, np.int64)
+        return CriticalPath(0, 0, ts, end, device, rank, kind, empty, leaf_names, leaf_layers, inv, empty, empty,
+                            empty, empty)
+    order = np.arange(n)
+    dev_prev, flow_prev, host_prev = deps.dev_prev, deps.flow_prev, deps.host_prev
 
     # Each element waits for its latest-finishing predecessor (ties: program order, flow, host order).
     pred = dev_prev.copy()

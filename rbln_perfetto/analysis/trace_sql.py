@@ -39,6 +39,8 @@ class Units:
 
     def own_names(self, names, track_ids) -> list[str]:
         """The slices' names less the merged trace's `i{r}_` prefix."""
+        if not self.merged:  # (no prefix to take off: one list, not a lookup per slice)
+            return names.tolist() if hasattr(names, "tolist") else list(names)
         return [n[len(self.tracks[int(t)][2]):] for n, t in zip(names, track_ids)]
 
     def label(self, unit: int) -> str:
@@ -103,10 +105,14 @@ def _layers(names: list[str], seqs: list[int]) -> list[str]:
     """Each op's layer: a command's (its name says its invocation's sequence index), else the split
     op's name. (One regex match per op, as `parse_command_slice_name` makes, without its object.)"""
     match = COMMAND_SLICE_NAME.match
+    parsed: dict[str, tuple] = {}  # name -> (its sequence index, its layer), (-2, name) for no command's
     out = []
     for name, seq in zip(names, seqs):
-        m = match(name)
-        out.append(m.group(2) if m is not None and int(m.group(1)) == seq else name)
+        p = parsed.get(name)
+        if p is None:  # (a split op's name comes back every step: matched once)
+            m = match(name)
+            p = parsed[name] = (int(m.group(1)), m.group(2)) if m is not None else (-2, name)
+        out.append(p[1] if p[0] == seq else name)
     return out
 
 

@@ -27,6 +27,7 @@ from urllib.parse import quote
 
 import numpy as np
 
+from ..query.reports import DMA_ROWS
 from ..query.trace_model import DEVICE_TRACKS, RUN_SPAN_ROW, with_ctes
 from .idle import DEFAULT_MIN_GAP_MS, idle
 from .trace_sql import invocations, ops
@@ -117,10 +118,7 @@ SELECT p.name AS device, t.name AS category, min(s.ts) AS ts, max(s.ts + s.dur) 
 FROM slice s JOIN track t ON t.id = s.track_id JOIN track p ON p.id = t.parent_id
 WHERE s.track_id IN (SELECT track_id FROM device_tracks) AND s.dur >= 0
 GROUP BY p.name, t.name"""
-_DMAS = with_ctes(DEVICE_TRACKS) + """
-SELECT s.ts, s.dur, extract_arg(s.arg_set_id, 'debug.submodule') AS submodule,
-       coalesce(extract_arg(s.arg_set_id, 'debug.tensor'), extract_arg(s.arg_set_id, 'debug.tensors')) AS tensor
-FROM slice s WHERE s.track_id IN (SELECT track_id FROM device_tracks WHERE category = 'DMA') AND s.dur >= 0"""
+_DMAS = with_ctes(DEVICE_TRACKS, DMA_ROWS) + "\nSELECT ts, dur, submodule, tensor, source, destination FROM dma_rows WHERE dur >= 0"
 
 
 def _idle_targets(tr, table, min_gap_ms):
@@ -187,7 +185,8 @@ _TARGETS = {
     "devices": _device_targets,
     "top_layers": _layer_targets,
     "split_ops": _layer_targets,
-    "dma": lambda tr, table, _: _longest_each(tr.query(_DMAS), table, ("submodule", "tensor")),
+    "dma": lambda tr, table, _: _longest_each(tr.query(_DMAS), table,
+                                              ("submodule", "tensor", "source", "destination")),
     "ranges": lambda tr, table, _: [Target(int(r.ts), ns_of_ms(r.dur_ms), select=True) for r in table.itertuples()],
 }
 
@@ -203,7 +202,7 @@ def report_targets(tr, name: str, table, *, min_gap_ms: float | None = None) -> 
         invocations     the longest invocation of the submodule on the device
         devices         the span of the device's slices of the category
         top_layers, split_ops   the longest op of the layer (a command, or a split op's parent)
-        dma             the longest transfer of the submodule's tensor
+        dma             the longest transfer of the submodule's tensor from that source to that destination
         ranges          the range's slice
     """
     if len(table) == 0:

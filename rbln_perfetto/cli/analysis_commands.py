@@ -1,21 +1,25 @@
 """The analysis commands of `rbln-perfetto`: `diff`, `report`, `check` (registered by main.py).
 
     rbln-perfetto diff BASE CAND [--by layer|submodule|op|device] [--top N] [--plot out.png]
-    rbln-perfetto report idle|critical-path|variance|<canned report> TRACE [--csv | --json]
-    rbln-perfetto check CAND [--baseline BASE] [--max-regression 5%] [--max "transformer.mean_ms<=120"]
+    rbln-perfetto report idle|critical-path|variance|roofline|<canned report> TRACE [--csv | --json]
+    rbln-perfetto check CAND [CAND ...] [--baseline BASE [BASE ...]] [--max-regression 5%] [--alpha 0.05]
+                        [--max "transformer.mean_ms<=120"] [--json]
 
 BASE, CAND and TRACE are trace files or run directories (their aggregate.pb).
 """
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 
 from ..analysis import check, critical_path, diff, idle, plot_diff, variance, write_overlay, write_summary_spec
-from ..analysis.check import DEFAULT_REGRESSION_METRICS, metrics_table
+from ..analysis.check import DEFAULT_ALPHA, DEFAULT_REGRESSION_METRICS, metrics_table
+from ..analysis.check_json import check_json
 from ..analysis.diff import BY as DIFF_BY
 from ..analysis.idle import CAUSES, DEFAULT_MIN_GAP_MS
+from ..analysis.roofline import device_profiles, roofline, roofs_text
 from ..analysis.sources import trace_path
 from ..analysis.variance import RULE
 from ..errors import UsageError
@@ -28,6 +32,8 @@ ANALYSES = {
     "idle": "idle time per device, each gap attributed to what the run did instead (" + ", ".join(CAUSES) + ")",
     "critical-path": "the chain of host work, invocations, commands and DMAs that sets the run's span",
     "variance": "per submodule / layer across repeated calls: mean, std, min, max, first vs rest, outliers",
+    "roofline": "per layer / command / submodule / device against its device's roofs: time above the roof (ranked), "
+                "bound (compute, memory, overhead), MFU, MBU, achieved rates, arithmetic intensity",
 }
 
 
@@ -65,6 +71,9 @@ def cmd_report(args) -> int:
         elif name == "idle":
             table = idle(tr, min_gap_ms=args.min_gap, gaps=args.gaps)
             table = table if top is None else table.head(top)
+        elif name == "roofline":
+            table = roofline(tr, by=args.by or "layer", top=top)
+            profiles = device_profiles(tr)
         elif name == "variance":
             table = variance(tr, by=args.by or "submodule", outliers=args.outliers)
             table = table if top is None else table.head(top)
@@ -78,6 +87,8 @@ def cmd_report(args) -> int:
     print_with_links(table, args) if args.links else print_table(table, args)
     if name == "variance" and args.outliers and not (args.csv or args.json):
         print(f"\noutlier: {RULE}")
+    if name == "roofline" and not (args.csv or args.json):
+        print("\n" + roofs_text(profiles))
     if args.overlay:
         print(f"trace with a 'Critical path' track written to {args.overlay}",
               file=sys.stderr if (args.csv or args.json) else sys.stdout)
@@ -89,29 +100,37 @@ def cmd_check(args) -> int:
         path = write_summary_spec(args.write_summary_spec)
         print(f"trace-summary spec written to {path}: trace_processor_shell --summary --summary-spec {path} "
               "--summary-metrics-v2 all TRACE")
-        if args.cand is None:
+        if not args.cand:
             return 0
-    if args.cand is None:
-        raise UsageError("give the candidate run: rbln-perfetto check CAND [--baseline BASE] ...")
+    if not args.cand:
+        raise UsageError("give the candidate run: rbln-perfetto check CAND [CAND ...] [--baseline BASE [BASE ...]] ...")
+    cand = args.cand if len(args.cand) > 1 else args.cand[0]
+    baseline = None if not args.baseline else args.baseline if len(args.baseline) > 1 else args.baseline[0]
     if args.metrics and not (args.max or args.max_regression is not None):  # only the list: nothing to check
-        print_table(metrics_table(args.cand, args.baseline, backend=args.backend, tp_bin=args.tp_bin), args)
+        print_table(metrics_table(cand, baseline, backend=args.backend, tp_bin=args.tp_bin, layers=args.layers), args)
         return 0
     regression = tuple(g.strip() for g in args.regression_metrics.split(",") if g.strip())
-    result = check(args.cand, baseline=args.baseline, max_regression=args.max_regression, rules=args.max,
-                   regression_metrics=regression, backend=args.backend, tp_bin=args.tp_bin)
+    result = check(cand, baseline=baseline, max_regression=args.max_regression, rules=args.max,
+                   regression_metrics=regression, alpha=args.alpha, backend=args.backend, tp_bin=args.tp_bin,
+                   layers=args.layers)
+    if args.json:  # one object on stdout, its schema in docs/regression-gate.md
+        print(json.dumps(check_json(result, cand=args.cand, baseline=args.baseline or [])))
+        return 1 if result.violations else 0
     if args.metrics:
         print_table(result.metrics, args)
-    # With --csv/--json, stdout carries only the data; the verdict lines go to stderr.
-    say = sys.stderr if args.metrics and (args.csv or args.json) else sys.stdout
-    links = violation_links(args.cand, result.violations, backend=args.backend, tp_bin=args.tp_bin) \
+    # With --csv, stdout carries only the data; the verdict lines go to stderr.
+    say = sys.stderr if args.metrics and args.csv else sys.stdout
+    # Several candidate runs: the links point into the first (each run holds the same slices).
+    links = violation_links(result.cand_sources[0], result.violations, backend=args.backend, tp_bin=args.tp_bin) \
         if args.links and result.violations else {}
     for line in result.violations:
         print(f"FAIL {line}" + (f"\n     {links[line]}" if links.get(line) else ""), file=say)
     if links:
         print(LINKS_NOTE, file=say)
     if not args.violations_only:
-        print(f"check: {len(result.violations)} of {result.rules} rules broken" if result.violations
-              else f"check: ok, {result.rules} rules hold", file=say)
+        print(result.verdict(), file=say)
+        for note in result.notes:
+            print(f"note: {note}", file=say)
     return 1 if result.violations else 0
 
 
@@ -132,7 +151,7 @@ def add_analysis_commands(sub) -> None:
     r.add_argument("name", metavar="REPORT", help=f"one of: {', '.join([*ANALYSES, *REPORTS])}")
     r.add_argument("trace", help="a trace file or a run directory")
     r.add_argument("--by", help="critical-path: segment (default), element or layer; variance: submodule "
-                                "(default) or layer")
+                                "(default) or layer; roofline: layer (default), command, submodule or device")
     r.add_argument("--top", type=bounded_int("a number of rows", 1, 10**9),
                    help="only the first N rows (critical-path: the N with the most time on the path)")
     r.add_argument("--min-gap", type=float, default=DEFAULT_MIN_GAP_MS, metavar="MS",
@@ -150,14 +169,24 @@ def add_analysis_commands(sub) -> None:
     r.set_defaults(func=cmd_report)
 
     c = sub.add_parser("check", help="exit non-zero when a run breaks a rule (for CI)")
-    c.add_argument("cand", nargs="?", help="the run to check: a trace file or a run directory")
-    c.add_argument("--baseline", metavar="BASE", help="a baseline run to compare with")
-    c.add_argument("--max-regression", metavar="PCT", help="with --baseline: the most a metric may grow, e.g. 5%%")
+    c.add_argument("cand", nargs="*", help="the run(s) to check: trace files, run directories, or a directory of "
+                                            "run directories (`run --runs N`); several runs form a sample")
+    c.add_argument("--baseline", metavar="BASE", nargs="+", action="extend",
+                   help="the baseline run(s) to compare with, as CAND (several: a significance test per metric)")
+    c.add_argument("--alpha", type=float, default=DEFAULT_ALPHA,
+                   help=f"with several runs a side: the significance level, over all metrics checked (Holm; "
+                        f"default {DEFAULT_ALPHA:g})")
+    c.add_argument("--max-regression", metavar="PCT", help="with --baseline: the most a metric may grow, e.g. 5%%; with several runs a "
+                                                         "side only a significant growth counts (--alpha); "
+                                                         "with it or --max, --json prints the verdict as one object")
     c.add_argument("--regression-metrics", default=",".join(DEFAULT_REGRESSION_METRICS), metavar="GLOBS",
                    help=f"which metrics --max-regression applies to (default {','.join(DEFAULT_REGRESSION_METRICS)})")
     c.add_argument("--max", action="append", default=[], metavar="RULE",
                    help='a rule like "transformer.mean_ms<=120" (repeatable; also <, >=, >, ==)')
     c.add_argument("--metrics", action="store_true", help="print every metric (and the baseline's) first")
+    c.add_argument("--layers", action="store_true",
+                   help="also per-layer time, SUBMODULE/LAYER.layer_ms (all its commands in a run), e.g. "
+                        "--regression-metrics 'transformer/*.layer_ms'")
     c.add_argument("--violations-only", action="store_true", help="print only the broken rules")
     c.add_argument("--write-summary-spec", metavar="OUT.textproto",
                    help="write the metrics as a Perfetto TraceSummarySpec for trace_processor --summary")

@@ -18,6 +18,7 @@ from ..errors import RblnPerfettoError, UsageError
 from ..recorder.activation import package_version
 from .analysis_commands import add_analysis_commands
 from .export_commands import add_export_command
+from .placement_commands import add_placement_commands
 from .query_commands import add_query_commands
 from .run_commands import add_merge_command, add_run_command
 from .sql_package_commands import add_sql_package_command
@@ -46,6 +47,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_merge_command(sub)
     add_analysis_commands(sub)  # diff, report, check
     add_sql_package_command(sub)
+    add_placement_commands(sub)  # whatif, advise
     for command in sub.choices.values():  # (SUPPRESS: not given after the command, it keeps the value before it)
         command.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=DEBUG_HELP)
     return parser

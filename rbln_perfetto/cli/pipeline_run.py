@@ -33,7 +33,7 @@ from pipeline.ranks import (RankLost, check_ranks, exchange_clocks, join_process
                             leave_process_group)
 from pipeline.remote_calls import distribute, serve
 
-from ..recorder.activation import default_out_dir, env_enabled, profile
+from ..recorder.activation import default_out_dir, env_enabled, new_run_id, profile
 from ..recorder.capture import read_info
 from ..errors import CaptureError, RankFailure, UsageError
 from ..exporter.export import ExportResult, check_creatable
@@ -51,16 +51,19 @@ class ProfiledRun:
     model: str
     rank: int = 0
     merged: MergeResult | None = None  # a run split across processes, on rank 0
+    samples: list[ExportResult] | None = None  # `runs` > 1: each run's export (OUT/run-000, ...), in order
 
 
 def profile_pipeline(config: dict, *, steps: int, height: int | None, width: int | None, model: str | None,
                      scale: str, prompt: str, seed: int, out: str | None, force: bool = False, repeat: int = 1,
                      profile_steps: str | None = None, profile_calls: str | None = None,
-                     profile_submodules: str | None = None) -> ProfiledRun:
+                     profile_submodules: str | None = None, runs: int = 1) -> ProfiledRun:
     """Check everything that can be checked cheaply, then compile or load, run `repeat` times inside
     `profile()`, tracing what `profile_steps` / `_calls` / `_submodules` select (`selection`).
 
-    `force`: remove another run's files from `out` (when the run starts) rather than refuse it."""
+    `force`: remove another run's files from `out` (when the run starts) rather than refuse it.
+    `runs` > 1: after one unprofiled warm-up call, `runs` profiled runs of `repeat` calls each, run
+    `i` into `out/run-{i:03d}/` (`sample_dir`), the pipeline loaded once: the samples of `check`."""
     env_enabled()  # a bad RBLN_PROFILER, like a bad config, fails here, before anything is built or written
     Selection.of(profile_steps, profile_calls, profile_submodules, names=SELECTION_FLAGS)  # and a bad selection
     cfg = RBLNConfig.from_dict(config)
@@ -77,15 +80,38 @@ def profile_pipeline(config: dict, *, steps: int, height: int | None, width: int
     model = model or embedded_model(scale)
     call = dict(prompt=prompt, num_inference_steps=steps, height=height, width=width, seed=seed, repeat=repeat)
     if world is not None:
+        if runs > 1:
+            raise UsageError("--runs N > 1 is for one process; under torchrun run the command N times")
         return profile_ranks(model, config, Path(out), call, force=force, profile_steps=profile_steps,
                              profile_calls=profile_calls, profile_submodules=profile_submodules)
     pipe = load_or_compile(model, config)
     pipe.set_progress_bar_config(disable=True)
+    if runs > 1:
+        return _profile_samples(pipe, model, Path(out) if out else default_out_dir("runs-" + new_run_id()), call,
+                                runs, force=force, steps=profile_steps, calls=profile_calls,
+                                submodules=profile_submodules)
     with profile(out, overwrite=force, steps=profile_steps, calls=profile_calls, submodules=profile_submodules) as prof:
         image = run_calls(pipe, **call)
     image_path = prof.out_dir / "image.png"
     image.save(image_path)
     return ProfiledRun(prof.result, image_path, model)
+
+
+def sample_dir(out: Path, index: int) -> Path:
+    """Where run `index` of `run --runs N` writes."""
+    return out / f"run-{index:03d}"
+
+
+def _profile_samples(pipe, model: str, out: Path, call: dict, runs: int, *, force: bool, **selection) -> ProfiledRun:
+    run_calls(pipe, **dict(call, repeat=1))  # warm-up, not profiled: every sample is a warm process's run
+    samples = []
+    for index in range(runs):
+        with profile(sample_dir(out, index), overwrite=force, **selection) as prof:
+            image = run_calls(pipe, **call)
+        samples.append(prof.result)
+    image_path = out / "image.png"
+    image.save(image_path)
+    return ProfiledRun(samples[-1], image_path, model, samples=samples)
 
 
 def run_calls(pipe, *, prompt: str, num_inference_steps: int, height, width, seed: int, repeat: int):

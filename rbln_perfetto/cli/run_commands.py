@@ -49,6 +49,8 @@ def cmd_run(args) -> int:
         raise UsageError(f"--steps {args.steps} must be >= 1")
     if args.repeat < 1:
         raise UsageError(f"--repeat {args.repeat} must be >= 1")
+    if args.runs < 1:
+        raise UsageError(f"--runs {args.runs} must be >= 1")
     if (args.height is None) != (args.width is None):
         raise UsageError("give --height and --width together")
     _merge_flag(config, "img_height", args.height, "--height")
@@ -62,7 +64,7 @@ def cmd_run(args) -> int:
         run = profile_pipeline(config, steps=args.steps, height=args.height, width=args.width, model=args.model,
                                scale=args.scale, prompt=args.prompt, seed=args.seed, out=args.out, force=args.force,
                                repeat=args.repeat, profile_steps=args.profile_steps, profile_calls=args.profile_calls,
-                               profile_submodules=args.profile_submodules)
+                               profile_submodules=args.profile_submodules, runs=args.runs)
     except (ConfigError, DeviceMemoryError) as exc:  # the pipeline's verdict on the rbln_config: the user's to fix
         raise PipelineConfigError(str(exc)) from exc
     if run.image_path is None:  # a serving rank of a run split across processes: rank 0 reports the run
@@ -73,6 +75,11 @@ def cmd_run(args) -> int:
           f"submodule invocations of {run.model} ({args.steps} steps); image saved to {run.image_path}")
     if run.merged is not None:
         return _print_merged(run.merged)
+    if run.samples:
+        first, last = run.samples[0].out_dir, run.samples[-1].out_dir
+        print(f"{len(run.samples)} runs (after one unprofiled warm-up call) in {first} .. {last.name}: one sample "
+              f"for check: rbln-perfetto check {first.parent} --baseline BASE_RUNS_DIR --max-regression 5%")
+        return 0
     print_export_result(run.result)
     return 0
 
@@ -119,6 +126,9 @@ def add_run_command(sub) -> None:
     run.add_argument("--force", action="store_true",
                      help="if --out holds another run's traces or capture, remove them (refused otherwise)")
     run.add_argument("--repeat", type=int, default=1, help="pipeline calls to run (default 1), all in one capture")
+    run.add_argument("--runs", type=int, default=1, metavar="N",
+                     help="N profiled runs of --repeat calls each, into OUT/run-000 ... (the pipeline loaded once, "
+                          "one unprofiled warm-up call first): a sample for `check` (default 1: one run into OUT)")
     run.add_argument("--profile-steps", metavar="SEL",
                      help="trace only these denoising steps: 3, 10:12 (end exclusive), 2:, 0,5,9: (default all; "
                           "$RBLN_PROFILER_STEPS)")

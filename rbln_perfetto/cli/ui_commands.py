@@ -1,4 +1,4 @@
-"""The commands of `rbln-perfetto` that show a trace: `plot` (a timeline PNG), `serve` (trace_processor's
+"""The commands of `rbln-perfetto` that show a trace: `plot` (a timeline or roofline PNG), `serve` (trace_processor's
 HTTP mode for ui.perfetto.dev) and `open` (the file served once to ui.perfetto.dev in a browser)."""
 
 from __future__ import annotations
@@ -13,8 +13,15 @@ from .common import bounded_int, load_trace, trace_args, trace_file
 def cmd_plot(args) -> int:
     from ..analysis.plot import plot_timeline
 
+    if args.roofline:
+        from ..analysis.roofline import plot_roofline
+
+        with load_trace(args) as tr:
+            path = plot_roofline(tr, args.out or "roofline.png")
+        print(f"roofline written to {path}")
+        return 0
     with load_trace(args) as tr:
-        path = plot_timeline(tr, args.out, level=args.level)
+        path = plot_timeline(tr, args.out or "timeline.png", level=args.level)
     print(f"timeline written to {path}")
     return 0
 
@@ -72,9 +79,11 @@ def _ui_args(p) -> None:
 
 def add_ui_commands(sub) -> None:
     """Add `plot`, `serve` and `open` to the `rbln-perfetto` subcommands `sub`."""
-    plot = sub.add_parser("plot", help="draw a per-device timeline PNG")
+    plot = sub.add_parser("plot", help="draw a per-device timeline PNG (or, --roofline, the roofline plot)")
     trace_args(plot)
-    plot.add_argument("-o", "--out", default="timeline.png", help="PNG to write (default timeline.png)")
+    plot.add_argument("-o", "--out", help="PNG to write (default timeline.png, or roofline.png with --roofline)")
+    plot.add_argument("--roofline", action="store_true",
+                      help="draw the roofline instead: one point per layer (area: its time) under each device's roofs")
     plot.add_argument("--level", choices=("auto", "invocations", "commands"), default="auto",
                       help="bars per device: invocations, or commands and DMA; auto (default): commands for a "
                            "one-invocation file, else invocations")

@@ -12,7 +12,8 @@ capture, so exporting one capture twice gives the same bytes. In every trace fil
 - a `trace_uuid` packet (`metadata.trace_uuid`), derived from the run's identity and the file's
   name: the same for every export of the file, different for every file;
 - the `Run` track's one slice, `run <run id>`, spanning the file's events, with everything else
-  as its args (`debug.clock`, `debug.timing`, `debug.torch_version`, `debug.cpu_model`, ...).
+  as its args (`debug.clock`, `debug.timing`, `debug.torch_version`, `debug.cpu_model`, ...), each
+  logical device's profile among them (`debug.device_{d}_source`, `debug.device_{d}_peak_flops_per_s`, ...).
 
 A capture written before provenance existed exports without it (its fields are absent).
 """
@@ -23,7 +24,7 @@ import json
 
 from perfetto.protos.perfetto.trace import perfetto_trace_pb2 as pt
 
-from ..naming import TRACING_SERVICE, trace_uuid
+from ..naming import DEVICE_PROFILE_FIELDS, TRACING_SERVICE, device_profile_arg, trace_uuid
 from ..proto_bytes import FieldNumber, f_bytes
 from .slice_packets import annotation, boottime_slice_packets
 from .tracks import RUN_TRACK
@@ -46,6 +47,17 @@ def _timing(info) -> str:
     return "; ".join(f"device {d} ({torch_device}): {t}" for d, (torch_device, t) in sorted(timings.items()))
 
 
+def _profile_args(info) -> list[tuple[str, str | int | float]]:
+    """Each logical device's profile, the first pipeline's that gives one (as `_timing` takes devices)."""
+    profiles: dict[int, object] = {}
+    for pipe in info.pipelines:
+        for d in pipe.devices:
+            if d.HasField("profile"):
+                profiles.setdefault(d.logical, d.profile)
+    return [(device_profile_arg(d, name), getattr(p, name)) for d, p in sorted(profiles.items())
+            for name in DEVICE_PROFILE_FIELDS]
+
+
 def run_args(info) -> list[tuple[str, str | int | float]]:
     """The Run slice's args, in order, from a capture's `CaptureInfo`; what the capture lacks is left out."""
     h = info.header
@@ -62,6 +74,7 @@ def run_args(info) -> list[tuple[str, str | int | float]]:
                  ("cpu_count", host.cpu_count), ("usable_cpus", host.usable_cpus)]
         args += [(f"load_average_{m}m", round(v, 2)) for m, v in zip((1, 5, 15), host.load_average)]
         args.append(("python_version", host.python_version))
+    args += _profile_args(info)
     for k, pipe in enumerate(info.pipelines):
         suffix = f"_{k}" if k else ""  # a capture of several pipelines numbers the later ones' args
         args.append((f"model_dir{suffix}", pipe.model))

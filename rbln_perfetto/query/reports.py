@@ -29,6 +29,34 @@ class Report:
     sql: str
 
 
+# One row per DMA slice: its submodule, tensor, source and destination as the `dma` report names them
+# (a transfer to or from another rank goes from or to `rank N`; its other end is the device of its
+# track), bytes (`size`), ts and dur. Needs device_tracks. The report groups these rows; a row's link
+# (`analysis.ui_links`) picks one of them.
+DMA_ROWS = f"""dma_here AS (
+  SELECT track_id, CASE WHEN prefix = '' THEN 'device ' || device ELSE 'rank ' || rank || ' / device ' || device END
+           AS device
+  FROM device_tracks WHERE category = 'DMA'),
+dma_rows AS (
+  SELECT t.ts, t.dur, t.submodule, t.tensor,
+         CASE WHEN t.transfer = 'recv' THEN 'rank ' || t.peer_rank WHEN t.transfer = 'send' THEN here.device
+              WHEN t.src < 0 THEN 'host' ELSE 'device ' || t.src END AS source,
+         CASE WHEN t.transfer = 'send' THEN 'rank ' || t.peer_rank WHEN t.transfer = 'recv' THEN here.device
+              WHEN t.dst < 0 THEN 'host' ELSE 'device ' || t.dst END AS destination,
+         t.size
+  FROM (
+    SELECT extract_arg(s.arg_set_id, 'debug.submodule') AS submodule,
+           coalesce(extract_arg(s.arg_set_id, 'debug.tensor'), extract_arg(s.arg_set_id, 'debug.tensors')) AS tensor,
+           extract_arg(s.arg_set_id, 'debug.src') AS src,
+           extract_arg(s.arg_set_id, 'debug.dst') AS dst,
+           extract_arg(s.arg_set_id, 'debug.bytes') AS size,
+           extract_arg(s.arg_set_id, 'debug.transfer') AS transfer,
+           extract_arg(s.arg_set_id, 'debug.peer_rank') AS peer_rank,
+           s.track_id, s.ts, s.dur
+    FROM slice s WHERE {in_category('DMA')}) t
+  LEFT JOIN dma_here here USING (track_id))"""
+
+
 REPORTS = {
     "invocations": Report("per-submodule invocation times", with_ctes(DEVICE_TRACKS) + f"""
 SELECT extract_arg(s.arg_set_id, 'debug.submodule') AS submodule,
@@ -79,7 +107,13 @@ per_op AS (
          count(*) AS commands, sum(s.dur) AS total_ns
   FROM slice s
   WHERE {in_category('Compute')} AND s.depth = 1 AND {is_command()}
-  GROUP BY s.parent_id),
+  GROUP BY s.track_id, s.parent_id),
+-- (materialized: the layer expression reads a name several times, and each read of the slice view's
+-- name is a lookup on the embedded backend)
+cmd0 AS MATERIALIZED (
+  SELECT {own_name()} AS name, s.arg_set_id, s.dur
+  FROM slice s JOIN device_tracks d ON d.track_id = s.track_id
+  WHERE {in_category('Compute')} AND s.depth = 0 AND {is_command()}),
 per_layer AS (
   SELECT {own_name('p')} AS layer, o.submodule, extract_arg(p.arg_set_id, 'debug.op') AS op,
          sum(o.commands) AS commands, sum(o.total_ns) AS total_ns
@@ -88,9 +122,7 @@ per_layer AS (
   UNION ALL
   SELECT {LAYER_SQL} AS layer, extract_arg(s.arg_set_id, 'debug.submodule') AS submodule,
          extract_arg(s.arg_set_id, 'debug.op') AS op, count(*) AS commands, sum(s.dur) AS total_ns
-  FROM (SELECT {own_name()} AS name, s.arg_set_id, s.dur
-        FROM slice s JOIN device_tracks d ON d.track_id = s.track_id
-        WHERE {in_category('Compute')} AND s.depth = 0 AND {is_command()}) s
+  FROM cmd0 s
   GROUP BY layer, submodule, op)
 SELECT layer, submodule, op,
        sum(commands) AS commands,
@@ -115,32 +147,14 @@ GROUP BY layer, submodule, op, command_count
 ORDER BY total_ms DESC, layer
 """),
     # A transfer to or from another rank (a run split across processes) goes from or to `rank N`; its
-    # other end is the device of its track.
-    "dma": Report("DMA transfers", with_ctes(DEVICE_TRACKS) + f""",
-t AS (
-  SELECT extract_arg(s.arg_set_id, 'debug.submodule') AS submodule,
-         coalesce(extract_arg(s.arg_set_id, 'debug.tensor'), extract_arg(s.arg_set_id, 'debug.tensors')) AS tensor,
-         extract_arg(s.arg_set_id, 'debug.src') AS src,
-         extract_arg(s.arg_set_id, 'debug.dst') AS dst,
-         extract_arg(s.arg_set_id, 'debug.bytes') AS size,
-         extract_arg(s.arg_set_id, 'debug.transfer') AS transfer,
-         extract_arg(s.arg_set_id, 'debug.peer_rank') AS peer_rank,
-         s.track_id, s.dur
-  FROM slice s WHERE {in_category('DMA')}),
-here AS (
-  SELECT track_id, CASE WHEN prefix = '' THEN 'device ' || device ELSE 'rank ' || rank || ' / device ' || device END
-           AS device
-  FROM device_tracks WHERE category = 'DMA')
-SELECT submodule, tensor,
-       CASE WHEN transfer = 'recv' THEN 'rank ' || peer_rank WHEN transfer = 'send' THEN here.device
-            WHEN src < 0 THEN 'host' ELSE 'device ' || src END AS source,
-       CASE WHEN transfer = 'send' THEN 'rank ' || peer_rank WHEN transfer = 'recv' THEN here.device
-            WHEN dst < 0 THEN 'host' ELSE 'device ' || dst END AS destination,
+    # other end is the device of its track (`DMA_ROWS`).
+    "dma": Report("DMA transfers", with_ctes(DEVICE_TRACKS, DMA_ROWS) + """
+SELECT submodule, tensor, source, destination,
        count(*) AS transfers,
        sum(size) AS bytes,
        sum(dur) / 1e6 AS total_ms,
        CAST(sum(size) AS REAL) / max(sum(dur), 1) AS gb_per_s
-FROM t LEFT JOIN here USING (track_id)
+FROM dma_rows
 GROUP BY submodule, tensor, source, destination
 ORDER BY bytes DESC, submodule, tensor, source
 """),
@@ -149,18 +163,21 @@ ORDER BY bytes DESC, submodule, tensor, source
     # (range edges sort before commands at the same ts) give every range's share without a
     # ranges x commands join; a range's numbers include those of the ranges nested in it. In a merged
     # trace the Ranges track is rank 0's, its names less their `i0_` (everything to the first `_`).
+    # (The track first, then its slices by track (CROSS JOIN keeps that order; the embedded backend's
+    # `__rbln_slice_track_depth` index finds them); the commands are most slices, read in one scan:
+    # the unary `+` keeps SQLite from reading them through that index, a seek per slice.)
     "ranges": Report("user ranges (rbln_perfetto.range) and the device time inside them",
                      with_ctes(DEVICE_TRACKS) + f""",
 r AS MATERIALIZED (
   SELECT s.id, s.ts, s.dur, s.depth, s.arg_set_id,
          substr(s.name, CASE WHEN p.name GLOB 'Rank [0-9]* / *' THEN instr(s.name, '_') + 1 ELSE 1 END) AS name
-  FROM slice s JOIN track t ON s.track_id = t.id LEFT JOIN track p ON t.parent_id = p.id
+  FROM track t CROSS JOIN slice s ON s.track_id = t.id LEFT JOIN track p ON t.parent_id = p.id
   WHERE t.name = 'Ranges' AND s.dur >= 0),
 span AS (SELECT min(ts) AS lo, max(ts + dur) AS hi FROM r),
 cmd AS (
   SELECT s.ts, s.dur, {in_category('DMA')} AS is_dma
   FROM slice s JOIN span
-  WHERE {in_category('Compute', 'DMA')} AND s.ts >= span.lo AND s.ts < span.hi AND s.dur >= 0
+  WHERE +{in_category('Compute', 'DMA')} AND s.ts >= span.lo AND s.ts < span.hi AND s.dur >= 0
     AND s.id NOT IN (SELECT parent_id FROM slice WHERE parent_id IS NOT NULL)),
 ev AS (
   SELECT ts, 1 AS k, 1 - is_dma AS c, is_dma AS x, dur * (1 - is_dma) AS compute_ns, dur * is_dma AS dma_ns,

@@ -8,7 +8,10 @@ columns (`table_columns`), and the two ways those get into SQLite, with identica
 
 `slice` is a view over an all-integer table: a name is stored as an interned string, or as a
 decimal prefix plus an interned rest when it has one (`6_transformer_blocks.0.attn.to_q_1`), so
-a run's many per-call names cost an integer each and the view gives back the exact text.
+a run's many per-call names cost an integer each and the view gives back the exact text. The view
+looks a name or category up with a scalar subquery, run only for a row whose name is read: SQLite
+(3.40) does not drop an unused LEFT JOIN from an aggregate, which cost two seeks per slice to every
+query that counts or sums slices (a million slices: 0.57 s where the table alone takes 0.12 s).
 """
 
 from __future__ import annotations
@@ -23,8 +26,7 @@ import warnings
 import numpy as np
 
 from ..reader import TraceTables
-from ..reader.clocks import LATE_SNAPSHOT
-from ..reader.slices import FLOW_INTO_EARLIER_SLICE
+from ..reader.threads import thread_process_rows
 from ..reader.track_names import THREAD_PROCESS_TRACKS
 from ..reader.debug_args import Pointer, Uint
 from ..reader.diagnosis import UNFINISHED_SLICES
@@ -34,10 +36,11 @@ CREATE TABLE __string(id INTEGER PRIMARY KEY, str TEXT);
 CREATE TABLE __slice(id INTEGER PRIMARY KEY, ts INT, dur INT, track_id INT, category_id INT, name_prefix INT,
                      name_id INT, depth INT, parent_id INT, arg_set_id INT);
 CREATE VIEW slice AS
-  SELECT s.id, s.ts, s.dur, s.track_id, c.str AS category,
-         CASE WHEN s.name_prefix IS NULL THEN n.str ELSE s.name_prefix || n.str END AS name,
+  SELECT s.id, s.ts, s.dur, s.track_id, (SELECT c.str FROM __string c WHERE c.id = s.category_id) AS category,
+         CASE WHEN s.name_prefix IS NULL THEN (SELECT n.str FROM __string n WHERE n.id = s.name_id)
+              ELSE s.name_prefix || (SELECT n.str FROM __string n WHERE n.id = s.name_id) END AS name,
          s.depth, s.parent_id, s.arg_set_id
-  FROM __slice s LEFT JOIN __string n ON n.id = s.name_id LEFT JOIN __string c ON c.id = s.category_id;
+  FROM __slice s;
 CREATE TABLE track(id INTEGER PRIMARY KEY, name TEXT, type TEXT, parent_id INT, event_type TEXT, counter_unit TEXT,
                    description TEXT);
 CREATE VIEW counter_track AS SELECT id, name, type, parent_id, counter_unit, description FROM track
@@ -52,9 +55,10 @@ CREATE VIEW args AS
   FROM __arg a JOIN __arg_value v ON v.id = a.value_id;
 CREATE TABLE stats(name TEXT, idx INT, severity TEXT, source TEXT, value INT, description TEXT);
 CREATE TABLE thread(id INTEGER PRIMARY KEY, type TEXT, utid INT, tid INT, name TEXT, start_ts INT, end_ts INT,
-                    upid INT, is_main_thread INT, machine_id INT);
+                    upid INT, is_main_thread INT, is_idle INT, machine_id INT, arg_set_id INT);
 CREATE TABLE process(id INTEGER PRIMARY KEY, type TEXT, upid INT, pid INT, name TEXT, start_ts INT, end_ts INT,
-                     parent_upid INT, uid INT, android_appid INT, cmdline TEXT, arg_set_id INT, machine_id INT);
+                     parent_upid INT, uid INT, android_appid INT, android_user_id INT, cmdline TEXT, arg_set_id INT,
+                     machine_id INT);
 -- (the track tables' ids are track ids, not row numbers)
 CREATE TABLE thread_track(id INT, name TEXT, type TEXT, parent_id INT, source_arg_set_id INT,
                           machine_id INT, utid INT);
@@ -66,8 +70,14 @@ CREATE TABLE process_counter_track(id INT, name TEXT, type TEXT, parent_id INT,
                                    source_arg_set_id INT, machine_id INT, unit TEXT, description TEXT, upid INT);
 CREATE TABLE state(id INTEGER PRIMARY KEY, ts INT, dur INT, track_id INT, name TEXT, arg_set_id INT);
 """
-# No secondary indexes: building them costs a third of the load, and the reports and the usual joins
-# do not use them (ids are rowids; SQLite makes automatic indexes for other joins when they pay off).
+# One hidden secondary index, made after the tables are in (`add_indexes`, on either load path): every
+# report and analysis picks a device track's slices first (`trace_model.in_category`: `track_id IN
+# (...)`, mostly with a depth), and with it SQLite reads only those tracks' slices, in id order, instead
+# of scanning every slice: the 76 Workload slices of a 1M-command run in microseconds, not a full scan.
+# Its name says it is rbln-perfetto's, not trace_processor's; `slice` and the other tables are unchanged.
+# (More indexes are not made: each costs a sort of its table at load; ids are rowids, and SQLite makes
+# automatic indexes for other joins when they pay off.)
+INDEXES = "CREATE INDEX __rbln_slice_track_depth ON __slice(track_id, depth, parent_id);"
 # Severities of the stats the reader keeps, as trace_processor files them.
 SEVERITY = {
     "clock_sync_failure_unknown_source_clock": "error",
@@ -76,6 +86,7 @@ SEVERITY = {
     "tokenizer_skipped_packets": "data_loss",
     "interned_data_skipped_incremental_state_invalid": "data_loss",
     "track_event_parser_errors": "info",
+    "track_event_skipped_timestamp_delta_without_valid_state": "info",  # (trace_processor: kNotice)
     UNFINISHED_SLICES: "data_loss",
 }
 # Descriptions of the stats trace_processor does not have.
@@ -83,12 +94,6 @@ _DESCRIPTION = {
     UNFINISHED_SLICES: "Slices that begin and never end (dur = -1): the trace was cut short, or its producer stopped "
                        "mid-slice. Added by rbln-perfetto's embedded backend; trace_processor v58.2 shows them only as "
                        "dur = -1.",
-    LATE_SNAPSHOT: "Events dropped because the clock snapshot linking their clock to BOOTTIME comes only later in "
-                   "the file; trace_processor converts them through it. Read this trace with the trace_processor "
-                   "backend.",
-    FLOW_INTO_EARLIER_SLICE: "Flows an END event carries into the slice it ends where that slice began before the "
-                             "flow's previous one; trace_processor v58.2 gives those the other way round. Read this "
-                             "trace with the trace_processor backend.",
     THREAD_PROCESS_TRACKS: "Tracks whose descriptor (or an ancestor's) names a thread or a process: trace_processor "
                            "makes them thread or process tracks, typed and named its own way. Read this trace with "
                            "the trace_processor backend.",
@@ -160,7 +165,7 @@ def table_columns(t: TraceTables) -> dict[str, tuple[int, str, list]]:
         "__string": (len(t.strings), "ro", [None, list(t.strings)]),
         "track": (len(tracks), "roooooo", [
             None, [tr.name for tr in tracks], [tr.type for tr in tracks],
-            [None if tr.parent_uuid is None else t.tracks[tr.parent_uuid].id for tr in tracks],
+            [None if tr.shown_parent is None else t.tracks[tr.shown_parent].id for tr in tracks],
             ["counter" if tr.is_counter else "slice" for tr in tracks], [tr.unit or None for tr in tracks],
             [tr.description or None for tr in tracks]]),
         "counter": (len(t.counter_ts), "riifz", [
@@ -176,23 +181,11 @@ def table_columns(t: TraceTables) -> dict[str, tuple[int, str, list]]:
 
 
 def _thread_process_columns(t: TraceTables, tracks: list) -> dict:
-    """The thread and process tables from the tracks' thread and process descriptors (utids and upids in
-    the order the descriptors came), and the used tracks that belong to one (`descriptor_owner`), as
+    """The thread and process tables as trace_processor fills them from TrackEvent thread and process
+    descriptors (`reader.threads`), and the used tracks that belong to one (`descriptor_owner`), as
     thread/process (counter) tracks. (`state` stays empty: TYPE_STATE events on state tracks are refused.)"""
-    processes: dict[int, list] = {}  # pid -> [name, cmdline]
-    threads: dict[tuple, list] = {}  # (pid, tid) -> [name]
-    for tr in t.tracks.values():
-        if tr.process is not None:
-            pid, name, cmdline = tr.process
-            row = processes.setdefault(pid, [None, None])
-            row[0], row[1] = row[0] or name, row[1] or cmdline
-        if tr.thread is not None:
-            pid, tid, name = tr.thread
-            processes.setdefault(pid, [None, None])
-            row = threads.setdefault((pid, tid), [None])
-            row[0] = row[0] or name
-    upid = {pid: i for i, pid in enumerate(processes)}
-    utid = {key: i for i, key in enumerate(threads)}
+    rows = thread_process_rows(t)
+    threads, processes = rows.threads, rows.processes
     owned: dict[str, list] = {"thread_track": [], "process_track": [], "thread_counter_track": [],
                               "process_counter_track": []}
     for tr in tracks:
@@ -200,26 +193,25 @@ def _thread_process_columns(t: TraceTables, tracks: list) -> dict:
         if owner is None:
             continue
         by_thread = owner.thread is not None
-        parent = None if tr.parent_uuid is None else t.tracks[tr.parent_uuid].id
+        parent = None if tr.shown_parent is None else t.tracks[tr.shown_parent].id
         row = [tr.id, tr.name, tr.type, parent, None, None]
         if tr.is_counter:
             row += [tr.unit or None, tr.description or None]
-        row.append(utid[owner.thread[:2]] if by_thread else upid[owner.process[0]])
+        row.append(rows.utid_of.get(owner.uuid) if by_thread else rows.upid_of.get(owner.uuid))
         owned[f"{'thread' if by_thread else 'process'}{'_counter' if tr.is_counter else ''}_track"].append(row)
+    n_threads, n_processes = len(threads), len(processes)
     columns = {
-        "thread": (len(threads), "roooozzooz", [
-            None, ["thread"] * len(threads), list(range(len(threads))), [tid for _, tid in threads],
-            [v[0] for v in threads.values()], None, None, [upid[pid] for pid, _ in threads],
-            [int(pid == tid) for pid, tid in threads], None]),
-        "process": (len(processes), "roooozzzzzozz", [
-            None, ["process"] * len(processes), list(range(len(processes))), list(processes),
-            [v[0] for v in processes.values()], None, None, None, None, None, [v[1] for v in processes.values()],
-            None, None]),
+        "thread": (n_threads, "roooozzooozz", [
+            None, ["thread"] * n_threads, list(range(n_threads)), [r[0] for r in threads], [r[2] for r in threads],
+            None, None, [r[1] for r in threads], [r[3] for r in threads], [1] + [0] * (n_threads - 1), None, None]),
+        "process": (n_processes, "roooozzzzzzzzz", [
+            None, ["process"] * n_processes, list(range(n_processes)), [r[0] for r in processes],
+            [r[1] for r in processes], None, None, None, None, None, None, None, None, None]),
     }
-    for table, rows in owned.items():
-        if rows:
-            width = len(rows[0])
-            columns[table] = (len(rows), "o" * width, [[r[j] for r in rows] for j in range(width)])
+    for table, owned_rows in owned.items():
+        if owned_rows:
+            width = len(owned_rows[0])
+            columns[table] = (len(owned_rows), "o" * width, [[r[j] for r in owned_rows] for j in range(width)])
     return columns
 
 
@@ -236,11 +228,18 @@ def schema_rows() -> list[tuple]:
     return _schema_rows
 
 
+def add_indexes(db: sqlite3.Connection) -> None:
+    """The hidden helper index (`INDEXES`) on the loaded tables."""
+    db.execute("PRAGMA temp_store = MEMORY")  # (its sort, as the reports' sorts: in memory)
+    db.executescript(INDEXES)
+
+
 def load_image(db: sqlite3.Connection, columns: dict) -> None:
     """The tables into the empty connection `db`, through a database image the C extension writes."""
     image = EXTENSION.build_database(4096, schema_rows(), columns)
     columns.clear()  # (the numpy columns go before the connection copies the image)
     db.deserialize(image)
+    add_indexes(db)
 
 
 class _Nullable:
@@ -279,6 +278,7 @@ def load_inserts(db: sqlite3.Connection, columns: dict) -> None:
                           _Nullable(column) if kind == "n" else column)
         _insert(db, table, rows, python)
     db.commit()
+    add_indexes(db)
 
 
 def _insert(db, table: str, n: int, columns: list, chunk: int = 200 * ROWS_PER_INSERT) -> None:

@@ -4,7 +4,9 @@ Follows trace_processor's semantics for what rbln-perfetto writes and what its r
 exercise: sequence-scoped interning (event names, categories, annotation names, annotation string
 values), incremental-state clearing, `TracePacketDefaults` (timestamp clock, default track), clock
 snapshots with builtin and sequence-scoped (incremental) clocks converted to BOOTTIME through the
-snapshot at or before each timestamp, zlib `compressed_packets`, events sorted by timestamp (stable)
+snapshot at or before each timestamp (events before their clock's first snapshot deferred to the end of
+the file), legacy microsecond timestamps, sibling tracks merged by name as trace_processor places them,
+zlib `compressed_packets`, events sorted by timestamp (stable)
 before slices are built, begin/end stacks per track (END events matched by name and category, instants
 kept on the stack as trace_processor's SliceTracker does), v1 and v2 flow ids, counter tracks, debug
 annotations (and legacy JSON values) as `debug.<name>` args with identical argument sets shared, thread
@@ -22,6 +24,7 @@ string and argument set is decoded once; slices are built with numpy (`slices`).
 
 Modules: `tables` (what a read trace holds), `decoding` (packets -> event columns, one at a time),
 `scanned_batches` (batches of scanned packets -> event columns), `read_state` (what a pass accumulates),
+`merged_tracks` (sibling tracks trace_processor merges), `threads` (the thread and process tables),
 `sequence_state`, `columns`, `debug_args`, `clocks`, `memory`, `scanner`, `packet_view`, `slices`, `track_names`, `diagnosis` (what is wrong
 with a file as a trace: the messages both query backends give).
 """
@@ -39,6 +42,7 @@ from ..errors import TraceReadError
 from .decoding import PacketDecoder
 from .diagnosis import EMPTY, UNFINISHED_SLICES, describe_non_trace
 from .memory import keep_big_arrays_mmapped
+from .merged_tracks import merge_sibling_tracks
 from .scanner import SCANNER, scanner_available
 from .slices import build_slices
 from .tables import TraceTables, Track
@@ -65,7 +69,7 @@ def read_tables(path: str | os.PathLike, *, scanner="auto") -> TraceTables:
     if not decoder.top_level_packets:
         raise TraceReadError(f"{path}: {describe_non_trace(data)}")  # (framing that holds no packet)
     del data
-    decoder.clocks.count_refusals()
+    decoder.read_deferred()
     columns = decoder.columns
     if columns.count == 0 and not tables.tracks and any(k.startswith("unsupported_packet_field:") for k in tables.stats):
         found = ", ".join(f"{k.split(':', 1)[1]} x{v}" for k, v in tables.stats.items() if k.startswith("unsupported"))
@@ -74,9 +78,11 @@ def read_tables(path: str | os.PathLike, *, scanner="auto") -> TraceTables:
     declared = set(tables.tracks)  # (tracks with a descriptor; build_slices adds the others)
     flow_events, counters, match_ends = decoder.flow_events, columns.counters(), decoder.matched_ends > 0
     del decoder  # (its caches; the event columns are taken out of `columns` one at a time)
-    events = {k: columns.column(k) for k in ("ts", "track", "name_prefix", "name_id")}
+    events = {k: columns.column(k) for k in ("ts", "track", "name_prefix", "name_id", "type")}
+    events["track"] = merge_sibling_tracks(tables, events["ts"], events["track"], events["type"],
+                                           events["name_prefix"], events["name_id"])
     first_names = first_event_names(tables, events["ts"], events["track"], events["name_prefix"], events["name_id"])
-    events.update((k, columns.column(k)) for k in ("type", "cat_id", "argset"))
+    events.update((k, columns.column(k)) for k in ("cat_id", "argset"))
     del columns
     build_slices(tables, events, counters, flow_events, match_ends)
     name_tracks(tables, declared, first_names)

@@ -2,7 +2,7 @@
  *
  * scan(buffer) walks a serialized `Trace` (repeated TracePacket, field 1) once and returns one
  * fixed-size record per packet (layout: PacketRecord below, mirrored by a numpy dtype in
- * reader/scanner.py). A packet is "simple" when it is a plain TrackEvent packet: only timestamp,
+ * reader/scanner.py). A packet is "simple" when it is a plain TrackEvent packet: a timestamp, and only
  * timestamp_clock_id, trusted_packet_sequence_id, sequence_flags and a track_event that holds only
  * type, track_uuid, name_iid, name, debug_annotations, counter_value, double_counter_value. Those are
  * decoded here; every other packet is left to the Python reader (simple = 0), which keeps the full
@@ -148,7 +148,7 @@ static int scan_event(const uint8_t *p, const uint8_t *end, PacketRecord *r, con
 
 static int scan_packet(const uint8_t *p, const uint8_t *end, PacketRecord *r, const uint8_t *base) {
     uint64_t v;
-    int has_event = 0;
+    int has_event = 0, has_ts = 0;
     while (p < end) {
         uint64_t tag;
         if (!varint(&p, end, &tag)) return 0;
@@ -164,7 +164,7 @@ static int scan_packet(const uint8_t *p, const uint8_t *end, PacketRecord *r, co
         } else if (wire == 0 && (number == P_TIMESTAMP || number == P_CLOCK_ID || number == P_SEQUENCE_ID ||
                                  number == P_SEQUENCE_FLAGS)) {
             if (!varint(&p, end, &v)) return 0;
-            if (number == P_TIMESTAMP) r->ts = v;
+            if (number == P_TIMESTAMP) { r->ts = v; has_ts = 1; }
             else if (number == P_CLOCK_ID) { r->clock_id = (uint32_t)v; r->has_clock = 1; }
             else if (number == P_SEQUENCE_ID) r->seq_id = (uint32_t)v;
             else r->flags = (uint32_t)v;
@@ -172,7 +172,8 @@ static int scan_packet(const uint8_t *p, const uint8_t *end, PacketRecord *r, co
             return 0;
         }
     }
-    if (!has_event) return 0;
+    /* Without a timestamp trace_processor drops the event (track_event_missing_timestamp): left to Python. */
+    if (!has_event || !has_ts) return 0;
     /* Decoded last, so that a repeated track_event field reads as protobuf merges it: not simple. */
     return scan_event(base + r->te_off, base + r->te_off + r->te_len, r, base);
 }

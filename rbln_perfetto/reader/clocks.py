@@ -10,11 +10,15 @@ order: a one-pass reader sees the same ones):
 - a clock whose time goes backwards between snapshots is no longer a source; invalid snapshots (an
   incremental global clock, a clock whose unit or encoding changes, a duplicated clock, BOOTTIME not in
   ns or going backwards) are counted in `invalid_clock_snapshots`;
-- incremental (delta-encoded) clocks keep their running value, advanced only when a conversion path exists.
+- incremental (delta-encoded) clocks keep their running value, advanced only when a conversion path exists;
+- a TrackEvent whose clock has no path yet (`has_path`) is deferred to the end of the file, then converted
+  through every snapshot (trace_processor's eof_deferred_packets_; see decoding.read_deferred).
 
-Arithmetic is trace_processor's: int64 that wraps (the oracle's traces show it: a running sum that
-overflows and wraps back into range is kept). A timestamp that comes out negative is invalid: the caller
-drops its event and counts `track_event_invalid_timestamp`, as trace_processor does."""
+Arithmetic is trace_processor's: int64 that wraps, with no overflow check (its ClockDomain::ToNs multiplies by
+the unit and sums an incremental clock's deltas in plain int64; the oracle's traces 0750 and 0052 show v58.2
+keeping a time whose 2**63 us wrapped to 0, and a running sum that overflows and wraps back into range). A
+timestamp that comes out negative is invalid: the caller drops its event and counts
+`track_event_invalid_timestamp`, as trace_processor does."""
 
 from __future__ import annotations
 
@@ -25,9 +29,8 @@ import numpy as np
 from perfetto.protos.perfetto.trace import perfetto_trace_pb2 as pt
 
 BOOTTIME = pt.BUILTIN_CLOCK_BOOTTIME
+MONOTONIC = pt.BUILTIN_CLOCK_MONOTONIC
 _MAX_PATH = 4  # (trace_processor's ClockPath::kMaxLen)
-
-LATE_SNAPSHOT = "unsupported_clock_snapshot_after_its_events"
 
 
 def wrap_int64(value: int) -> int:
@@ -67,7 +70,6 @@ class ClockConverter:
         self.non_monotonic: set[int] = set()
         self.snapshot_count = 0
         self._paths: dict[int, list | None] = {}  # clock -> its hops to BOOTTIME (cleared by a snapshot)
-        self.failed: dict = {}  # clock -> events dropped for want of a snapshot linking it to BOOTTIME
 
     def add(self, snap: pt.ClockSnapshot, seq_id: int) -> None:
         snapshot_id = self.snapshot_count
@@ -157,6 +159,23 @@ class ClockConverter:
             ns = wrap_int64(ns + self._hop(edge, ns))
         return ns
 
+    def has_path(self, clock_id: int, seq_id: int) -> bool:
+        """Whether the snapshots read so far link clock `clock_id` to BOOTTIME (trace_processor's
+        HasPathToTraceTime: a packet on a clock without one is deferred to the end of the file)."""
+        return clock_id == BOOTTIME or self._path(_clock_key(clock_id, seq_id)) is not None
+
+    def legacy_to_boottime(self, ns: int) -> int:
+        """A legacy TrackEvent timestamp (`timestamp_absolute_us` times 1000, wrapped) as trace_processor's
+        tokenizer converts it: from MONOTONIC with the snapshots read so far, or kept as it is when none links
+        MONOTONIC to BOOTTIME (counted, as trace_processor's failed conversion is; not deferred)."""
+        path = self._path(MONOTONIC)
+        if path is None:
+            self.stats["clock_sync_failure_unknown_source_clock"] += 1
+            return ns
+        for edge in path:
+            ns = wrap_int64(ns + self._hop(edge, ns))
+        return ns
+
     def to_boottime_many(self, clock_id: int, seq_id: int, ts: np.ndarray) -> np.ndarray | None:
         """`to_boottime` of consecutive timestamps (int64, as the uint64 field wraps) of one clock on one
         sequence, a hop at a time; numpy's int64 arithmetic wraps as trace_processor's does."""
@@ -182,14 +201,4 @@ class ClockConverter:
 
     def _unlinked(self, key: int, count: int) -> None:
         self.stats["clock_sync_failure_unknown_source_clock"] += count
-        self.failed[key] = self.failed.get(key, 0) + count
         return None
-
-    def count_refusals(self) -> None:
-        """After the whole trace, the events dropped because their clock's snapshot came only later in the
-        file (trace_processor defers them and converts them through it), counted in stats (the backend
-        warns) rather than answered differently."""
-        self._paths.clear()
-        late = sum(n for key, n in self.failed.items() if self._path(key) is not None)
-        if late:
-            self.stats[LATE_SNAPSHOT] += late

@@ -14,7 +14,7 @@ from perfetto.protos.perfetto.trace import perfetto_trace_pb2 as pt
 
 from ..errors import TraceReadError
 from ..proto_bytes import COUNTER, INSTANT, SEQ_CLEARED, SEQ_NEEDS_STATE, SLICE_BEGIN, SLICE_END
-from .clocks import BOOTTIME
+from .clocks import BOOTTIME, wrap_int64
 from .debug_args import as_text
 from .diagnosis import describe_non_trace
 from .packet_view import KNOWN_PACKET_FIELDS, ViewEvent, ViewPacket, ViewTrace
@@ -47,10 +47,17 @@ def _count_unsupported_fields(packet, stats) -> None:
             stats[f"unsupported_packet_field:{name}"] += 1
 
 
-def _reserve_track(tables: TraceTables, d: pt.TrackDescriptor, stats) -> None:
+def _reserve_track(tables: TraceTables, d: pt.TrackDescriptor, stats, parse_ts: int = 0) -> None:
     """A track descriptor, as trace_processor reserves it: the first one sent for a uuid holds; a later one
     for the same uuid with another parent or kind is an error and ignored; a later name replaces none,
-    or any name on a SIBLING_MERGE_BEHAVIOR_NONE track."""
+    or any name on a SIBLING_MERGE_BEHAVIOR_NONE track. A thread or process it names is listed with
+    `parse_ts` (when trace_processor's sorter parses the packet) in `tables.owner_descriptors`."""
+    if d.HasField("thread"):
+        tables.owner_descriptors.append((parse_ts, len(tables.owner_descriptors), d.uuid,
+                                         ("thread", d.thread.pid, d.thread.tid, as_text(d.thread.thread_name) or None)))
+    elif d.HasField("process"):
+        tables.owner_descriptors.append((parse_ts, len(tables.owner_descriptors), d.uuid,
+                                         ("process", d.process.pid, as_text(d.process.process_name) or None)))
     name = as_text(d.name if d.HasField("name") else d.static_name) or None  # ("" is no name there too)
     parent = d.parent_uuid or None
     t = tables.tracks.get(d.uuid)
@@ -75,6 +82,13 @@ def _reserve_track(tables: TraceTables, d: pt.TrackDescriptor, stats) -> None:
         t.name = name
 
 
+# A TrackEvent packet with no timestamp (none of its own, no legacy one): trace_processor drops it.
+MISSING_TIMESTAMP = "track_event_missing_timestamp"
+# A TrackEvent with `timestamp_delta_us` and no ThreadDescriptor baseline on its sequence: trace_processor
+# skips it. (A sequence with a ThreadDescriptor is refused: `unsupported_packet_field:thread_descriptor`.)
+DELTA_WITHOUT_BASELINE = "track_event_skipped_timestamp_delta_without_valid_state"
+
+
 class PacketDecoder(ReadState):
     """One pass over a trace's packets, in file order, keeping trace_processor's sequence semantics; tracks
     go into `tables` as their descriptors come."""
@@ -84,6 +98,44 @@ class PacketDecoder(ReadState):
         self.path = path
         self.event_cache: dict[bytes, tuple] = {}  # TrackEvent bytes -> its decoded fields
         self.top_level_packets = 0
+
+    def read_deferred(self) -> None:
+        """The end of the file: the TrackEvent packets whose clock no snapshot linked to BOOTTIME when they came
+        are converted now, through every snapshot, and tokenized with their sequences' state as it is now;
+        those still unlinked are dropped and counted (trace_processor's eof_deferred_packets_)."""
+        self.at_eof = True
+        deferred, self.deferred = self.deferred, []
+        for p, seq_id in deferred:
+            self.tokenize_event(p, seq_id)
+
+    def packet_time(self, p, seq, seq_id: int) -> int | None:
+        """The packet's timestamp converted to BOOTTIME (None: no snapshot links its clock); the latest one
+        so far is kept in `latest_ts`, as trace_processor's reader keeps it for packets without one."""
+        ts = self.clocks.to_boottime(p.timestamp_clock_id or seq.clock_id or BOOTTIME, seq_id, p.timestamp)
+        if ts is not None and ts > self.latest_ts:
+            self.latest_ts = ts
+        return ts
+
+    def event_time(self, packet_ts: int | None, delta_us: int | None, absolute_us: int) -> int | None:
+        """A TrackEvent's time in BOOTTIME ns as trace_processor's tokenizer resolves it, or None (counted)
+        when it drops the event: a legacy `timestamp_delta_us` (no baseline here, see DELTA_WITHOUT_BASELINE)
+        comes first, then a non-zero `timestamp_absolute_us` (times 1000 in int64 that wraps, then from
+        MONOTONIC), then the packet's timestamp (`packet_ts`, converted; None: it has none). A time that
+        comes out negative (a wrap past int64) is dropped and counted (`track_event_invalid_timestamp`)."""
+        if delta_us is not None:
+            self.stats[DELTA_WITHOUT_BASELINE] += 1
+            return None
+        if absolute_us:
+            ts = self.clocks.legacy_to_boottime(wrap_int64(absolute_us * 1000))
+        elif packet_ts is None:
+            self.stats[MISSING_TIMESTAMP] += 1
+            return None
+        else:
+            ts = packet_ts
+        if ts < 0:
+            self.stats["track_event_invalid_timestamp"] += 1
+            return None
+        return ts
 
     # ---------------------------------------------------------------- buffers
     def read_buffer(self, data: bytes, top_level: bool, records: np.ndarray | None = None) -> None:
@@ -158,20 +210,35 @@ class PacketDecoder(ReadState):
         te = p.track_event
         if not te:
             if p.track_descriptor:
-                _reserve_track(tables, pt.TrackDescriptor.FromString(p.track_descriptor), stats)
-            elif not (p.interned_data or p.trace_packet_defaults or flags):
+                # (parsed at its own time, or at the latest one read before it, as trace_processor's sorter does)
+                own = None
+                if p.HasField("timestamp") and self.clocks.has_path(p.timestamp_clock_id or seq.clock_id or BOOTTIME,
+                                                                     seq_id):
+                    own = self.packet_time(p, seq, seq_id)
+                _reserve_track(tables, pt.TrackDescriptor.FromString(p.track_descriptor), stats,
+                               self.latest_ts if own is None else own)
+            else:  # (sequence flags, defaults or interned data may come with a payload it does not read)
                 _count_unsupported_fields(p, stats)
             return
         if flags & SEQ_NEEDS_STATE and not seq.valid:
             stats["tokenizer_skipped_packets"] += 1
             return
-        ts = self.clocks.to_boottime(p.timestamp_clock_id or seq.clock_id or BOOTTIME, seq_id, p.timestamp)
-        if ts is None:
-            stats["clock_sync_failure_undeferrable_packet_loss"] += 1
-            return
-        if ts < 0:
-            stats["track_event_invalid_timestamp"] += 1
-            return
+        self.tokenize_event(p, seq_id)
+
+    def tokenize_event(self, p, seq_id: int) -> None:
+        """A TrackEvent packet's time and event, with its sequence's state as it is now (at the end of the file
+        for a deferred one, as trace_processor's TimestampTokenizeAndPushToSorter)."""
+        stats, te, seq = self.stats, p.track_event, self.sequences[seq_id]
+        ts = None
+        if p.HasField("timestamp"):  # (without one trace_processor converts nothing: the event may have its own)
+            clock = p.timestamp_clock_id or seq.clock_id or BOOTTIME
+            if not self.at_eof and not self.clocks.has_path(clock, seq_id):
+                self.deferred.append((p, seq_id))  # (converted at the end of the file: see read_deferred)
+                return
+            ts = self.packet_time(p, seq, seq_id)
+            if ts is None:
+                stats["clock_sync_failure_undeferrable_packet_loss"] += 1
+                return
         ev = self.event_cache.get(te)
         if ev is None:
             e = ViewEvent.FromString(te)
@@ -180,12 +247,16 @@ class PacketDecoder(ReadState):
             flows = tuple(e.flow_ids) + tuple(e.flow_ids_old)
             ends = tuple(e.terminating_flow_ids) + tuple(e.terminating_flow_ids_old)
             value = e.double_counter_value if e.HasField("double_counter_value") else float(e.counter_value)
+            legacy = (e.timestamp_delta_us if e.HasField("timestamp_delta_us") else None, e.timestamp_absolute_us)
             ev = (e.type, e.track_uuid if e.HasField("track_uuid") else None, e.name if e.HasField("name") else None,
                   e.name_iid, tuple(e.debug_annotations), tuple(e.category_iids), tuple(e.categories),
-                  flows, ends, value, unread)
+                  flows, ends, value, unread, legacy)
             if len(self.event_cache) < 1 << 16:
                 self.event_cache[te] = ev
-        kind, track, name, name_iid, raw_args, cat_iids, cats, flows, ends, value, unread = ev
+        kind, track, name, name_iid, raw_args, cat_iids, cats, flows, ends, value, unread, legacy = ev
+        ts = self.event_time(ts, *legacy)
+        if ts is None:
+            return
         for what in unread:  # what it would not read: said, and the rest of the event read
             stats[what] += 1
         if kind == SLICE_END and (cat_iids or cats or raw_args or flows or ends or name is not None or name_iid):

@@ -16,6 +16,9 @@ UNFINISHED_SLICES = "unfinished_slices"  # the `stats` row the embedded backend 
 NOT_PROTOBUF = "not a Perfetto protobuf trace (its bytes do not parse as TracePackets)"
 JSON_TRACE = "a JSON trace (Chrome trace format?); this reader takes Perfetto protobuf traces"
 GZIP = "gzip-compressed: decompress it first"
+TAR = ("a TAR archive (a Perfetto merge archive, such as `merge`'s ranks.tar?): this reader takes one trace; "
+       "read the run's aggregate.pb (the same slices), or the archive with trace_processor or in the UI")
+_HEAD = 512  # the bytes a format is told by: a TAR says `ustar` at offset 257 of its first header
 
 
 def first_framing_error(data) -> tuple[int, str] | None:
@@ -46,6 +49,8 @@ def _other_format(head: bytes) -> str | None:
         return JSON_TRACE
     if head[:2] == b"\x1f\x8b":
         return GZIP
+    if head[257:262] == b"ustar":
+        return TAR
     return None
 
 
@@ -57,22 +62,22 @@ def _framing_description(problem: tuple[int, str] | None) -> str:
 
 def describe_non_trace(data: bytes) -> str:
     """What `data` (which did not parse as a Trace) looks like: another format, or where it breaks."""
-    return _other_format(data[:16]) or _framing_description(first_framing_error(data))
+    return _other_format(data[:_HEAD]) or _framing_description(first_framing_error(data))
 
 
 def trace_file_problem(path: str | os.PathLike, *, json_and_gzip: bool = False) -> str | None:
     """What is wrong with the file at `path` as a Perfetto protobuf trace, in the words the embedded
     reader uses (empty, another format, cut short or corrupt framing); None when its packet framing
-    is sound. `json_and_gzip`: such traces are fine (trace_processor reads them).
+    is sound. `json_and_gzip`: such traces, and TAR archives, are fine (trace_processor reads them).
 
     Reads the file's first bytes and each top-level packet's header, not the packets."""
     path = Path(path)
     if path.stat().st_size == 0:
         return EMPTY
     with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as data:
-        other = _other_format(data[:16])
+        other = _other_format(data[:_HEAD])
         if other is not None:
-            return None if json_and_gzip and other in (JSON_TRACE, GZIP) else other
+            return None if json_and_gzip and other in (JSON_TRACE, GZIP, TAR) else other
         problem = first_framing_error(data)
     return None if problem is None else _framing_description(problem)
 

@@ -49,6 +49,9 @@ _EVENT = [
     ("terminating_flow_ids_old", "terminating_flow_ids_old", _T.TYPE_UINT64, True),
     ("counter_value", "counter_value", _T.TYPE_INT64, False),
     ("double_counter_value", "double_counter_value", _T.TYPE_DOUBLE, False),
+    # legacy microsecond timestamps (see decoding.event_time)
+    ("timestamp_delta_us", "timestamp_delta_us", _T.TYPE_INT64, False),
+    ("timestamp_absolute_us", "timestamp_absolute_us", _T.TYPE_INT64, False),
 ]
 
 

@@ -18,6 +18,7 @@ from .tables import TraceTables
 # A name with a decimal prefix: the prefix is stored as a number, the rest interned (see TraceTables).
 _DECIMAL_PREFIXED = re.compile(r"(0|[1-9]\d{0,17})(\D.*)?\Z", re.S | re.ASCII)
 _ANNOTATION_TAG = tag(FieldNumber.DEBUG_ANNOTATIONS, 2)
+UNSPECIFIED = 0  # (TrackEvent.TYPE_UNSPECIFIED)
 
 
 class ReadState:
@@ -46,6 +47,9 @@ class ReadState:
         # they match (by name and category) and gives it their args and flows, which takes the per-event
         # slice builder (see slices)
         self.matched_ends = 0
+        self.latest_ts = 0  # the latest packet time read (converted), trace_processor's `latest_timestamp_`
+        self.deferred: list[tuple] = []  # (packet, sequence id) of TrackEvents whose clock had no path yet
+        self.at_eof = False  # (then a clock without a path drops its event: see decoding.read_deferred)
 
     def intern(self, s: str) -> int:
         s = as_text(s)  # (a C string in trace_processor: up to its first NUL)
@@ -100,16 +104,22 @@ class ReadState:
         return vid
 
     def drop_event_of_type(self, kind: int, track: int | None) -> None:
-        """Count an event of a type other than BEGIN, END, INSTANT and COUNTER, which is not read: a
-        TYPE_STATE event on a track without a `state` descriptor is an error trace_processor drops too
-        (`track_event_parser_errors`); one on a state track, or an unknown type, is a refusal."""
+        """Count an event of a type other than BEGIN, END, INSTANT and COUNTER, which is not read, as
+        trace_processor's TrackEventEventImporter has it: TYPE_UNSPECIFIED ("TrackEvent without type or
+        phase") and a type it does not know on a track of no thread (a "raw legacy event without thread
+        association") are errors it drops (`track_event_parser_errors`); a type it does not know on a thread's
+        track goes to its raw table only (no row here either); a TYPE_STATE event on a track without a
+        `state` descriptor is an error too; one on a state track is a refusal (the embedded reader does not
+        build state tracks)."""
         t = self.tables.tracks.get(track) if track is not None else None
-        if kind == STATE and not (t is not None and t.is_state):
-            self.stats["track_event_parser_errors"] += 1
-        elif kind == STATE:
+        if kind == STATE and t is not None and t.is_state:
             self.stats["unsupported_state_track_event"] += 1
+        elif kind in (UNSPECIFIED, STATE):
+            self.stats["track_event_parser_errors"] += 1
         else:
-            self.stats["unsupported_track_event_type"] += 1
+            owner = self.tables.descriptor_owner(track) if track is not None else None
+            if owner is None or owner.thread is None:
+                self.stats["track_event_parser_errors"] += 1
 
     def counter_value(self, seq: SequenceState, track: int | None, value: float) -> float | None:
         """A counter event's value as trace_processor stores it (times the track's unit multiplier, summed

@@ -8,7 +8,7 @@ import numpy as np
 from .clocks import BOOTTIME
 from ..proto_bytes import COUNTER, INSTANT, SEQ_NEEDS_STATE, SLICE_BEGIN, SLICE_END
 from .columns import distinct, values_of
-from .packet_view import ViewEvent
+from .packet_view import ViewEvent, ViewPacket
 from .read_state import ReadState
 
 
@@ -44,12 +44,19 @@ def decode_simple_batch(decoder: ReadState, data: bytes, r: np.ndarray) -> None:
         clock = np.where((r["has_clock"][idx] == 1) & (r["clock_id"][idx] != 0), r["clock_id"][idx], default_clock)
         for clock_id in values_of(clock):
             sub = idx[clock == clock_id]
+            if not decoder.clocks.has_path(clock_id, seq_id):  # deferred to the end of the file (see decoding)
+                decoder.deferred.extend((ViewPacket.FromString(data[off:off + size]), seq_id)
+                                        for off, size in zip(r["off"][sub].tolist(), r["len"][sub].tolist()))
+                keep[sub] = False
+                continue
             converted = decoder.clocks.to_boottime_many(clock_id, seq_id, r["ts"][sub].astype(np.int64))
             if converted is None:
                 stats["clock_sync_failure_undeferrable_packet_loss"] += len(sub)
                 keep[sub] = False
             else:
                 ts[sub] = converted
+                if len(converted):
+                    decoder.latest_ts = max(decoder.latest_ts, int(converted.max()))
                 invalid = sub[converted < 0]  # past int64 (see clocks)
                 _count(stats, "track_event_invalid_timestamp", len(invalid))
                 keep[invalid] = False

@@ -14,8 +14,6 @@ from ..proto_bytes import COUNTER, INSTANT, SLICE_BEGIN, SLICE_END
 from .columns import distinct
 from .tables import TraceTables, Track
 
-FLOW_INTO_EARLIER_SLICE = "unsupported_flow_from_end_into_earlier_slice"
-
 
 def _assign_track_id(tables: TraceTables, uuid: int) -> None:
     """Give the track (and its ancestors first) an id; a parent chain that loops is cut and counted."""
@@ -28,11 +26,11 @@ def _assign_track_id(tables: TraceTables, uuid: int) -> None:
             break
         if uuid in seen:
             tables.stats["track_descriptor_parent_cycle"] += 1
-            chain[-1].parent_uuid = None
+            chain[-1].parent_uuid = chain[-1].parent_track = None
             break
         seen.add(uuid)
         chain.append(t)
-        uuid = t.parent_uuid
+        uuid = t.shown_parent
     for t in reversed(chain):
         t.first_used_as_parent = t is not chain[0]  # (trace_processor then names it without an event name)
         t.id = len(tables.used_tracks)
@@ -201,8 +199,7 @@ def _build_with_stacks(tables, ev, k, trk, ts, labels, flow_events) -> None:
     _take_labels(tables, labels, events)
     for s, sets in end_args.items():
         tables.slice_arg_set[s] = _merged_arg_set(tables, [int(tables.slice_arg_set[s]), *sets])
-    _add_flows(tables, flow_events, slice_of_event, _processing_positions(ev, len(ts), flow_events),
-               frozenset(np.flatnonzero((k == SLICE_END) & (slice_of_event >= 0)).tolist()))
+    _add_flows(tables, flow_events, slice_of_event, _processing_positions(ev, len(ts), flow_events))
 
 
 def _close_stack(stack: list, rows: dict, new_ts: int, new_dur: int, stats) -> None:
@@ -271,11 +268,11 @@ def _processing_positions(ev: np.ndarray, n_events: int, flow_events: list) -> d
     return dict(zip(ev[where].tolist(), where.tolist()))
 
 
-def _add_flows(tables, flow_events, slice_of_event, position_of_event, ends_at=frozenset()) -> None:
-    """Flow rows in processing order: flow_ids start or continue a flow, terminating ids end it.
-    `ends_at`: the positions of END events (their flows bind to the slice they end). A flow that such an
-    END carries into a slice that began before the flow's last one is counted (`FLOW_INTO_EARLIER_SLICE`),
-    not answered: trace_processor v58.2 gives it the other way round there, by a rule not pinned down."""
+def _add_flows(tables, flow_events, slice_of_event, position_of_event) -> None:
+    """Flow rows in processing order: flow_ids start or continue a flow, terminating ids end it (an END
+    event's flows bind to the slice it ends). Each step links the flow's last slice and this one, the one
+    that began first as slice_out (the flow's last one on a tie), as trace_processor's FlowTracker::Step and
+    End order them: an END's flow into a slice that began before the flow's last one goes from that slice."""
     open_flows: dict[int, int] = {}
     for pos, flows, ends in sorted((position_of_event.get(i, -1), f, t) for i, f, t in flow_events):
         sid = int(slice_of_event[pos]) if pos >= 0 else -1
@@ -284,9 +281,7 @@ def _add_flows(tables, flow_events, slice_of_event, position_of_event, ends_at=f
         for fid, closes in [(f, False) for f in flows] + [(f, True) for f in ends]:
             if fid in open_flows:
                 source = open_flows[fid]
-                if pos in ends_at and tables.slice_ts[source] > tables.slice_ts[sid]:
-                    tables.stats[FLOW_INTO_EARLIER_SLICE] += 1
-                tables.flows.append((source, sid))
+                tables.flows.append((sid, source) if tables.slice_ts[source] > tables.slice_ts[sid] else (source, sid))
             if closes:
                 open_flows.pop(fid, None)
             else:

@@ -24,8 +24,17 @@ class Track:
     counter_incremental: bool = False
     first_used_as_parent: bool = False  # given an id for a child's event before any event of its own
     is_state: bool = False  # its descriptor has a `state` field (the only tracks TYPE_STATE events change)
+    # A track of a merged set (see merged_tracks): the key's name is its name, never its first event's
+    merged: bool = False
+    # The used track its parent_id shows, when not its parent's own (a merged parent's first track)
+    parent_track: int | None = None
     thread: tuple | None = None  # (pid, tid, thread name or None) from its descriptor's `thread`
     process: tuple | None = None  # (pid, process name or None, cmdline or None) from its descriptor's `process`
+
+    @property
+    def shown_parent(self) -> int | None:
+        """The uuid of the used track its `parent_id` is."""
+        return self.parent_track if self.parent_track is not None else self.parent_uuid
 
     @property
     def type(self) -> str:
@@ -63,6 +72,10 @@ class TraceTables:
     counter_value: np.ndarray = None
     flows: list[tuple[int, int]] = field(default_factory=list)
     stats: dict[str, int] = field(default_factory=lambda: defaultdict(int))
+    # Every track descriptor packet that names a thread or a process, as (time trace_processor parses it at,
+    # file position, track uuid, ("thread", pid, tid, name) or ("process", pid, name)): the thread and process
+    # tables are filled in that order (see reader.threads)
+    owner_descriptors: list[tuple] = field(default_factory=list)
 
     @property
     def slice_count(self) -> int:

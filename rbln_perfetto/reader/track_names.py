@@ -2,10 +2,11 @@
 
 A track without a name in its descriptor (or with no descriptor) takes the name of its first event
 (none for an END), unless a child's event used it first (then it has none).
-trace_processor merges sibling slice tracks that share a parent and a name into one track (the default
-`SIBLING_MERGE_BEHAVIOR_BY_TRACK_NAME`, placing each slice on whichever merged track is free); the
-embedded reader keeps them apart, so it counts them (`unsupported_merged_sibling_tracks`) and the
-backend warns, rather than answer with other track ids."""
+trace_processor merges sibling slice tracks that share a parent and a name (the default
+`SIBLING_MERGE_BEHAVIOR_BY_TRACK_NAME`, placing each slice on whichever merged track is free): the embedded
+reader places global ones alike (`merged_tracks`); merged tracks under a thread or a process, which it
+does not lay out, are counted (`unsupported_merged_sibling_tracks`) and the backend warns, rather than
+answer with other track ids."""
 
 from __future__ import annotations
 
@@ -26,7 +27,7 @@ THREAD_PROCESS_TRACKS = "unsupported_thread_or_process_tracks"
 def first_event_names(tables: TraceTables, ts, tracks, name_prefix, name_id) -> dict:
     """{uuid: (prefix, string id)} of the first event (in processing order) on each track that may need a
     name: declared without one, or never declared. Called before the slices are built."""
-    named = {u for u, t in tables.tracks.items() if t.name is not None or t.is_counter}
+    named = {u for u, t in tables.tracks.items() if t.name is not None or t.is_counter or t.merged}
     candidates = np.setdiff1d(np.unique(tracks), np.asarray(sorted(named), dtype=np.uint64)) if len(tracks) else []
     if not len(candidates):
         return {}
@@ -48,7 +49,7 @@ def name_tracks(tables: TraceTables, declared: set, first_names: dict) -> None:
     siblings: dict = defaultdict(int)
     for uuid in tables.used_tracks:
         t = tables.tracks[uuid]
-        if t.mergeable and not t.is_counter:
+        if t.mergeable and not t.is_counter and not t.merged:  # (merged sets are placed: see merged_tracks)
             siblings[(t.parent_uuid, t.name)] += 1
     merged = sum(n - 1 for n in siblings.values())
     if merged:

@@ -49,6 +49,15 @@ def _runtime_record(info: PipelineInfo) -> pb.RuntimeInfo | None:
                           weights_digest=r.weights_digest, slowdown=r.slowdown)
 
 
+def _profile_record(device) -> pb.DeviceProfile | None:
+    """The device's profile (measured or given; None when the pipeline does not say)."""
+    if getattr(device, "profile", None) is None:
+        return None
+    p = device.profile()
+    return pb.DeviceProfile(peak_flops_per_s=p.peak_flops_per_s, mem_bandwidth_bytes_per_s=p.mem_bandwidth_bytes_per_s,
+                            capacity_bytes=p.capacity_bytes, dtype=p.dtype, source=p.source, label=p.label)
+
+
 class CaptureWriter:
     """Appends records to a capture file: a pipeline's placement and programs once, then every call."""
 
@@ -86,7 +95,7 @@ class CaptureWriter:
             model=info.model,
             rbln_config_json=json.dumps(info.rbln_config, sort_keys=True),
             devices=[pb.Device(logical=d.logical, torch_device=d.torch_device, capacity_bytes=d.capacity_bytes,
-                               timing=timing_method(d.torch_device))
+                               timing=timing_method(d.torch_device), profile=_profile_record(d))
                      for d in info.devices],
             placement=[pb.Placement(submodule=p.submodule, device=p.device, weight_bytes=p.weight_bytes,
                                     activation_bytes=info.activation_bytes.get(p.submodule, 0),

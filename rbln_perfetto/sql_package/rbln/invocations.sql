@@ -48,7 +48,9 @@ WHERE s.track_id IN (SELECT track_id FROM rbln_device_tracks WHERE category = 'W
 ORDER BY s.ts;
 
 -- The run span (one row): from the first invocation or host work to the last, over every rank; its
--- traced part leaves the untraced stretches out.
+-- traced part leaves the untraced stretches out. Untraced stretches may overlap (each rank of a merged
+-- run leaves the same steps untraced): their union counts, each moment once (in order of start, a
+-- stretch adds only what reaches past every earlier one).
 CREATE PERFETTO TABLE rbln_run_span(
   ts TIMESTAMP,
   -- ts + dur.
@@ -63,8 +65,13 @@ WITH bounds AS (
   SELECT min(s.ts) AS lo, max(s.ts + s.dur) AS hi FROM slice s
   WHERE s.track_id IN (SELECT track_id FROM rbln_device_tracks WHERE category IN ('Workload', 'Host'))
     AND s.depth = 0 AND s.dur >= 0 AND extract_arg(s.arg_set_id, 'debug.untraced') IS NULL),
+clipped AS (
+  SELECT max(u.ts, b.lo) AS s, min(u.ts + u.dur, b.hi) AS e FROM rbln_untraced u, bounds b
+  WHERE min(u.ts + u.dur, b.hi) > max(u.ts, b.lo)),
+reach AS (
+  SELECT s, e, max(e) OVER (ORDER BY s, e ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING) AS reach
+  FROM clipped),
 skipped AS (
-  SELECT coalesce(sum(max(0, min(u.ts + u.dur, b.hi) - max(u.ts, b.lo))), 0) AS ns FROM rbln_untraced u, bounds b)
-SELECT b.lo AS ts, b.hi AS end_ts, b.hi - b.lo AS dur, CASE WHEN b.lo IS NULL THEN NULL ELSE k.ns END AS untraced_dur,
-       b.hi - b.lo - k.ns AS traced_dur
+  SELECT coalesce(sum(max(0, e - max(s, coalesce(reach, s)))), 0) AS ns FROM reach)
+SELECT b.lo AS ts, b.hi AS end_ts, b.hi - b.lo AS dur, k.ns AS untraced_dur, b.hi - b.lo - k.ns AS traced_dur
 FROM bounds b, skipped k;
