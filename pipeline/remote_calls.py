@@ -4,18 +4,17 @@ Every rank assembles the same compiled pipeline (the compile cache and the deter
 model make them equal), so both ends know every program's input and output shapes and only tensors
 travel. Rank 0 runs diffusers' `__call__` (tokenize, scheduler, VAE postprocess: host work stays on
 the root device); a submodule placed on a logical device of another rank (`rbln_config['ranks']`)
-is called through a `RemoteSubmodule`, which sends the call (a header and the inputs, packed into
+is called through a `RemoteSubmodule`, which sends the call (a header, then the inputs packed into
 one message) with `dist.send` and receives the outputs with `dist.recv`. The other ranks run
 `serve`: receive a call, run the compiled program (profiled by their own profiler, as any call),
 send the outputs, until rank 0 says stop.
 
-Every message to a serving rank has one size, fixed when the pipeline is assembled: a header and
-room for the largest inputs of the submodules that rank serves (shapes are fixed at compile time),
-so the rank posts one recv per call and wakes once. That recv cannot tell its wait from the transfer,
-so the serving rank takes the transfer's duration from rank 0, which timed its send and says it in
-its next message's header: the recv is recorded then, ending when the call arrived. A reply is two
-messages: its header, then the outputs packed into one; rank 0's recv of the outputs starts when the
-header has arrived, so the wait for the peer's compute is idle time, not transfer.
+A call is two messages each way, whatever the number of tensors: a header, then the inputs packed
+into one buffer (both ends know its size from the program: shapes are fixed at compile time); the
+reply is a header, then the outputs packed into one. A recv is timed from its header's arrival to the
+end of its tensors, so the wait for the peer is idle time, not transfer, and a recv never starts
+before its send. (One message a call would wake the serving rank once, but its recv could then not
+tell its wait from its transfer.)
 
 A gloo send does not return before the receiver has posted its recv, so a send timed while the peer
 is still busy (entering a pipeline call, say) would hold that wait as transfer time, DMA busy on the
@@ -25,8 +24,7 @@ has just sent the outputs of a call (it goes straight back to its recv). Rank 0 
 untimed (its wait for the peer is idle time): a timed send starts when the peer's recv is posted
 and spans only the transfer.
 
-A header is six int64s: `(op, submodule, call number, calls started, timed, ns the previous call's
-send to this rank took)`. `BEGIN` and `END`
+A header is six int64s: `(op, submodule, call number, calls started, timed, 0)`. `BEGIN` and `END`
 bracket each pipeline call, so that a serving rank profiles the same pipeline calls as rank 0;
 `calls started` (rank 0's count of submodule calls in the pipeline call so far) keeps every
 rank's sequence indices those of the whole run. Inside a profiled call both ends report each
@@ -48,13 +46,11 @@ from .ranks import RankGroup, recv, send, busy_for_tests_s
 
 BEGIN, CALL, END, STOP, READY = range(5)
 HEADER_SIZE = 6
-HEADER_BYTES = 8 * HEADER_SIZE
 INPUTS, OUTPUTS = 0, 1  # which message of a call: flow = 2 * call number + this
 
 
-def _header(op: int, submodule: int = 0, number: int = 0, started: int = -1, timed: bool = False,
-            previous_send_ns: int = 0) -> torch.Tensor:
-    return torch.tensor([op, submodule, number, started, int(timed), previous_send_ns], dtype=torch.int64)
+def _header(op: int, submodule: int = 0, number: int = 0, started: int = -1, timed: bool = False) -> torch.Tensor:
+    return torch.tensor([op, submodule, number, started, int(timed), 0], dtype=torch.int64)
 
 
 def _offsets(specs, start: int) -> list[int]:
@@ -72,39 +68,33 @@ def _packed_bytes(specs, start: int = 0) -> int:
     return start + sum(-(-spec.bytes // 8) * 8 for spec in specs)
 
 
-def _pack(tensors, specs, size: int, start: int = 0, header: torch.Tensor | None = None) -> torch.Tensor:
-    """One uint8 message of `size` bytes: `header` (if any) then each tensor at its offset."""
-    buf = torch.empty(size, dtype=torch.uint8)
-    if header is not None:
-        buf[:HEADER_BYTES] = header.view(torch.uint8)
-    for at, spec, x in zip(_offsets(specs, start), specs, tensors):
+def _pack(tensors, specs) -> torch.Tensor:
+    """One uint8 message of `_packed_bytes(specs)`: each tensor at its offset."""
+    buf = torch.empty(_packed_bytes(specs), dtype=torch.uint8)
+    for at, spec, x in zip(_offsets(specs, 0), specs, tensors):
         buf[at:at + spec.bytes] = x.detach().contiguous().to("cpu").reshape(-1).view(torch.uint8)
     return buf
 
 
-def _unpack(buf: torch.Tensor, specs, start: int = 0) -> list[torch.Tensor]:
+def _unpack(buf: torch.Tensor, specs) -> list[torch.Tensor]:
     """The tensors of `specs` in a packed message (views of it)."""
     return [buf[at:at + spec.bytes].view(torch_dtype(spec.dtype)).view(spec.shape)
-            for at, spec in zip(_offsets(specs, start), specs)]
+            for at, spec in zip(_offsets(specs, 0), specs)]
 
 
-def request_bytes(pipe, ranks, rank: int) -> int:
-    """The size of every message rank 0 sends to serving rank `rank`: a header and room for the largest
-    inputs of the submodules it serves (rank 0 and that rank compute the same from the same pipeline)."""
-    served = [getattr(pipe, name).compiled.info for name in SUBMODULES
-              if ranks[getattr(pipe, name).compiled.device] == rank]
-    return max([HEADER_BYTES] + [_packed_bytes(info.inputs, HEADER_BYTES) for info in served])
+def _recv_packed(specs, peer: int, comm) -> list[torch.Tensor]:
+    packed = torch.empty(_packed_bytes(specs), dtype=torch.uint8, device=comm)
+    recv(packed, peer)
+    return _unpack(packed, specs)
 
 
 class RankLink:
     """Rank 0's end: the header of every remote call, and the pipeline-call brackets to every rank."""
 
-    def __init__(self, group: RankGroup, request_bytes: dict[int, int]):
+    def __init__(self, group: RankGroup):
         self.group = group
         self.calls = 0  # remote calls so far, on any rank: each one's number
-        self.request_bytes = request_bytes  # serving rank -> the size of every message to it
         self._waiting: set[int] = set()  # serving ranks known to wait for their next message
-        self._sent_ns: dict[int, int] = {}  # serving rank -> how long the last call's send to it took
 
     def _await_ready(self, peer: int) -> None:
         """Make sure `peer` waits for its next message: it just replied to a call, or wait (idle time)
@@ -118,14 +108,15 @@ class RankLink:
                                "on the calls (a bug)")
         self._waiting.add(peer)
 
-    def _send(self, message: torch.Tensor, peer: int) -> None:
+    def _send(self, *messages: torch.Tensor) -> None:
+        *messages, peer = messages
         self._waiting.discard(peer)
-        send(message.to(self.group.comm_device), peer)
+        for message in messages:
+            send(message.to(self.group.comm_device), peer)
 
     def _send_header(self, op: int, peer: int, started: int = -1) -> None:
         self._await_ready(peer)
-        header = _header(op, started=started, previous_send_ns=self._sent_ns.pop(peer, 0))
-        self._send(_pack((), (), self.request_bytes[peer], HEADER_BYTES, header), peer)
+        self._send(_header(op, started=started), peer)
 
     @contextmanager
     def pipeline_call(self):
@@ -150,19 +141,16 @@ class RankLink:
         call = active_call()
         number, self.calls = self.calls, self.calls + 1
         started = call.calls_started if call is not None else -1
-        header = _header(CALL, SUBMODULES.index(info.submodule), number, started, timed, self._sent_ns.pop(peer, 0))
-        message = _pack(inputs, info.inputs, self.request_bytes[peer], HEADER_BYTES, header).to(comm)
+        header = _header(CALL, SUBMODULES.index(info.submodule), number, started, timed).to(comm)
+        packed = _pack(inputs, info.inputs).to(comm)
         self._await_ready(peer)
         t0 = time.monotonic_ns()  # the peer's recv is posted: from here on the send is the transfer
-        self._send(message, peer)
+        self._send(header, packed, peer)
         t1 = time.monotonic_ns()
-        self._sent_ns[peer] = t1 - t0  # the peer records its recv with this, from our next message
         done = torch.empty(HEADER_SIZE, dtype=torch.int64, device=comm)
         recv(done, peer)
         t2 = time.monotonic_ns()
-        packed = torch.empty(_packed_bytes(info.outputs), dtype=torch.uint8, device=comm)
-        recv(packed, peer)
-        outputs = [out.to("cpu", copy=True) for out in _unpack(packed, info.outputs)]
+        outputs = [out.to("cpu", copy=True) for out in _recv_packed(info.outputs, peer, comm)]
         t3 = time.monotonic_ns()
         self._waiting.add(peer)  # it went straight back to wait for its next message
         if call is not None and timed:
@@ -198,33 +186,27 @@ class RemoteSubmodule:
 def serve(pipe, group: RankGroup) -> int:
     """A serving rank's loop: run the calls rank 0 sends until it says stop; returns the calls served."""
     comm = group.comm_device
-    ranks = pipe.rbln_config.ranks or (0,) * pipe.rbln_config.num_logical_devices
-    size = request_bytes(pipe, ranks, group.rank)
+    header = torch.empty(HEADER_SIZE, dtype=torch.int64, device=comm)
     ready = _header(READY).to(comm)
     busy_s = busy_for_tests_s(group.rank)
     served = 0
     say_ready = True
-    # The last timed call's transfers, recorded when the next message comes: its recv needs the duration
-    # that message says, and a serving rank records nothing between a reply and its next recv (rank 0
-    # takes the reply as the sign that the rank waits: any work there would be timed as rank 0's send).
-    pending = None  # (program, call number, arrival ns, (send start, send end))
+    # The last timed call's transfers, recorded when the next message comes: a serving rank records
+    # nothing between a reply and its next recv (rank 0 takes the reply as the sign that the rank
+    # waits: any work there would be timed as rank 0's send).
+    pending: list = []
     with ExitStack() as pipeline_call:
         while True:
             if say_ready:
-                send(ready, 0)  # rank 0 sends the next message once it has this (or a call's outputs)
-            message = torch.empty(size, dtype=torch.uint8, device=comm)
-            recv(message, 0)
-            t1 = time.monotonic_ns()  # the message is here; what came before was waiting, then the transfer
-            op, submodule_index, number, started, timed, previous_send_ns = (
-                message[:HEADER_BYTES].to("cpu").view(torch.int64).tolist())
+                send(ready, 0)  # rank 0 sends the next header once it has this (or a call's outputs)
+            recv(header, 0)
+            t0 = time.monotonic_ns()  # what came before was waiting for rank 0, not a transfer
+            op, submodule_index, number, started, timed, _ = (int(v) for v in header.tolist())
             call = active_call()
-            if pending is not None:
-                info, done, arrived_ns, (sent_ns, sent_end_ns) = pending
-                if call is not None:
-                    call.transfer(_transfer(info, "recv", INPUTS, 0, info.device, done, arrived_ns - previous_send_ns,
-                                            arrived_ns))
-                    call.transfer(_transfer(info, "send", OUTPUTS, 0, info.device, done, sent_ns, sent_end_ns))
-                pending = None
+            if call is not None:
+                for transfer in pending:
+                    call.transfer(transfer)
+            pending = []
             say_ready = op != CALL
             if op == STOP:
                 return served
@@ -239,18 +221,19 @@ def serve(pipe, group: RankGroup) -> int:
                 continue
             module = getattr(pipe, SUBMODULES[submodule_index])
             info = module.compiled.info
-            inputs = [x.to("cpu") for x in _unpack(message, info.inputs, HEADER_BYTES)]
+            inputs = [x.to("cpu") for x in _recv_packed(info.inputs, 0, comm)]
+            t1 = time.monotonic_ns()
             if call is not None and started >= 0:
                 call.catch_up(started - 1)  # the calls rank 0 started before this one
             outputs = module._invoke(*inputs)
-            header, packed = _header(CALL, submodule_index, number).to(comm), _pack(outputs, info.outputs,
-                                                                                    _packed_bytes(info.outputs)).to(comm)
+            reply, packed = _header(CALL, submodule_index, number).to(comm), _pack(outputs, info.outputs).to(comm)
             t2 = time.monotonic_ns()
-            send(header, 0)
+            send(reply, 0)
             send(packed, 0)
             t3 = time.monotonic_ns()
             if call is not None and timed:
-                pending = (info, number, t1, (t2, t3))
+                pending = [_transfer(info, "recv", INPUTS, 0, info.device, number, t0, t1),
+                           _transfer(info, "send", OUTPUTS, 0, info.device, number, t2, t3)]
             served += 1
 
 
@@ -259,9 +242,7 @@ def distribute(pipe, group: RankGroup) -> RankLink | None:
     are called remotely (returns the link that brackets calls and stops the others); on the others,
     the pipeline describes only what the rank runs and is driven by `serve`. Returns None there."""
     ranks = pipe.rbln_config.ranks or (0,) * pipe.rbln_config.num_logical_devices
-    link = None
-    if group.rank == 0:
-        link = RankLink(group, {peer: request_bytes(pipe, ranks, peer) for peer in range(1, group.world_size)})
+    link = RankLink(group) if group.rank == 0 else None
     if link is not None:
         for name in SUBMODULES:
             module = getattr(pipe, name)

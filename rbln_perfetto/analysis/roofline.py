@@ -21,11 +21,15 @@ the achieved rates and intensity; its roof columns are empty and its bound "unkn
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import os
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 from ..errors import PlotError, UsageError
 from ..naming import DEVICE_PROFILE_FIELDS, device_profile_arg, layer_sql
@@ -109,7 +113,7 @@ COLUMNS = ["time_ms", "roofline_ms", "above_roof_ms", "above_roof_pct", "bound",
            "gflop_per_s", "gb_per_s", "intensity", "flops", "bytes"]
 
 
-def device_profiles(trace, *, backend: str = "auto", tp_bin: str | None = None) -> pd.DataFrame:
+def device_profiles(trace, *, backend: str = "auto", tp_bin: str | None = None) -> "pd.DataFrame":
     """The device profiles a trace holds (its Run slices' args): one row per (rank, device) with rank,
     device, unit, source ("measured" / "given"), peak_flops_per_s, mem_bandwidth_bytes_per_s,
     capacity_bytes, dtype, label. Empty for a trace recorded without profiles."""
@@ -152,7 +156,7 @@ def _keys(by: str) -> list[str]:
 
 
 def roofline(trace, *, by: str = "layer", top: int | None = None, backend: str = "auto",
-             tp_bin: str | None = None) -> pd.DataFrame:
+             tp_bin: str | None = None) -> "pd.DataFrame":
     """The roofline per `by` (layer, command, submodule or device) of a trace, ranked by time above the roof
     (first row: where the most time is lost); ties and rows without a profile by time.
 
@@ -161,6 +165,8 @@ def roofline(trace, *, by: str = "layer", top: int | None = None, backend: str =
     roofline_ms, above_roof_ms, above_roof_pct (of all time above the roof), bound, roof_pct (roofline
     time / time), mfu_pct, mbu_pct, gflop_per_s and gb_per_s achieved, intensity (FLOP/byte), flops,
     bytes. The roofs are `device_profiles(trace)`."""
+    import pandas as pd
+
     if by not in BY:
         raise UsageError(f"by={by!r} is not valid; valid: {', '.join(BY)}")
     with opened(trace, backend, tp_bin) as tr:

@@ -21,6 +21,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ..errors import UsageError
+
 EXACT_LIMIT = 2500  # n * m up to which the rank-sum distribution is counted exactly (no ties)
 
 
@@ -129,7 +131,7 @@ def compare(base, cand, alpha: float = 0.05) -> Comparison:
     b = np.asarray(base, dtype=np.float64)
     c = np.asarray(cand, dtype=np.float64)
     if len(b) < 1 or len(c) < 1:
-        raise ValueError("each sample needs at least one value")
+        raise UsageError(f"a sample of no run cannot be compared ({len(b)} baseline, {len(c)} candidate runs); valid: at least one run a side")
     n, m = len(c), len(b)
     base_median = float(np.median(b))
     ratios = (b > 0).all() and (c > 0).all()
