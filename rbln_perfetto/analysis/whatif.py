@@ -16,7 +16,9 @@ The model, every number of it read from the trace:
   device's program order, and their copies take the time their bytes take at the bandwidth the
   run measured on the target's torch device kind (the same as measured where both devices are of
   one kind, as every logical device of a CPU run is). A move to a device of another rank (a merged
-  trace) would add or remove transfers that the trace cannot time, so it is refused.
+  trace) would add or remove transfers that the trace cannot time, so it is refused;
+- in a merged trace with a killed rank (its capture has no RunEnd), the transfers back from its last
+  call were never recorded, so a speedup of a submodule that ran there is refused too.
 
 The per-device memory of a placement is the pipeline's memory plan (`rbln-perfetto whatif` computes
 it from the model the trace names); this module predicts times, and `whatif_trace` writes the
@@ -39,11 +41,13 @@ from .critical_path import KINDS, Dependencies, dependencies, program_order
 from .sources import opened
 
 HOST, DMA, OP, UNTRACED = (KINDS.index(k) for k in ("host", "dma", "op", "untraced"))
+ENDED_EARLY = ("incomplete", "truncated")  # a Run slice's status when its capture has no RunEnd (`recorder.capture`)
 
 _RUN_ARGS = """
 SELECT extract_arg(s.arg_set_id, 'debug.rbln_config') AS rbln_config,
        extract_arg(s.arg_set_id, 'debug.slowdown') AS slowdown,
-       extract_arg(s.arg_set_id, 'debug.model_dir') AS model_dir
+       extract_arg(s.arg_set_id, 'debug.model_dir') AS model_dir,
+       extract_arg(s.arg_set_id, 'debug.status') AS status, t.name AS track
 FROM slice s JOIN track t ON s.track_id = t.id
 WHERE (t.name = 'Run' OR t.name GLOB 'Rank [0-9]* / Run') AND s.depth = 0 ORDER BY t.name"""
 _DMA_BYTES = with_ctes(DEVICE_TRACKS) + f"""
@@ -102,6 +106,7 @@ class RunFacts:
     model_dir: str
     ran_on: dict = field(default_factory=dict)
     device_ranks: dict = field(default_factory=dict)  # logical device -> the rank whose units show it
+    incomplete: tuple = ()  # ranks whose capture ended with no RunEnd (status incomplete or truncated: killed)
 
     @property
     def placement(self) -> dict[str, int]:
@@ -140,7 +145,9 @@ def run_facts(tr) -> RunFacts:
     ran = tr.query(with_ctes(DEVICE_TRACKS, INVOCATIONS) + "\nSELECT DISTINCT submodule, rank, device FROM invocations")
     ran_on = {str(s): int(d) for s, d in zip(ran.submodule, ran.device) if s in SUBMODULES}
     device_ranks = {int(d): int(r) for r, d in zip(ran["rank"], ran.device)}
-    return RunFacts(json.loads(configs[0]), slowdown, model_dir, ran_on, device_ranks)
+    incomplete = tuple(sorted(int(t.split()[1]) if t.startswith("Rank ") else 0
+                              for t, st in zip(rows.track, rows.status) if st in ENDED_EARLY))
+    return RunFacts(json.loads(configs[0]), slowdown, model_dir, ran_on, device_ranks, incomplete)
 
 
 @dataclass
@@ -304,6 +311,16 @@ def predict(trace, speedup: dict[str, float] | None = None, moves: dict[str, int
         if name not in profiled:
             raise UsageError(f"--speedup {name}: the trace has no invocation of {name} (not profiled); valid: "
                              f"{', '.join(s for s in SUBMODULES if s in profiled)}")
+    if merged and facts.incomplete:
+        # A killed rank's capture ends with its last call: the transfers back to the ranks that waited
+        # for it were not recorded, so a change of its calls' time would not reach them.
+        on = {str(s): unit_rank(int(u)) for s, u in zip(deps.invocations.submodule, deps.invocations.unit)}
+        for name in speedup:
+            if on.get(name) in facts.incomplete:
+                valid = [s for s in SUBMODULES if s in on and on[s] not in facts.incomplete]
+                raise UsageError(f"--speedup {name}: it ran on rank {on[name]}, whose trace is incomplete (the process "
+                                 "ended early, before the transfers back from its last call were recorded), so the "
+                                 f"waits on it cannot be timed; valid: {', '.join(valid) or 'none'}")
     _check_moves(moves, facts, merged, max_device)
     moves = {name: d for name, d in moves.items() if d != facts.placement[name]}
 
