@@ -212,3 +212,16 @@ def test_advise_by_the_roofline_model_uses_a_given_profile_per_device(tiny_model
     assert capsys.readouterr().err.strip().splitlines() == [
         "rbln-perfetto advise: error: rbln_config['device_profile'] lists 1 profiles for 2 logical devices; give "
         "one profile for all, or one (or None: measured) per logical device"]
+
+
+def test_a_traces_per_device_profile_does_not_stop_planning_a_move_to_a_new_device(tiny_usage):
+    """A run given one device profile per logical device (2) records it in its rbln_config; the memory plan
+    of a move to a third device (whatif --move vae=2) must not trip over the profile list's length."""
+    from rbln_perfetto.cli.placement_commands import _plan_config
+
+    profile = {"peak_flops": 1e12, "mem_bandwidth": 1e11}
+    recorded = {"text_encoder_3": {"device": 1}, "device_memory": ["3MiB", "3MiB"], "device_profile": [profile, None]}
+    base = _plan_config(recorded)
+    assert "device_profile" not in base and base["device_memory"] == ["3MiB", "3MiB"]
+    after = plan(placed_config(base, {"text_encoder_3": 1, "vae": 2}), tiny_usage)
+    assert len(after.capacities) == 3 and after.used(2) == sum(tiny_usage["vae"])

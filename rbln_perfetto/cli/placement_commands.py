@@ -90,7 +90,9 @@ def _plan_config(rbln_config: dict) -> dict:
     is the run's business)."""
     from pipeline.config import PIPELINE_KEYS
 
-    return {k: v for k, v in rbln_config.items() if k in PIPELINE_KEYS or k in SUBMODULES}
+    # (device_profile is a pipeline key, but one per logical device would not match a placement on more or
+    # fewer devices, and the plan does not read it)
+    return {k: v for k, v in rbln_config.items() if (k in PIPELINE_KEYS or k in SUBMODULES) and k != "device_profile"}
 
 
 # --------------------------------------------------------------------------------------------- whatif
