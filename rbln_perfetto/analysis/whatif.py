@@ -41,7 +41,6 @@ from .critical_path import KINDS, Dependencies, dependencies, program_order
 from .sources import opened
 
 HOST, DMA, OP, UNTRACED = (KINDS.index(k) for k in ("host", "dma", "op", "untraced"))
-ENDED_EARLY = ("incomplete", "truncated")  # a Run slice's status when its capture has no RunEnd (`recorder.capture`)
 
 _RUN_ARGS = """
 SELECT extract_arg(s.arg_set_id, 'debug.rbln_config') AS rbln_config,
@@ -106,7 +105,7 @@ class RunFacts:
     model_dir: str
     ran_on: dict = field(default_factory=dict)
     device_ranks: dict = field(default_factory=dict)  # logical device -> the rank whose units show it
-    incomplete: tuple = ()  # ranks whose capture ended with no RunEnd (status incomplete or truncated: killed)
+    incomplete: tuple = ()  # ranks whose capture has no RunEnd (`recorder.capture` status incomplete, truncated)
 
     @property
     def placement(self) -> dict[str, int]:
@@ -146,7 +145,7 @@ def run_facts(tr) -> RunFacts:
     ran_on = {str(s): int(d) for s, d in zip(ran.submodule, ran.device) if s in SUBMODULES}
     device_ranks = {int(d): int(r) for r, d in zip(ran["rank"], ran.device)}
     incomplete = tuple(sorted(int(t.split()[1]) if t.startswith("Rank ") else 0
-                              for t, st in zip(rows.track, rows.status) if st in ENDED_EARLY))
+                              for t, st in zip(rows.track, rows.status) if st in ("incomplete", "truncated")))
     return RunFacts(json.loads(configs[0]), slowdown, model_dir, ran_on, device_ranks, incomplete)
 
 
@@ -306,21 +305,15 @@ def predict(trace, speedup: dict[str, float] | None = None, moves: dict[str, int
             raise UsageError(f"speedup {name}={f!r} is not valid; valid: a positive number")
     m = trace if isinstance(trace, Measured) else measure(trace, backend=backend, tp_bin=tp_bin)
     facts, deps, torch_of, merged, nbytes, bandwidth = m.facts, m.deps, m.torch_of, m.merged, m.nbytes, m.bandwidth
-    profiled = set(deps.invocations.submodule)
+    on = {str(s): unit_rank(int(u)) for s, u in zip(deps.invocations.submodule, deps.invocations.unit)}
+    killed = {s for s, r in on.items() if merged and r in facts.incomplete}
     for name in speedup:
-        if name not in profiled:
-            raise UsageError(f"--speedup {name}: the trace has no invocation of {name} (not profiled); valid: "
-                             f"{', '.join(s for s in SUBMODULES if s in profiled)}")
-    if merged and facts.incomplete:
-        # A killed rank's capture ends with its last call: the transfers back to the ranks that waited
-        # for it were not recorded, so a change of its calls' time would not reach them.
-        on = {str(s): unit_rank(int(u)) for s, u in zip(deps.invocations.submodule, deps.invocations.unit)}
-        for name in speedup:
-            if on.get(name) in facts.incomplete:
-                valid = [s for s in SUBMODULES if s in on and on[s] not in facts.incomplete]
-                raise UsageError(f"--speedup {name}: it ran on rank {on[name]}, whose trace is incomplete (the process "
-                                 "ended early, before the transfers back from its last call were recorded), so the "
-                                 f"waits on it cannot be timed; valid: {', '.join(valid) or 'none'}")
+        why = (f"the trace has no invocation of {name} (not profiled)" if name not in on else
+               f"it ran on rank {on[name]}, whose trace is incomplete (the process ended early, before the transfers "
+               "back from its last call were recorded), so the waits on it cannot be timed" if name in killed else "")
+        if why:
+            raise UsageError(f"--speedup {name}: {why}; valid: "
+                             f"{', '.join(s for s in SUBMODULES if s in on and s not in killed) or 'none'}")
     _check_moves(moves, facts, merged, max_device)
     moves = {name: d for name, d in moves.items() if d != facts.placement[name]}
 
