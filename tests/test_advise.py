@@ -128,3 +128,72 @@ def test_sd3_medium_at_fp16_fits_two_16gib_devices_and_not_one(capsys):
     plan_of_choice = plan(chosen, {name: (c.partition.weight_bytes, c.partition.peak_live_bytes) for name, c in
                                    compile_on_meta("sd3-medium", RBLNConfig.from_dict(chosen)).items()})
     assert plan_of_choice.fits
+
+
+def test_spans_within_the_tie_of_each_other_rank_by_fewest_devices_even_across_a_rounding_step():
+    """1 000 000 ns on 2 devices and 1 000 600 ns on 1 are 0.06% apart (a tie under TIE = 0.1%): the one
+    device wins. (Rounding span / (0.1% of the best) would put them in steps 1000 and 1001.) 1 002 000 ns,
+    0.2% over the best, is slower, whatever its devices."""
+    from rbln_perfetto.analysis.advise import Candidate, rank
+
+    one = dict.fromkeys(SUBMODULES, 0)
+    two = {**one, "vae": 1}
+    best_two = Candidate(two, (1, 1), (10, 10), 1_000_000.0)
+    near_one = Candidate(one, (2,), (10,), 1_000_600.0)
+    slow_one = Candidate(one, (1,), (10,), 1_002_000.0)
+    untimed = Candidate(one, (0,), (10,), None, "cannot be timed")
+    assert rank([untimed, slow_one, best_two, near_one]) == [near_one, best_two, slow_one, untimed]
+
+
+def test_an_unknown_model_is_a_one_line_error_naming_every_valid_name(capsys):
+    assert main(["advise", "sd3-large", "--devices", "1"]) == 2
+    assert capsys.readouterr().err.strip().splitlines() == [
+        "rbln-perfetto advise: error: model 'sd3-large' is neither a diffusers SD3 directory, a shipped config nor "
+        "an embedded scale; valid names: sd3-medium, tiny, medium"]
+
+
+def test_advise_by_the_roofline_model_uses_a_given_profile_per_device(tiny_model, tiny_usage, capsys):
+    """rbln_config['device_profile'] with one profile per device of --devices (device 1 a thousand times
+    faster): placements that use one device still plan and are timed, and the first choice is the fitting
+    placement whose roofline span, summed here from the compiled commands, is the shortest."""
+    slow, fast = {"peak_flops": 1e9, "mem_bandwidth": 1e8}, {"peak_flops": 1e12, "mem_bandwidth": 1e11}
+    config = json.dumps({"device_profile": [slow, fast]})
+    assert main(["advise", "tiny", "--devices", "2", "--capacity", "3MiB", "--steps", "2", "--top", "1",
+                 "--config", config]) == 0
+    out = capsys.readouterr().out.splitlines()
+    compiled = compile_on_meta(tiny_model, RBLNConfig.from_dict({}))
+    cfg_calls = 2 if RBLNConfig.from_dict({}).do_classifier_free_guidance else 1
+    calls = {"text_encoder": cfg_calls, "text_encoder_2": cfg_calls, "text_encoder_3": cfg_calls,
+             "transformer": 2, "vae": 1}
+
+    def call_ns(name, profile):
+        part = compiled[name].partition
+        copies = sum(t.bytes for t in [*part.input_transfers, *part.output_transfers])
+        return 1e9 * (sum(max(c.flops / profile["peak_flops"], c.bytes / profile["mem_bandwidth"])
+                          for c in part.commands) + copies / profile["mem_bandwidth"])
+
+    spans = {devices: sum(calls[s] * call_ns(s, (slow, fast)[d]) for s, d in zip(SUBMODULES, devices))
+             for devices in _brute_force(tiny_usage, 2, 3 * MiB)}
+    best = min(spans, key=spans.get)
+    assert sorted(spans.values())[1] > spans[best] * 1.01  # one clear winner
+    chosen = json.loads(out[-1].split("rbln_config: ", 1)[1])
+    assert tuple((chosen.get(s) or {}).get("device", 0) for s in SUBMODULES) == best
+    assert float(out[1].split()[2]) == pytest.approx(spans[best] / 1e6, abs=1e-3)
+    # A list of profiles for another number of devices names the mismatch, on one line.
+    assert main(["advise", "tiny", "--devices", "2", "--config", json.dumps({"device_profile": [fast]})]) == 2
+    assert capsys.readouterr().err.strip().splitlines() == [
+        "rbln-perfetto advise: error: rbln_config['device_profile'] lists 1 profiles for 2 logical devices; give "
+        "one profile for all, or one (or None: measured) per logical device"]
+
+
+def test_a_traces_per_device_profile_does_not_stop_planning_a_move_to_a_new_device(tiny_usage):
+    """A run given one device profile per logical device (2) records it in its rbln_config; the memory plan
+    of a move to a third device (whatif --move vae=2) must not trip over the profile list's length."""
+    from rbln_perfetto.cli.placement_commands import _plan_config
+
+    profile = {"peak_flops": 1e12, "mem_bandwidth": 1e11}
+    recorded = {"text_encoder_3": {"device": 1}, "device_memory": ["3MiB", "3MiB"], "device_profile": [profile, None]}
+    base = _plan_config(recorded)
+    assert "device_profile" not in base and base["device_memory"] == ["3MiB", "3MiB"]
+    after = plan(placed_config(base, {"text_encoder_3": 1, "vae": 2}), tiny_usage)
+    assert len(after.capacities) == 3 and after.used(2) == sum(tiny_usage["vae"])

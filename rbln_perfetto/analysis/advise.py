@@ -99,12 +99,21 @@ def candidates(n_devices: int, plan_for: Callable, span_of: Callable | None = No
 
 
 def rank(fitting: list[Candidate]) -> list[Candidate]:
-    timed = [c for c in fitting if c.span_ns is not None]
-    best = min((c.span_ns for c in timed), default=0.0)
-    step = max(best * TIE, 1.0)
+    """Shortest predicted span first, in tiers: from the shortest span up, a tier holds the spans within
+    `TIE` x the best span of its own shortest (so a tier's spans are within that of each other; a
+    rounding of span / step would split two spans a hair apart that straddle a step). Within a tier:
+    fewest devices, then most headroom on the fullest device, then the placement itself. Untimed last."""
+    timed = sorted({c.span_ns for c in fitting if c.span_ns is not None})
+    step = max((timed[0] if timed else 0.0) * TIE, 1.0)
+    tier: dict[float, int] = {}
+    head, k = None, -1
+    for span in timed:
+        if head is None or span - head > step:
+            head, k = span, k + 1
+        tier[span] = k
 
     def key(c: Candidate):
-        return (c.span_ns is None, round((c.span_ns or 0.0) / step), c.devices, c.fullest,
+        return (c.span_ns is None, tier.get(c.span_ns, 0), c.devices, c.fullest,
                 tuple(c.placement[s] for s in SUBMODULES))
 
     return sorted(fitting, key=key)

@@ -16,7 +16,9 @@ The model, every number of it read from the trace:
   device's program order, and their copies take the time their bytes take at the bandwidth the
   run measured on the target's torch device kind (the same as measured where both devices are of
   one kind, as every logical device of a CPU run is). A move to a device of another rank (a merged
-  trace) would add or remove transfers that the trace cannot time, so it is refused.
+  trace) would add or remove transfers that the trace cannot time, so it is refused;
+- in a merged trace with a killed rank (its capture has no RunEnd), the transfers back from its last
+  call were never recorded, so a speedup of a submodule that ran there is refused too.
 
 The per-device memory of a placement is the pipeline's memory plan (`rbln-perfetto whatif` computes
 it from the model the trace names); this module predicts times, and `whatif_trace` writes the
@@ -43,7 +45,8 @@ HOST, DMA, OP, UNTRACED = (KINDS.index(k) for k in ("host", "dma", "op", "untrac
 _RUN_ARGS = """
 SELECT extract_arg(s.arg_set_id, 'debug.rbln_config') AS rbln_config,
        extract_arg(s.arg_set_id, 'debug.slowdown') AS slowdown,
-       extract_arg(s.arg_set_id, 'debug.model_dir') AS model_dir
+       extract_arg(s.arg_set_id, 'debug.model_dir') AS model_dir,
+       extract_arg(s.arg_set_id, 'debug.status') AS status, t.name AS track
 FROM slice s JOIN track t ON s.track_id = t.id
 WHERE (t.name = 'Run' OR t.name GLOB 'Rank [0-9]* / Run') AND s.depth = 0 ORDER BY t.name"""
 _DMA_BYTES = with_ctes(DEVICE_TRACKS) + f"""
@@ -102,6 +105,7 @@ class RunFacts:
     model_dir: str
     ran_on: dict = field(default_factory=dict)
     device_ranks: dict = field(default_factory=dict)  # logical device -> the rank whose units show it
+    incomplete: tuple = ()  # ranks whose capture has no RunEnd (`recorder.capture` status incomplete, truncated)
 
     @property
     def placement(self) -> dict[str, int]:
@@ -140,7 +144,9 @@ def run_facts(tr) -> RunFacts:
     ran = tr.query(with_ctes(DEVICE_TRACKS, INVOCATIONS) + "\nSELECT DISTINCT submodule, rank, device FROM invocations")
     ran_on = {str(s): int(d) for s, d in zip(ran.submodule, ran.device) if s in SUBMODULES}
     device_ranks = {int(d): int(r) for r, d in zip(ran["rank"], ran.device)}
-    return RunFacts(json.loads(configs[0]), slowdown, model_dir, ran_on, device_ranks)
+    incomplete = tuple(sorted(int(t.split()[1]) if t.startswith("Rank ") else 0
+                              for t, st in zip(rows.track, rows.status) if st in ("incomplete", "truncated")))
+    return RunFacts(json.loads(configs[0]), slowdown, model_dir, ran_on, device_ranks, incomplete)
 
 
 @dataclass
@@ -299,11 +305,15 @@ def predict(trace, speedup: dict[str, float] | None = None, moves: dict[str, int
             raise UsageError(f"speedup {name}={f!r} is not valid; valid: a positive number")
     m = trace if isinstance(trace, Measured) else measure(trace, backend=backend, tp_bin=tp_bin)
     facts, deps, torch_of, merged, nbytes, bandwidth = m.facts, m.deps, m.torch_of, m.merged, m.nbytes, m.bandwidth
-    profiled = set(deps.invocations.submodule)
+    on = {str(s): unit_rank(int(u)) for s, u in zip(deps.invocations.submodule, deps.invocations.unit)}
+    killed = {s for s, r in on.items() if merged and r in facts.incomplete}
     for name in speedup:
-        if name not in profiled:
-            raise UsageError(f"--speedup {name}: the trace has no invocation of {name} (not profiled); valid: "
-                             f"{', '.join(s for s in SUBMODULES if s in profiled)}")
+        why = (f"the trace has no invocation of {name} (not profiled)" if name not in on else
+               f"it ran on rank {on[name]}, whose trace is incomplete (the process ended early, before the transfers "
+               "back from its last call were recorded), so the waits on it cannot be timed" if name in killed else "")
+        if why:
+            raise UsageError(f"--speedup {name}: {why}; valid: "
+                             f"{', '.join(s for s in SUBMODULES if s in on and s not in killed) or 'none'}")
     _check_moves(moves, facts, merged, max_device)
     moves = {name: d for name, d in moves.items() if d != facts.placement[name]}
 

@@ -37,10 +37,18 @@ def _size(nbytes: float) -> str:
 
 def model_dir(model: str) -> str:
     """A diffusers SD3 directory, a shipped config name (sd3-medium) or an embedded scale (tiny, medium)."""
-    if model in EMBEDDED_SCALES and not Path(model).is_dir():
+    if Path(model).is_dir():
+        return model
+    if model in EMBEDDED_SCALES:
         from pipeline.compile_cache import embedded_model
 
         return embedded_model(model)
+    from pipeline.compiler import SHIPPED_CONFIGS
+
+    shipped = sorted(p.name for p in SHIPPED_CONFIGS.iterdir() if p.is_dir())
+    if model not in shipped:
+        raise UsageError(f"model {model!r} is neither a diffusers SD3 directory, a shipped config nor an embedded "
+                         f"scale; valid names: {', '.join([*shipped, *EMBEDDED_SCALES])}")
     return model
 
 
@@ -82,7 +90,9 @@ def _plan_config(rbln_config: dict) -> dict:
     is the run's business)."""
     from pipeline.config import PIPELINE_KEYS
 
-    return {k: v for k, v in rbln_config.items() if k in PIPELINE_KEYS or k in SUBMODULES}
+    # (device_profile is a pipeline key, but one per logical device would not match a placement on more or
+    # fewer devices, and the plan does not read it)
+    return {k: v for k, v in rbln_config.items() if (k in PIPELINE_KEYS or k in SUBMODULES) and k != "device_profile"}
 
 
 # --------------------------------------------------------------------------------------------- whatif
@@ -129,13 +139,14 @@ def _print_memory(p) -> None:
 # --------------------------------------------------------------------------------------------- advise
 
 
-def _roofline_span(compiled: dict, base: dict, steps: int):
+def _roofline_span(compiled: dict, base: dict, steps: int, given: tuple = ()):
     """placement -> the span the roofline model predicts (ns): each call of a submodule takes its commands'
     roofline time (the larger of flops / peak FLOP/s and bytes / bandwidth) and its copies' bytes /
-    bandwidth, on its device's profile (given in rbln_config['device_profile'], else measured here);
-    calls per run: two per text encoder with CFG (one without), `steps` of the transformer, one VAE."""
+    bandwidth, on its device's profile (`given[d]`: logical device d's from rbln_config['device_profile'],
+    else measured here); calls per run: two per text encoder with CFG (one without), `steps` of the
+    transformer, one VAE."""
     from pipeline.config import RBLNConfig
-    from pipeline.device_profiles import from_config
+    from pipeline.device_profiles import from_config, given_profile
     from pipeline.placement import torch_devices
 
     cfg = RBLNConfig.from_dict(base)
@@ -147,7 +158,9 @@ def _roofline_span(compiled: dict, base: dict, steps: int):
     def profile(device: int, placement: dict):
         if device not in profiles:
             placed = RBLNConfig.from_dict(placed_config(base, placement))
-            profiles[device] = from_config(placed, device, str(torch_devices(placed)[device]))()
+            spec = given[device] if device < len(given) else None
+            profiles[device] = given_profile(spec, placed.dtype, placed.capacity(device)) if spec is not None else \
+                from_config(placed, device, str(torch_devices(placed)[device]))()
         return profiles[device]
 
     per_call: dict[tuple[str, int], float] = {}
@@ -165,6 +178,20 @@ def _roofline_span(compiled: dict, base: dict, steps: int):
         return sum(calls[name] * call_ns(name, placement[name], placement) for name in compiled)
 
     return span_of
+
+
+def _given_profiles(spec, n_devices: int, base: dict) -> tuple:
+    """rbln_config['device_profile'] (one for all, or per logical device 0..n_devices-1) as one checked
+    profile (or None: measured) per device; () when none is given."""
+    if spec is None:
+        return ()
+    from pipeline.config import ConfigError, RBLNConfig
+    from pipeline.device_profiles import parse_device_profiles
+
+    try:
+        return parse_device_profiles(spec, n_devices, RBLNConfig.from_dict(base).dtype)
+    except ConfigError as exc:
+        raise UsageError(" ".join(str(exc).split())) from None
 
 
 def _placement_text(c: Candidate) -> list[str]:
@@ -194,13 +221,16 @@ def cmd_advise(args) -> int:
     for key in ("devices", "device_memory", "ranks"):  # one device count, one capacity: the advisor's
         base.pop(key, None)
     base["device_memory"] = args.capacity
+    # A profile per logical device names up to --devices devices, more than a placement may use: kept
+    # aside (checked against --devices) and given to each device's roofline; the plans never read it.
+    given = _given_profiles(base.pop("device_profile", None), args.devices, base)
     compiled = compiled_on_meta(args.model, base)
     usage = usage_of(compiled)
     if args.trace:
         span_of, source = span_from_trace(trace_file(args, args.trace), backend=args.backend, tp_bin=args.tp_bin), \
             f"what-if replay of {args.trace}"
     else:
-        span_of, source = _roofline_span(compiled, base, args.steps), \
+        span_of, source = _roofline_span(compiled, base, args.steps, given), \
             f"the roofline model over {args.steps} steps, on device profiles given or measured here"
     fitting, over = candidates(args.devices, lambda placement: plan(placed_config(base, placement), usage), span_of)
     dtype = plan(base, usage).dtype
