@@ -111,7 +111,7 @@ def run(scales=("tiny",), repeats: int = 7, steps: int = 1) -> list[Row]:
                                fmt="{:.3f}", unit="x") if scale in TARGETS else "overhead of the split",
                         f"{steps} step(s), CFG, no profiler, gloo on 127.0.0.1"))
         rows.append(Row("rank split", f"{scale}: gloo round trip of one header", t["round_trip"] * 1e6, "us",
-                        note="median of 64 ping-pongs between the 2 ranks; a remote call costs about one (one message each way)"))
+                        note="median of 64 ping-pongs between the 2 ranks; a remote call sends a header and one packed message of tensors each way"))
     return rows
 
 
