@@ -57,13 +57,24 @@ def write_overlay(trace, out: str | os.PathLike, *, segments=None, backend: str 
     out = Path(out)
     if out.exists() and out.resolve() == src.resolve():
         raise UsageError(f"--overlay {out} is the trace itself; the overlay is a copy: give another path")
+
+    def write(f) -> None:
+        f.write(src.read_bytes())
+        f.write(overlay_packets(segments))
+
+    return write_atomically(out, "overlay", write)
+
+
+def write_atomically(out: Path, what: str, write) -> Path:
+    """Write a trace file that analysis makes (an overlay, a prediction) through `write(file)` into a
+    temporary beside `out`, then rename it over `out`: a reader sees the old file or the whole new one.
+    Any OSError, reading or writing, is one `ExportError` naming `out` and `what`, and no temporary is left."""
     tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
     try:
         with open(tmp, "wb") as f:
-            f.write(src.read_bytes())
-            f.write(overlay_packets(segments))
+            write(f)
         os.replace(tmp, out)
     except OSError as exc:
         tmp.unlink(missing_ok=True)
-        raise ExportError(f"{out}: cannot write the overlay ({exc.strerror or exc})") from None
+        raise ExportError(f"{out}: cannot write the {what} ({exc.strerror or exc})") from None
     return out

@@ -11,10 +11,11 @@ from pathlib import Path
 import numpy as np
 from perfetto.protos.perfetto.trace import perfetto_trace_pb2 as pt
 
-from ..errors import ExportError, UsageError
+from ..errors import UsageError
 from ..exporter.slice_packets import annotation, boottime_slice_packets
 from ..proto_bytes import SEQ_CLEARED, SEQ_NEEDS_STATE
 from ..query.trace_model import RANK_STRIDE, unit_device, unit_rank
+from .overlay import write_atomically
 from .whatif import DMA, HOST, UNTRACED, Prediction
 
 WHATIF_SEQUENCE_ID = 0x5749_4600  # a sequence of its own ("WIF")
@@ -102,11 +103,4 @@ def write_prediction(p: Prediction, out: str | os.PathLike) -> Path:
     out = Path(out)
     if Path(p.trace).exists() and out.exists() and out.resolve() == Path(p.trace).resolve():
         raise UsageError(f"--out {out} is the measured trace itself; give another path")
-    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
-    try:
-        tmp.write_bytes(prediction_packets(p))
-        os.replace(tmp, out)
-    except OSError as exc:
-        tmp.unlink(missing_ok=True)
-        raise ExportError(f"{out}: cannot write the prediction ({exc.strerror or exc})") from None
-    return out
+    return write_atomically(out, "prediction", lambda f: f.write(prediction_packets(p)))
